@@ -1,0 +1,34 @@
+"""Baselines on the identical preprocessing: PCA and the plain autoencoder.
+
+The plain autoencoder is the fixed-effects architecture without the adversary;
+it is trained by :meth:`amedl.AMEDL.fit` with ``kinds=[..., "ae"]`` so that it
+sees the same genes, scaling, validation split and training loop.
+"""
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+from sklearn.decomposition import PCA
+
+from .model import AMEDL
+
+
+def pca_latent(model: AMEDL, adata: ad.AnnData | None = None, n_comps: int | None = None, seed: int = 0) -> np.ndarray:
+    """PCA of the model's input matrix: fitted on the model's training cells, applied to ``adata``.
+
+    ``n_comps`` defaults to the model's latent size, so PCA and the networks are
+    compared at the same dimension.
+    """
+    train = model.transform()
+    n_comps = model.config.n_latent if n_comps is None else n_comps
+    n_comps = min(n_comps, train.shape[0] - 1, train.shape[1])
+    pca = PCA(n_components=n_comps, svd_solver="randomized", random_state=seed).fit(train)
+    target = train if adata is None else model.transform(adata)
+    return pca.transform(target).astype(np.float32)
+
+
+def autoencoder_latent(model: AMEDL, adata: ad.AnnData | None = None, seed: int = 0, **fit_kwargs) -> np.ndarray:
+    """Latent of the plain autoencoder baseline, training it first if needed."""
+    if "ae" not in model.modules:
+        model.fit(seed=seed, kinds=["ae"], **fit_kwargs)
+    return model.latent(adata, kind="ae")

@@ -1,0 +1,136 @@
+"""Datasets: a simulator with known cell types and batch effects, and the shared real datasets."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+def simulate(
+    n_cells: int = 2000,
+    n_genes: int = 1000,
+    n_batches: int = 3,
+    n_cell_types: int = 5,
+    *,
+    seed: int = 0,
+    marker_fraction: float = 0.05,
+    marker_lfc: float = 2.0,
+    batch_gene_sd: float = 0.5,
+    batch_program_fraction: float = 0.03,
+    batch_program_lfc: float = 1.5,
+    library_size: float = 3000.0,
+    library_batch_sd: float = 0.4,
+    dispersion: float = 0.3,
+) -> ad.AnnData:
+    """Simulate raw counts with known cell types and batch effects.
+
+    Expression is negative binomial (gamma–Poisson) around a mean built from:
+
+    - a baseline per gene (log-normal) and, per cell type, marker genes
+      (``marker_fraction`` of genes, log fold change about ``marker_lfc``);
+    - per batch, a **library-size** effect (the batch's mean log library size
+      shifts with sd ``library_batch_sd``), a **gene-wise technical** effect
+      (a log-normal factor per gene with sd ``batch_gene_sd``), and a
+      **batch-specific expression program** (``batch_program_fraction`` of genes
+      raised by about ``batch_program_lfc`` in every cell of the batch);
+    - cell-type proportions that differ between batches (Dirichlet).
+
+    Returns an AnnData with integer counts (CSR, float32) in ``X`` and
+    ``obs['batch']``, ``obs['cell_type']`` (categoricals), ``obs['library_size']``;
+    ``var['marker_of']`` and ``var['batch_program']`` record the truth.
+    """
+    if n_batches < 1 or n_cell_types < 1 or n_cells < 1 or n_genes < 1:
+        raise ValueError("n_cells, n_genes, n_batches and n_cell_types must be positive")
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0.0, 1.2, n_genes) - 1.0
+
+    type_lfc = np.zeros((n_cell_types, n_genes))
+    marker_of = np.full(n_genes, "", dtype=object)
+    n_markers = max(1, int(marker_fraction * n_genes))
+    for t in range(n_cell_types):
+        idx = rng.choice(n_genes, n_markers, replace=False)
+        type_lfc[t, idx] += rng.normal(marker_lfc, 0.5, n_markers)
+        marker_of[idx] = f"type_{t + 1}"
+
+    batch_lfc = rng.normal(0.0, batch_gene_sd, (n_batches, n_genes))
+    program = np.full(n_genes, "", dtype=object)
+    n_prog = max(1, int(batch_program_fraction * n_genes))
+    for b in range(n_batches):
+        idx = rng.choice(n_genes, n_prog, replace=False)
+        batch_lfc[b, idx] += rng.normal(batch_program_lfc, 0.3, n_prog)
+        program[idx] = f"batch_{b + 1}"
+    batch_lib = rng.normal(0.0, library_batch_sd, n_batches)
+
+    batch = rng.integers(0, n_batches, n_cells)
+    props = rng.dirichlet(np.full(n_cell_types, 3.0), n_batches)
+    cell_type = np.array([rng.choice(n_cell_types, p=props[b]) for b in batch])
+
+    log_mu = base[None, :] + type_lfc[cell_type] + batch_lfc[batch]
+    mu = np.exp(log_mu)
+    mu /= mu.sum(axis=1, keepdims=True)
+    lib = np.exp(np.log(library_size) + batch_lib[batch] + rng.normal(0, 0.3, n_cells))
+    mu *= lib[:, None]
+    shape = 1.0 / dispersion
+    counts = rng.poisson(rng.gamma(shape, mu / shape)).astype(np.float32)
+    # every cell keeps at least one count
+    empty = counts.sum(axis=1) == 0
+    counts[empty, np.argmax(mu[empty], axis=1)] = 1.0
+
+    obs = pd.DataFrame(
+        {
+            "batch": pd.Categorical([f"batch_{b + 1}" for b in batch], categories=[f"batch_{b + 1}" for b in range(n_batches)]),
+            "cell_type": pd.Categorical([f"type_{t + 1}" for t in cell_type], categories=[f"type_{t + 1}" for t in range(n_cell_types)]),
+            "library_size": counts.sum(axis=1),
+        },
+        index=[f"cell_{i + 1}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame({"marker_of": marker_of.astype(str), "batch_program": program.astype(str)}, index=[f"gene_{j + 1}" for j in range(n_genes)])
+    adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
+    adata.uns["simulation"] = {
+        "seed": seed,
+        "n_batches": n_batches,
+        "n_cell_types": n_cell_types,
+        "batch_gene_sd": batch_gene_sd,
+        "batch_program_lfc": batch_program_lfc,
+        "library_batch_sd": library_batch_sd,
+    }
+    return adata
+
+
+#: The shared real datasets: file name, batch column, label column.
+SHARED = {
+    "cellbench": ("cellbench_celseq2_dropseq.h5ad", "batch", "cell_line"),
+    "symphony": ("symphony_pbmcs_small.h5ad", "donor", "cell_type"),
+    "kang": ("muscat_kang_example.h5ad", "sample_id", "cluster_id"),
+}
+
+
+def shared_data_dir() -> Path | None:
+    """The folder of shared datasets: ``$AMEDL_DATA_DIR`` or ``../shared/data`` beside the checkout."""
+    env = os.environ.get("AMEDL_DATA_DIR")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve()
+    candidates += [p / "shared" / "data" for p in here.parents]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+def load_shared(name: str) -> tuple[ad.AnnData, str, str]:
+    """Load a shared real dataset by short name (``cellbench``, ``symphony``, ``kang``).
+
+    Returns ``(adata, batch_key, label_key)``. Raises ``FileNotFoundError`` with
+    a hint when the data folder is not found (set ``AMEDL_DATA_DIR``).
+    """
+    if name not in SHARED:
+        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(SHARED)}")
+    folder = shared_data_dir()
+    fname, batch_key, label_key = SHARED[name]
+    if folder is None or not (folder / fname).exists():
+        raise FileNotFoundError(f"{fname} not found; set AMEDL_DATA_DIR to the folder holding the shared datasets")
+    return ad.read_h5ad(folder / fname), batch_key, label_key

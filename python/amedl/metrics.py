@@ -1,0 +1,350 @@
+"""Metrics for judging a latent representation of single cells.
+
+Two families:
+
+* the basic scores used in the aMEDL paper (sklearn): raw silhouette width
+  (ASW, range -1..1) of batch and of cell-type labels, the inverse
+  Davies-Bouldin index and the Calinski-Harabasz index, each computed once with
+  the batch as cluster labels and once with the cell type;
+* the scIB scores (Luecken et al. 2022) through ``scib-metrics`` when that
+  optional package is installed: iLISI, kBET, graph connectivity, scaled batch
+  ASW and PCR comparison (batch correction); cLISI, NMI/ARI and scaled label
+  ASW (bio conservation); and the aggregates batch-correction,
+  bio-conservation and total (0.4 / 0.6).
+
+A good batch-invariant latent has a *low* batch ASW and a *high* label ASW;
+a batch-specific latent (aMEDL-RE) has a high batch ASW.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "silhouette_batch",
+    "silhouette_label",
+    "inverse_davies_bouldin",
+    "calinski_harabasz",
+    "basic_metrics",
+    "scib_available",
+    "scib_metrics",
+    "evaluate_latent",
+    "subsample_indices",
+    "BASIC_METRICS",
+    "SCIB_BATCH_METRICS",
+    "SCIB_BIO_METRICS",
+]
+
+#: Column names produced by :func:`basic_metrics`.
+BASIC_METRICS = (
+    "batch_asw", "label_asw",
+    "batch_inv_db", "label_inv_db",
+    "batch_ch", "label_ch",
+)
+#: scIB batch-correction metrics (all in 0..1, higher = better mixed).
+SCIB_BATCH_METRICS = ("ilisi", "kbet", "graph_connectivity", "scaled_batch_asw", "pcr_comparison")
+#: scIB bio-conservation metrics (all in 0..1, higher = better conserved).
+SCIB_BIO_METRICS = ("clisi", "nmi", "ari", "scaled_label_asw", "isolated_labels")
+
+
+def _as_2d(latent) -> np.ndarray:
+    x = np.asarray(latent.toarray() if hasattr(latent, "toarray") else latent)
+    if x.ndim != 2:
+        raise ValueError(f"latent must be 2-dimensional (cells x dims), got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("latent contains NaN or infinite values")
+    return x.astype(np.float64, copy=False)
+
+
+def _as_codes(labels, n: int, what: str) -> np.ndarray:
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or lab.shape[0] != n:
+        raise ValueError(f"{what} must be 1-dimensional with one entry per cell ({n}), got shape {lab.shape}")
+    if lab.dtype.kind == "f" and np.isnan(lab).any():
+        raise ValueError(f"{what} contains missing values")
+    if lab.dtype == object and any(v is None or (isinstance(v, float) and math.isnan(v)) for v in lab):
+        raise ValueError(f"{what} contains missing values")
+    _, codes = np.unique(lab.astype(str) if lab.dtype == object else lab, return_inverse=True)
+    return codes.ravel()
+
+
+def _subsample(x, codes_list, max_cells, seed):
+    if max_cells is None or x.shape[0] <= max_cells:
+        return x, codes_list
+    idx = subsample_indices(x.shape[0], max_cells, seed=seed, strata=codes_list[0] if codes_list else None)
+    return x[idx], [c[idx] for c in codes_list]
+
+
+def subsample_indices(n_cells: int, max_cells: int | None, seed: int = 0, strata=None) -> np.ndarray:
+    """Indices of a seeded random subsample of at most ``max_cells`` cells.
+
+    Parameters
+    ----------
+    n_cells
+        Number of cells to choose from.
+    max_cells
+        Size of the subsample; ``None`` or a value >= ``n_cells`` keeps all
+        cells (returned in order).
+    seed
+        Seed of the NumPy generator; the same seed gives the same subsample.
+    strata
+        Optional labels (one per cell). When given, each stratum keeps its
+        share of cells (proportional allocation, at least one cell each), so
+        rare batches or cell types are not lost.
+
+    Returns
+    -------
+    Sorted integer indices (exactly ``max_cells`` of them, unless there are
+    more strata than ``max_cells``, when each stratum keeps one cell).
+    """
+    if max_cells is None or max_cells >= n_cells:
+        return np.arange(n_cells)
+    if max_cells < 1:
+        raise ValueError("max_cells must be positive")
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        return np.sort(rng.choice(n_cells, size=max_cells, replace=False))
+    _, codes = np.unique(np.asarray(strata), return_inverse=True)
+    codes = codes.ravel()
+    counts = np.bincount(codes)
+    # proportional allocation (largest remainders), at least one cell per stratum
+    share = counts * max_cells / n_cells
+    alloc = np.maximum(1, np.floor(share)).astype(int)
+    alloc = np.minimum(alloc, counts)
+    spare = max_cells - alloc.sum()
+    if spare > 0:
+        order = np.argsort(-(share - np.floor(share)), kind="stable")
+        for s in order:
+            if spare == 0:
+                break
+            if alloc[s] < counts[s]:
+                alloc[s] += 1
+                spare -= 1
+    chosen = [rng.choice(np.flatnonzero(codes == s), size=alloc[s], replace=False) for s in range(counts.size)]
+    return np.sort(np.concatenate(chosen))
+
+
+def _silhouette(latent, labels, what, max_cells, seed) -> float:
+    from sklearn.metrics import silhouette_score
+
+    x = _as_2d(latent)
+    codes = _as_codes(labels, x.shape[0], what)
+    x, (codes,) = _subsample(x, [codes], max_cells, seed)
+    n_groups = np.unique(codes).size
+    if n_groups < 2 or n_groups >= x.shape[0]:
+        raise ValueError(f"silhouette needs 2 <= number of {what} groups < number of cells; got {n_groups} groups")
+    return float(silhouette_score(x, codes, metric="euclidean"))
+
+
+def silhouette_batch(latent, batch, *, max_cells: int | None = None, seed: int = 0) -> float:
+    """Raw silhouette width of the batch labels on a latent (the paper's batch ASW).
+
+    sklearn's mean silhouette coefficient (Euclidean) with each batch as a
+    cluster; range -1..1. Close to 1: batches form separate clusters (strong
+    batch effect, desired for aMEDL-RE); about 0 or below: batches are mixed
+    (desired for a batch-invariant latent such as aMEDL-FE).
+
+    Parameters
+    ----------
+    latent
+        ``(n_cells, n_dims)`` array.
+    batch
+        One batch label per cell (any hashable type).
+    max_cells
+        Score a seeded subsample of at most this many cells (stratified by
+        batch); ``None`` uses all cells.
+    seed
+        Seed of the subsample.
+    """
+    return _silhouette(latent, batch, "batch", max_cells, seed)
+
+
+def silhouette_label(latent, labels, *, max_cells: int | None = None, seed: int = 0) -> float:
+    """Raw silhouette width of the cell-type labels on a latent (the paper's label ASW).
+
+    As :func:`silhouette_batch`, with cell types as clusters: higher means
+    cell types are better separated.
+    """
+    return _silhouette(latent, labels, "label", max_cells, seed)
+
+
+def inverse_davies_bouldin(latent, labels) -> float:
+    """1 / Davies-Bouldin index of ``labels`` on ``latent`` (higher = better separated groups)."""
+    from sklearn.metrics import davies_bouldin_score
+
+    x = _as_2d(latent)
+    codes = _as_codes(labels, x.shape[0], "labels")
+    db = float(davies_bouldin_score(x, codes))
+    return float("inf") if db == 0 else 1.0 / db
+
+
+def calinski_harabasz(latent, labels) -> float:
+    """Calinski-Harabasz index of ``labels`` on ``latent`` (higher = better separated groups)."""
+    from sklearn.metrics import calinski_harabasz_score
+
+    x = _as_2d(latent)
+    codes = _as_codes(labels, x.shape[0], "labels")
+    return float(calinski_harabasz_score(x, codes))
+
+
+def basic_metrics(latent, batch, labels=None, *, max_cells: int | None = None, seed: int = 0) -> dict[str, float]:
+    """The aMEDL paper's metrics: ASW, 1/DB and CH with batch and with labels.
+
+    Returns a dict with the keys of :data:`BASIC_METRICS` (label keys only
+    when ``labels`` is given). With ``max_cells`` every score is computed on
+    the same seeded subsample (stratified by batch).
+    """
+    x = _as_2d(latent)
+    b = _as_codes(batch, x.shape[0], "batch")
+    codes = [b] if labels is None else [b, _as_codes(labels, x.shape[0], "labels")]
+    x, codes = _subsample(x, codes, max_cells, seed)
+    out = {}
+    for name, c in zip(("batch", "label"), codes):
+        n_groups = np.unique(c).size
+        if n_groups < 2:
+            log.warning("only one %s group: %s metrics are undefined (NaN)", name, name)
+            out.update({f"{name}_asw": np.nan, f"{name}_inv_db": np.nan, f"{name}_ch": np.nan})
+            continue
+        out[f"{name}_asw"] = _silhouette(x, c, name, None, seed)
+        out[f"{name}_inv_db"] = inverse_davies_bouldin(x, c)
+        out[f"{name}_ch"] = calinski_harabasz(x, c)
+    return out
+
+
+def scib_available() -> bool:
+    """Whether the optional ``scib-metrics`` package (and JAX) can be imported."""
+    try:
+        import scib_metrics  # noqa: F401
+    except Exception:  # ImportError, or JAX failing to initialise
+        return False
+    return True
+
+
+def _neighbors(x: np.ndarray, k: int):
+    """Exact k-nearest neighbours (the cell itself first) as scib-metrics NeighborsResults."""
+    from scib_metrics.nearest_neighbors import NeighborsResults
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, x.shape[0])
+    dist, ind = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)
+    return NeighborsResults(indices=ind, distances=dist)
+
+
+def _safe(name, fn, *args, **kwargs) -> float:
+    try:
+        return float(fn(*args, **kwargs))
+    except Exception as err:  # degenerate inputs (tiny groups, one batch per label, ...)
+        log.warning("scIB metric %s failed (%s: %s); reporting NaN", name, type(err).__name__, err)
+        return float("nan")
+
+
+def scib_metrics(
+    latent,
+    batch,
+    labels,
+    *,
+    unintegrated=None,
+    max_cells: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The scIB metric set on one latent (needs the optional ``scib-metrics``).
+
+    Computed with scib-metrics' functions and the neighbourhood sizes of its
+    ``Benchmarker`` (90 neighbours for LISI, 50 for kBET, 15 for graph
+    connectivity; exact neighbours from scikit-learn):
+
+    * batch correction: ``ilisi`` (scaled iLISI), ``kbet`` (kBET acceptance
+      rate per label), ``graph_connectivity``, ``scaled_batch_asw``
+      (``1 - |ASW_batch|`` within each label), ``pcr_comparison`` (only when
+      ``unintegrated`` is given);
+    * bio conservation: ``clisi`` (scaled cLISI), ``nmi`` and ``ari`` (k-means
+      with as many clusters as labels), ``scaled_label_asw``
+      ((ASW + 1) / 2), ``isolated_labels`` (ASW of the labels present in the
+      fewest batches);
+    * aggregates as scIB / scib-metrics define them: ``batch_correction`` and
+      ``bio_conservation`` are the means of the available metrics of each
+      group, ``scib_total = 0.4 * batch_correction + 0.6 * bio_conservation``.
+
+    All are in 0..1, higher is better. A metric that fails on degenerate input
+    is NaN (with a logged warning) and left out of the aggregates.
+
+    Parameters
+    ----------
+    latent
+        ``(n_cells, n_dims)`` array.
+    batch, labels
+        One batch and one cell-type label per cell.
+    unintegrated
+        Optional ``(n_cells, n_features)`` matrix before integration (for PCR
+        comparison), e.g. the scaled model input or its PCA.
+    max_cells
+        Score a seeded subsample of at most this many cells (stratified by batch).
+    seed
+        Seed of the subsample.
+
+    Raises
+    ------
+    ImportError
+        When ``scib-metrics`` is not installed (install ``amedl[benchmark]``).
+    """
+    if not scib_available():
+        raise ImportError("scib-metrics is not installed; install the optional extra: pip install 'amedl[benchmark]'")
+    import scib_metrics as sm
+
+    x = _as_2d(latent)
+    b = _as_codes(batch, x.shape[0], "batch")
+    lab = _as_codes(labels, x.shape[0], "labels")
+    idx = subsample_indices(x.shape[0], max_cells, seed=seed, strata=b)
+    x, b, lab = x[idx].astype(np.float32), b[idx], lab[idx]
+
+    nb90 = _neighbors(x, 90)
+    nb50 = nb90.subset_neighbors(min(50, nb90.n_neighbors))
+    nb15 = nb90.subset_neighbors(min(15, nb90.n_neighbors))
+    out: dict[str, float] = {}
+    out["ilisi"] = _safe("ilisi", sm.ilisi_knn, nb90, b)
+    out["kbet"] = _safe("kbet", sm.kbet_per_label, nb50, b, lab)
+    out["graph_connectivity"] = _safe("graph_connectivity", sm.graph_connectivity, nb15, lab)
+    out["scaled_batch_asw"] = _safe("scaled_batch_asw", sm.silhouette_batch, x, lab, b)
+    if unintegrated is not None:
+        u = unintegrated[idx]
+        u = np.asarray(u.toarray() if hasattr(u, "toarray") else u, dtype=np.float32)
+        out["pcr_comparison"] = _safe("pcr_comparison", sm.pcr_comparison, u, x, b, categorical=True)
+    out["clisi"] = _safe("clisi", sm.clisi_knn, nb90, lab)
+    try:
+        nmi_ari = sm.nmi_ari_cluster_labels_kmeans(x, lab)
+        out["nmi"], out["ari"] = float(nmi_ari["nmi"]), float(nmi_ari["ari"])
+    except Exception as err:
+        log.warning("scIB metric nmi/ari failed (%s); reporting NaN", err)
+        out["nmi"] = out["ari"] = float("nan")
+    out["scaled_label_asw"] = _safe("scaled_label_asw", sm.silhouette_label, x, lab)
+    out["isolated_labels"] = _safe("isolated_labels", sm.isolated_labels, x, lab, b)
+    batch_vals = [out[k] for k in SCIB_BATCH_METRICS if k in out and np.isfinite(out[k])]
+    bio_vals = [out[k] for k in SCIB_BIO_METRICS if k in out and np.isfinite(out[k])]
+    out["batch_correction"] = float(np.mean(batch_vals)) if batch_vals else float("nan")
+    out["bio_conservation"] = float(np.mean(bio_vals)) if bio_vals else float("nan")
+    out["scib_total"] = 0.4 * out["batch_correction"] + 0.6 * out["bio_conservation"]
+    return out
+
+
+def evaluate_latent(
+    latent,
+    batch,
+    labels,
+    *,
+    scib: bool = True,
+    unintegrated=None,
+    max_cells: int | None = 10_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """All metrics of one latent: :func:`basic_metrics` plus, when requested
+    and installed, :func:`scib_metrics` (on the same seeded subsample of at most
+    ``max_cells`` cells, 10,000 by default as in the paper)."""
+    out = basic_metrics(latent, batch, labels, max_cells=max_cells, seed=seed)
+    if scib and scib_available():
+        out.update(scib_metrics(latent, batch, labels, unintegrated=unintegrated, max_cells=max_cells, seed=seed))
+    return out

@@ -1,0 +1,445 @@
+"""The user-facing aMEDL model: fit, latents, reconstructions, counterfactuals, save/load."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from . import __version__
+from .config import AMEDLConfig, make_config
+from .data import AMEDLInputError, CSRLoader, Preprocessor
+from .nn import Adversary, REAutoencoder, TiedAutoencoder
+from .train import (
+    AutoencoderTrainer,
+    FixedEffectsTrainer,
+    LoopSettings,
+    RandomEffectsTrainer,
+    batch_entropy,
+    fit_loop,
+    resolve_device,
+    seed_everything,
+)
+
+logger = logging.getLogger("amedl")
+
+KINDS = ("fe", "re", "ae")
+KIND_NAMES = {"fe": "fixed effects", "re": "random effects", "ae": "plain autoencoder"}
+_KIND_SEED_OFFSET = {"fe": 0, "re": 1, "ae": 2}
+_CONFIG_FILE, _WEIGHTS_FILE = "amedl.json", "weights.pt"
+
+
+class AMEDL:
+    """aMEDL: a batch-invariant fixed-effects (FE) latent and a batch-specific
+    random-effects (RE) latent for single-cell RNA-seq counts.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes AnnData with raw counts in ``X`` (or in ``layer``). It is
+        validated and preprocessed (normalise to 10⁴, log1p, batch-aware highly
+        variable genes, scaling) on a copy; it is not modified.
+    batch_key
+        Column of ``adata.obs`` naming each cell's batch (donor, chemistry, site...).
+    layer
+        Layer holding raw counts; ``None`` uses ``adata.X``.
+    preset
+        ``"default"`` (tuned for speed and quality) or ``"paper"`` (the
+        published configuration). See :mod:`amedl.config`.
+    genes
+        Genes to model instead of the highly variable ones.
+    **settings
+        Any field of :class:`amedl.config.AMEDLConfig` (``n_latent``,
+        ``n_top_genes``, ``scaling``, ``lr``, ``batch_size``, ``max_epochs``, ...).
+
+    Examples
+    --------
+    >>> m = amedl.AMEDL(adata, batch_key="donor")
+    >>> m.fit(seed=0)
+    >>> adata.obsm["X_amedl_fe"] = m.latent(adata, kind="fe")
+    >>> adata.obsm["X_amedl_re"] = m.latent(adata, kind="re")
+    """
+
+    def __init__(
+        self,
+        adata: ad.AnnData,
+        batch_key: str,
+        *,
+        layer: str | None = None,
+        preset: str = "default",
+        genes: Sequence[str] | None = None,
+        **settings,
+    ):
+        self.config: AMEDLConfig = make_config(preset, **settings)
+        self.preset = preset
+        self.batch_key = batch_key
+        self.layer = layer
+        self.prep, self._X, self._codes = Preprocessor.fit(
+            adata,
+            batch_key,
+            layer=layer,
+            n_top_genes=self.config.n_top_genes,
+            scaling=self.config.scaling,
+            genes=genes,
+        )
+        self._obs_names = adata.obs_names.copy()
+        self.device = resolve_device(self.config.device)
+        self.modules: dict[str, nn.Module] = {}
+        self.history: dict[str, pd.DataFrame] = {}
+        self.train_info: dict[str, dict] = {}
+
+    # ------------------------------------------------------------------ info
+    @property
+    def genes(self) -> list[str]:
+        """The genes the model uses, in model order."""
+        return list(self.prep.genes)
+
+    @property
+    def batches(self) -> list[str]:
+        """The batch categories seen in training, in code order."""
+        return list(self.prep.batches)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.modules)
+
+    def __repr__(self) -> str:
+        trained = ", ".join(self.modules) or "not trained"
+        return (
+            f"AMEDL(batch_key={self.batch_key!r}, {len(self.batches)} batches, {len(self.genes)} genes, "
+            f"n_latent={self.config.n_latent}, preset={self.preset!r}; {trained})"
+        )
+
+    # -------------------------------------------------------------- building
+    def _build(self, kind: str) -> nn.Module:
+        c, n_genes, n_batches = self.config, len(self.prep.genes), len(self.prep.batches)
+        if kind in ("fe", "ae"):
+            ae = TiedAutoencoder(n_genes, c.hidden, c.n_latent, c.latent_activation)
+            if kind == "ae":
+                return nn.ModuleDict({"ae": ae})
+            adv = Adversary(sum(ae.layer_sizes), n_batches, c.adversary_hidden)
+            return nn.ModuleDict({"ae": ae, "adversary": adv})
+        return nn.ModuleDict(
+            {"re": REAutoencoder(n_genes, n_batches, c.hidden, c.n_latent, c.prior_scale, c.classifier_hidden)}
+        )
+
+    def _split(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Validation split stratified by batch (every batch keeps at least one training cell)."""
+        frac = self.config.validation_fraction
+        n = self._X.shape[0]
+        if frac <= 0:
+            idx = np.arange(n)
+            return idx, idx
+        rng = np.random.default_rng([seed, 7919])
+        val = []
+        for b in range(len(self.prep.batches)):
+            cells = np.flatnonzero(self._codes == b)
+            k = min(len(cells) - 1, int(round(frac * len(cells))))
+            if k > 0:
+                val.append(rng.choice(cells, size=k, replace=False))
+        val_idx = np.sort(np.concatenate(val)) if val else np.array([], dtype=np.int64)
+        train_idx = np.setdiff1d(np.arange(n), val_idx)
+        if len(val_idx) == 0:
+            val_idx = train_idx
+        return train_idx, val_idx
+
+    # --------------------------------------------------------------- fitting
+    def fit(
+        self,
+        seed: int = 0,
+        max_epochs: int | None = None,
+        progress: bool = True,
+        kinds: Iterable[str] = ("fe", "re"),
+    ) -> "AMEDL":
+        """Train the networks.
+
+        Parameters
+        ----------
+        seed
+            Seeds weights, minibatch order, the validation split and the
+            random-effects sampling: the same seed gives identical latents on the CPU.
+        max_epochs
+            Epoch budget; default from the preset (scaled with the number of cells).
+            Training stops earlier when the validation loss has not improved for
+            ``patience`` epochs, and the best epoch's weights are kept.
+        progress
+            Show a tqdm progress bar.
+        kinds
+            Which networks: ``"fe"`` (fixed effects), ``"re"`` (random effects) and
+            ``"ae"`` (the plain autoencoder baseline on the same data and loop).
+        """
+        kinds = list(dict.fromkeys(kinds))
+        bad = [k for k in kinds if k not in KINDS]
+        if bad:
+            raise ValueError(f"unknown kind(s) {bad}; choose from {KINDS}")
+        if self._X is None:
+            raise RuntimeError("this model was loaded from disk without its training data; create a new AMEDL to train")
+        c = self.config
+        train_idx, val_idx = self._split(seed)
+        n_train = len(train_idx)
+        epochs = int(max_epochs) if max_epochs is not None else c.epochs_for(n_train)
+        batch_size = min(c.batch_size, n_train)
+        chance_ce, chance_acc = batch_entropy(self._codes[train_idx], len(self.prep.batches))
+        Xtr, ctr = self._X[train_idx], self._codes[train_idx]
+        Xva, cva = self._X[val_idx], self._codes[val_idx]
+        for kind in kinds:
+            seed_everything(seed + _KIND_SEED_OFFSET[kind])
+            modules = self._build(kind).to(self.device)
+            train_loader = CSRLoader(
+                Xtr, ctr, self.prep, batch_size=batch_size, shuffle=True,
+                rng=np.random.default_rng([seed, _KIND_SEED_OFFSET[kind]]), device=self.device,
+                drop_last=n_train % batch_size == 1,
+            )
+            val_loader = CSRLoader(Xva, cva, self.prep, batch_size=4096, device=self.device)
+            trainer = self._trainer(kind, modules, chance_ce)
+            settings = LoopSettings(
+                max_epochs=epochs, patience=c.patience, min_epochs=min(c.min_epochs, epochs),
+                progress=progress, desc=f"aMEDL {kind.upper()}",
+            )
+            t0 = time.perf_counter()
+            history = fit_loop(
+                modules, lambda: trainer.train_epoch(train_loader), lambda: trainer.evaluate(val_loader), settings
+            )
+            seconds = time.perf_counter() - t0
+            modules.eval()
+            self.modules[kind] = modules
+            self.history[kind] = history
+            self.train_info[kind] = {
+                "seed": seed,
+                "epochs_run": int(len(history)),
+                "epoch_budget": epochs,
+                "best_epoch": int(history.attrs["best_epoch"]),
+                "stopped_early": bool(history.attrs["stopped_early"]),
+                "seconds": round(seconds, 3),
+                "n_train": n_train,
+                "n_validation": int(len(val_idx)),
+                "chance_accuracy": chance_acc,
+                "chance_cross_entropy": chance_ce,
+            }
+            logger.info("amedl: trained %s in %.1fs (%d epochs)", KIND_NAMES[kind], seconds, len(history))
+        return self
+
+    def _trainer(self, kind: str, modules: nn.ModuleDict, chance_ce: float):
+        c = self.config
+        if kind == "fe":
+            return FixedEffectsTrainer(
+                modules["ae"], modules["adversary"], lr=c.lr, adversary_lr=c.adversary_lr or c.lr,
+                recon_weight=c.fe_recon_weight, adv_weight=c.fe_adv_weight, chance_ce=chance_ce,
+                adversarial_loss=c.adversarial_loss,
+            )
+        if kind == "re":
+            return RandomEffectsTrainer(
+                modules["re"], lr=c.lr, recon_weight=c.re_recon_weight, cls_weight=c.re_cls_weight, kl_weight=c.re_kl_weight
+            )
+        return AutoencoderTrainer(modules["ae"], lr=c.lr, recon_weight=c.fe_recon_weight)
+
+    # ------------------------------------------------------------- inference
+    def _module(self, kind: str) -> nn.ModuleDict:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind not in self.modules:
+            trained = list(self.modules) or "none"
+            raise RuntimeError(f"the {KIND_NAMES[kind]} network is not trained (trained: {trained}); call fit(kinds=[..., {kind!r}]) first")
+        return self.modules[kind]
+
+    def _inputs(self, adata: ad.AnnData | None, layer: str | None, need_batches: bool) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Model-input matrix (unscaled log1p on the model genes) and batch codes (-1: unknown)."""
+        if adata is None:
+            if self._X is None:
+                raise AMEDLInputError("this model was loaded from disk: pass the AnnData to embed (adata=...).")
+            return self._X, self._codes
+        X = self.prep.transform(adata, layer=self.layer if layer is None else layer)
+        if self.batch_key in adata.obs.columns:
+            batch = adata.obs[self.batch_key]
+            if batch.isna().any():
+                raise AMEDLInputError(f"adata.obs[{self.batch_key!r}] has missing values; give every cell a batch.")
+            codes = self.prep.encode_batches(batch.astype(str))
+        elif need_batches:
+            raise AMEDLInputError(
+                f"the random-effects network needs each cell's batch, but adata.obs has no {self.batch_key!r} column. "
+                "Add it (batches not seen in training get zero random effects), or use kind='fe', which needs no batch."
+            )
+        else:
+            codes = np.full(X.shape[0], -1, dtype=np.int64)
+        if need_batches and (codes < 0).any():
+            unseen = sorted(set(batch.astype(str)[codes < 0]))
+            warnings.warn(
+                f"{int((codes < 0).sum())} cell(s) come from batch(es) not seen in training ({unseen[:5]}); "
+                "their random effects are set to zero (the population-level network).",
+                UserWarning,
+                stacklevel=3,
+            )
+        return X, codes
+
+    @torch.no_grad()
+    def _run(self, X, codes, fn, batch_size: int) -> np.ndarray:
+        loader = CSRLoader(X, codes, self.prep, batch_size=batch_size, device=self.device)
+        return np.concatenate([fn(x, b).float().cpu().numpy() for x, b in loader], axis=0)
+
+    def latent(self, adata: ad.AnnData | None = None, kind: str = "fe", *, layer: str | None = None, batch_size: int = 4096) -> np.ndarray:
+        """Latent representation of cells, ``(n_cells, n_latent)`` float32.
+
+        ``adata=None`` embeds the training cells. For new cells the genes are
+        matched to the model's by name. ``kind="fe"`` needs no batch label;
+        ``kind="re"`` uses the batch column and gives cells of batches not seen
+        in training zero random effects (with a warning).
+        """
+        modules = self._module(kind)
+        X, codes = self._inputs(adata, layer, need_batches=(kind == "re"))
+        if kind == "re":
+            re = modules["re"]
+            return self._run(X, codes, lambda x, b: re.encode(x, re.one_hot(b)), batch_size)
+        ae = modules["ae"]
+        return self._run(X, codes, lambda x, b: ae.encode(x)[0], batch_size)
+
+    def reconstruct(
+        self,
+        adata: ad.AnnData | None = None,
+        kind: str = "re",
+        batch: str | None = None,
+        *,
+        layer: str | None = None,
+        batch_size: int = 4096,
+    ) -> np.ndarray:
+        """Reconstructed expression, ``(n_cells, n_genes)`` in log1p-normalised units (genes: :attr:`genes`).
+
+        With ``kind="re"`` and ``batch=name``, every cell is encoded with its own
+        batch and decoded as if it came from batch ``name``: the counterfactual
+        expression. ``kind="fe"`` (and ``"ae"``) decode without batch information.
+        """
+        modules = self._module(kind)
+        if kind != "re":
+            if batch is not None:
+                raise ValueError(f"the {KIND_NAMES[kind]} decoder has no batch input; use kind='re' for counterfactual batches")
+            X, codes = self._inputs(adata, layer, need_batches=False)
+            ae = modules["ae"]
+            out = self._run(X, codes, lambda x, b: ae(x)[0], batch_size)
+        else:
+            X, codes = self._inputs(adata, layer, need_batches=True)
+            re = modules["re"]
+            if batch is None:
+                fn = lambda x, b: re(x, re.one_hot(b))[0]  # noqa: E731
+            else:
+                if str(batch) not in self.prep.batches:
+                    raise ValueError(f"unknown batch {batch!r}; the model knows {self.prep.batches}")
+                target = self.prep.batches.index(str(batch))
+                fn = lambda x, b: re(x, re.one_hot(b), re.one_hot(torch.full_like(b, target)))[0]  # noqa: E731
+            out = self._run(X, codes, fn, batch_size)
+        return self.prep.unscale(out).astype(np.float32)
+
+    def batch_effects(self, batch: str) -> pd.DataFrame:
+        """The random effects of one batch on the decoder's output, per gene.
+
+        Columns ``scale`` and ``shift`` are the posterior means of γ and β in
+        ``x̂ = out·(1+γ) + β`` (in the model's scaled units); ``scale_sd`` and
+        ``shift_sd`` their posterior standard deviations. Sort by ``shift`` to
+        see which genes a batch raises or lowers.
+        """
+        re = self._module("re")["re"]
+        if str(batch) not in self.prep.batches:
+            raise ValueError(f"unknown batch {batch!r}; the model knows {self.prep.batches}")
+        b = self.prep.batches.index(str(batch))
+        with torch.no_grad():
+            df = pd.DataFrame(
+                {
+                    "scale": re.out_gamma.mean[b].cpu().numpy(),
+                    "shift": re.out_beta.mean[b].cpu().numpy(),
+                    "scale_sd": re.out_gamma.scale[b].cpu().numpy(),
+                    "shift_sd": re.out_beta.scale[b].cpu().numpy(),
+                },
+                index=pd.Index(self.prep.genes, name="gene"),
+            )
+        return df
+
+    def transform(self, adata: ad.AnnData | None = None, *, layer: str | None = None) -> np.ndarray:
+        """The scaled model-input matrix (dense float32) of ``adata`` (default: the training cells).
+
+        Baselines such as PCA use it so that every comparison sees identical preprocessing.
+        """
+        X, _ = self._inputs(adata, layer, need_batches=False)
+        x = X.toarray()
+        return self.prep.scale_dense(x)
+
+    # ------------------------------------------------------------ save / load
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Save the model to a folder: ``amedl.json`` (settings, genes, batches,
+        preprocessing, training record), ``weights.pt`` and loss histories.
+
+        The folder is written beside its destination and moved into place, so an
+        interrupted save never leaves a half-written model.
+        """
+        if not self.modules:
+            raise RuntimeError("nothing to save: call fit() first")
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            meta = {
+                "amedl_version": __version__,
+                "preset": self.preset,
+                "batch_key": self.batch_key,
+                "layer": self.layer,
+                "config": self.config.to_dict(),
+                "preprocessing": self.prep.to_dict(),
+                "kinds": list(self.modules),
+                "train_info": self.train_info,
+            }
+            (tmp / _CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+            torch.save({k: {n: t.cpu() for n, t in m.state_dict().items()} for k, m in self.modules.items()}, tmp / _WEIGHTS_FILE)
+            for kind, hist in self.history.items():
+                hist.to_csv(tmp / f"history_{kind}.csv", index=False)
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> "AMEDL":
+        """Load a model saved with :meth:`save` (weights read with ``weights_only=True``)."""
+        path = Path(path)
+        cfg_file = path / _CONFIG_FILE
+        if not cfg_file.exists():
+            raise FileNotFoundError(f"{path} is not a saved aMEDL model (no {_CONFIG_FILE})")
+        meta = json.loads(cfg_file.read_text())
+        self = cls.__new__(cls)
+        self.config = AMEDLConfig.from_dict(meta["config"])
+        self.config.device = device
+        self.preset = meta["preset"]
+        self.batch_key = meta["batch_key"]
+        self.layer = meta["layer"]
+        self.prep = Preprocessor.from_dict(meta["preprocessing"])
+        self._X, self._codes, self._obs_names = None, None, None
+        self.device = resolve_device(device)
+        self.train_info = meta.get("train_info", {})
+        state = torch.load(path / _WEIGHTS_FILE, map_location=self.device, weights_only=True)
+        self.modules, self.history = {}, {}
+        for kind in meta["kinds"]:
+            m = self._build(kind).to(self.device)
+            m.load_state_dict(state[kind])
+            m.eval()
+            self.modules[kind] = m
+            hist = path / f"history_{kind}.csv"
+            if hist.exists():
+                self.history[kind] = pd.read_csv(hist)
+        return self

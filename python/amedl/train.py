@@ -1,0 +1,259 @@
+"""Training loops: adversarial fixed effects, random effects, plain autoencoder.
+
+Each trainer exposes ``train_epoch(loader)`` and ``evaluate(loader)``; the
+shared :func:`fit_loop` runs epochs, keeps the loss history, stops early on a
+validation ``monitor`` loss and restores the best weights.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .nn import Adversary, REAutoencoder, TiedAutoencoder
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so that a fit is reproducible on the CPU."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def batch_entropy(codes: np.ndarray, n_batches: int) -> tuple[float, float]:
+    """Cross-entropy and accuracy of the best batch predictor that ignores the cell (chance level)."""
+    p = np.bincount(codes, minlength=n_batches) / max(len(codes), 1)
+    nz = p[p > 0]
+    return float(-(nz * np.log(nz)).sum()), float(p.max())
+
+
+@dataclass
+class LoopSettings:
+    max_epochs: int
+    patience: int
+    min_epochs: int = 1
+    min_delta: float = 0.0
+    progress: bool = True
+    desc: str = "training"
+
+
+def fit_loop(
+    modules: nn.Module,
+    train_epoch: Callable[[], dict],
+    evaluate: Callable[[], dict],
+    settings: LoopSettings,
+) -> pd.DataFrame:
+    """Run epochs until ``max_epochs`` or until the validation ``monitor`` has not
+    improved for ``patience`` epochs; restore the weights of the best epoch.
+
+    Returns the per-epoch history; ``history.attrs`` holds ``best_epoch`` and
+    ``stopped_early``.
+    """
+    best, best_state, best_epoch, wait = math.inf, None, 0, 0
+    rows = []
+    stopped = False
+    bar = tqdm(range(1, settings.max_epochs + 1), desc=settings.desc, disable=not settings.progress, leave=False, unit="epoch")
+    for epoch in bar:
+        tr = train_epoch()
+        ev = evaluate()
+        rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in tr.items()}, **{f"val_{k}": v for k, v in ev.items()}})
+        if ev["monitor"] < best - settings.min_delta:
+            best, best_epoch, wait = ev["monitor"], epoch, 0
+            best_state = copy.deepcopy(modules.state_dict())
+        else:
+            wait += 1
+        bar.set_postfix(val=f"{ev['monitor']:.4g}", best=best_epoch, refresh=False)
+        if epoch >= settings.min_epochs and wait >= settings.patience:
+            stopped = True
+            break
+    bar.close()
+    if best_state is not None:
+        modules.load_state_dict(best_state)
+    history = pd.DataFrame(rows)
+    history.attrs.update(best_epoch=best_epoch, stopped_early=stopped)
+    return history
+
+
+def _mean_rows(rows: list[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+
+class AutoencoderTrainer:
+    """Plain autoencoder: minimise the reconstruction MSE."""
+
+    def __init__(self, ae: TiedAutoencoder, lr: float, recon_weight: float = 1.0):
+        self.ae = ae
+        self.recon_weight = recon_weight
+        self.opt = torch.optim.Adam(ae.parameters(), lr=lr)
+
+    def train_epoch(self, loader) -> dict:
+        self.ae.train()
+        rows = []
+        for x, _ in loader:
+            x_hat, _, _ = self.ae(x)
+            mse = F.mse_loss(x_hat, x)
+            self.opt.zero_grad(set_to_none=True)
+            (self.recon_weight * mse).backward()
+            self.opt.step()
+            rows.append({"mse": mse.item()})
+        return _mean_rows(rows)
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict:
+        self.ae.eval()
+        se, n = 0.0, 0
+        for x, _ in loader:
+            x_hat, _, _ = self.ae(x)
+            se += F.mse_loss(x_hat, x, reduction="sum").item()
+            n += x.numel()
+        mse = se / max(n, 1)
+        return {"mse": mse, "monitor": mse}
+
+
+class FixedEffectsTrainer:
+    """Alternating adversarial training of the fixed-effects autoencoder.
+
+    Per minibatch: (1) one Adam step of the adversary on the batch
+    cross-entropy with the autoencoder's outputs detached; (2) one Adam step of
+    the autoencoder on ``recon_weight·MSE − adv_weight·CE(adversary)``.
+
+    ``adversarial_loss="uniform"`` replaces ``−CE`` by the cross-entropy of the
+    adversary's prediction against the uniform distribution (it cannot be
+    lowered by making the adversary confidently wrong).
+
+    The validation monitor is ``recon_weight·MSE + adv_weight·max(0, H − CE)``:
+    reconstruction plus how far the adversary beats the chance cross-entropy
+    ``H`` on held-out cells, so the best epoch reconstructs well *and* hides
+    the batch.
+    """
+
+    def __init__(
+        self,
+        ae: TiedAutoencoder,
+        adversary: Adversary,
+        *,
+        lr: float,
+        adversary_lr: float,
+        recon_weight: float,
+        adv_weight: float,
+        chance_ce: float,
+        adversarial_loss: str = "ce",
+    ):
+        self.ae, self.adv = ae, adversary
+        self.recon_weight, self.adv_weight = recon_weight, adv_weight
+        self.chance_ce = chance_ce
+        if adversarial_loss not in ("ce", "uniform"):
+            raise ValueError("adversarial_loss must be 'ce' or 'uniform'")
+        self.adversarial_loss = adversarial_loss
+        self.opt_ae = torch.optim.Adam(ae.parameters(), lr=lr)
+        self.opt_adv = torch.optim.Adam(adversary.parameters(), lr=adversary_lr)
+
+    def _fooling_loss(self, logits: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.adversarial_loss == "ce":
+            return -F.cross_entropy(logits, b)
+        return -F.log_softmax(logits, dim=1).mean(dim=1).mean()
+
+    def train_epoch(self, loader) -> dict:
+        self.ae.train()
+        self.adv.train()
+        rows = []
+        for x, b in loader:
+            z, outputs = self.ae.encode(x)
+            # (1) adversary step on detached encoder outputs
+            adv_logits = self.adv([o.detach() for o in outputs])
+            adv_ce = F.cross_entropy(adv_logits, b)
+            self.opt_adv.zero_grad(set_to_none=True)
+            adv_ce.backward()
+            self.opt_adv.step()
+            # (2) autoencoder step against the updated, frozen adversary
+            self.adv.requires_grad_(False)
+            x_hat = self.ae.decode(z)
+            mse = F.mse_loss(x_hat, x)
+            fool = self._fooling_loss(self.adv(outputs), b)
+            loss = self.recon_weight * mse + self.adv_weight * fool
+            self.opt_ae.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_ae.step()
+            self.adv.requires_grad_(True)
+            rows.append({"mse": mse.item(), "adv_ce": adv_ce.item(), "adv_acc": (adv_logits.argmax(1) == b).float().mean().item()})
+        return _mean_rows(rows)
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict:
+        self.ae.eval()
+        self.adv.eval()
+        se = ce = correct = 0.0
+        n_el = n = 0
+        for x, b in loader:
+            z, outputs = self.ae.encode(x)
+            x_hat = self.ae.decode(z)
+            logits = self.adv(outputs)
+            se += F.mse_loss(x_hat, x, reduction="sum").item()
+            ce += F.cross_entropy(logits, b, reduction="sum").item()
+            correct += (logits.argmax(1) == b).sum().item()
+            n_el += x.numel()
+            n += x.shape[0]
+        mse, ce, acc = se / n_el, ce / n, correct / n
+        monitor = self.recon_weight * mse + self.adv_weight * max(0.0, self.chance_ce - ce)
+        return {"mse": mse, "adv_ce": ce, "adv_acc": acc, "monitor": monitor}
+
+
+class RandomEffectsTrainer:
+    """Random-effects autoencoder: ``recon_weight·MSE + cls_weight·CE(classifier) + kl_weight·KL``, one Adam optimiser.
+
+    The validation monitor is the same loss without the KL term, computed with
+    the posterior means of the random effects.
+    """
+
+    def __init__(self, re: REAutoencoder, *, lr: float, recon_weight: float, cls_weight: float, kl_weight: float):
+        self.re = re
+        self.recon_weight, self.cls_weight, self.kl_weight = recon_weight, cls_weight, kl_weight
+        self.opt = torch.optim.Adam(re.parameters(), lr=lr)
+
+    def train_epoch(self, loader) -> dict:
+        self.re.train()
+        rows = []
+        for x, b in loader:
+            Z = self.re.one_hot(b)
+            x_hat, _, logits = self.re(x, Z)
+            mse = F.mse_loss(x_hat, x)
+            ce = F.cross_entropy(logits, b)
+            kl = self.re.kl()
+            loss = self.recon_weight * mse + self.cls_weight * ce + self.kl_weight * kl
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            rows.append({"mse": mse.item(), "cls_ce": ce.item(), "kl": kl.item(), "cls_acc": (logits.argmax(1) == b).float().mean().item()})
+        return _mean_rows(rows)
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict:
+        self.re.eval()
+        se = ce = correct = 0.0
+        n_el = n = 0
+        for x, b in loader:
+            x_hat, _, logits = self.re(x, self.re.one_hot(b))
+            se += F.mse_loss(x_hat, x, reduction="sum").item()
+            ce += F.cross_entropy(logits, b, reduction="sum").item()
+            correct += (logits.argmax(1) == b).sum().item()
+            n_el += x.numel()
+            n += x.shape[0]
+        mse, ce, acc = se / n_el, ce / n, correct / n
+        return {"mse": mse, "cls_ce": ce, "cls_acc": acc, "monitor": self.recon_weight * mse + self.cls_weight * ce}
