@@ -295,8 +295,14 @@ def _harmony_embed(ctx: FoldContext, targets):
         t0 = time.perf_counter()
         pcs = np.asarray(baselines.pca_latent(m, ctx.adata), dtype=np.float64)
         meta = pd.DataFrame({"batch": ctx.adata.obs[ctx.batch_key].astype(str).to_numpy()})
-        with contextlib.redirect_stdout(io.StringIO()):
-            ho = harmonypy.run_harmony(pcs, meta, "batch", random_state=ctx.seed, verbose=False)
+        hlog = logging.getLogger("harmonypy")
+        level = hlog.level
+        hlog.setLevel(logging.WARNING)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                ho = harmonypy.run_harmony(pcs, meta, "batch", random_state=ctx.seed, verbose=False)
+        finally:
+            hlog.setLevel(level)
         z = np.asarray(ho.Z_corr)
         if z.shape[0] != pcs.shape[0]:  # harmonypy < 0.1 returns dims x cells
             z = z.T
@@ -552,7 +558,8 @@ def run_benchmark(
                           progress=progress, model_kwargs=mkw, kinds=kinds)
         if kinds:
             _say(progress, f"fold {f + 1}/{len(splits)}: fitting aMEDL ({', '.join(kinds)}) on {len(tr)} cells")
-        hist = None
+        ctx.get_model()  # every method uses the fold's preprocessing; fit it before timing the embeddings
+        hist = _history_summary(ctx.model)
         for meth in chosen:
             want_all = umap and f == 0 and len(splits) > 1
             targets = [te, all_idx] if want_all else [te]
@@ -565,13 +572,14 @@ def run_benchmark(
             unintegrated = None
             if use_scib:
                 if "unintegrated" not in ctx.cache:
-                    ctx.cache["unintegrated"] = _dense(ctx.get_model().transform(adata[te])).astype(np.float32)
+                    # as scib-metrics' Benchmarker: the PCA of the unintegrated (model-input) data
+                    from . import baselines
+
+                    ctx.cache["unintegrated"] = np.asarray(baselines.pca_latent(ctx.model, adata[te]), np.float32)
                 unintegrated = ctx.cache["unintegrated"]
             scores = _metrics.evaluate_latent(lat[0], batch[te], labels[te], scib=use_scib,
                                               unintegrated=unintegrated, max_cells=max_cells, seed=seed)
             score_s = time.perf_counter() - t0
-            if hist is None and ctx.model is not None:
-                hist = _history_summary(ctx.model)
             row = {"method": meth.name, "fold": f + 1, "n_train": len(tr), "n_test": len(te),
                    "fit_s": meth.fit_seconds(ctx), "embed_s": embed_s, "score_s": score_s}
             row.update(scores)
@@ -759,7 +767,7 @@ def summary_markdown(results: pd.DataFrame, meta: dict) -> str:
             _md_table(_wide(summ, SCIB_COLUMNS)),
             "",
         ]
-    extra = {c: c for c in results.columns if c.startswith(("fe_", "re_", "ae_"))}
+    extra = {c: c for c in results.columns if c.startswith(("fe_", "re_", "ae_")) or c == "chance_acc"}
     timing = {"fit_s": "fit s", "embed_s": "embed s", "score_s": "score s"}
     t = _wide(summ, {**timing, **extra})
     if len(t.columns):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -313,7 +314,10 @@ def scib_metrics(
     if unintegrated is not None:
         u = unintegrated[idx]
         u = np.asarray(u.toarray() if hasattr(u, "toarray") else u, dtype=np.float32)
-        out["pcr_comparison"] = _safe("pcr_comparison", sm.pcr_comparison, u, x, b, categorical=True)
+        with warnings.catch_warnings():
+            # scib-metrics warns when batch explains more variance after integration (score clipped to 0)
+            warnings.filterwarnings("ignore", message="PCR comparison score is negative")
+            out["pcr_comparison"] = _safe("pcr_comparison", sm.pcr_comparison, u, x, b, categorical=True)
     out["clisi"] = _safe("clisi", sm.clisi_knn, nb90, lab)
     try:
         nmi_ari = sm.nmi_ari_cluster_labels_kmeans(x, lab)

@@ -1,0 +1,194 @@
+#' aMEDL integration of split layers (Seurat 5 \code{IntegrateLayers})
+#'
+#' An integration method for Seurat 5's \code{IntegrateLayers()}: it fits
+#' aMEDL on the raw counts of a Seurat 5 assay whose layers are split by batch
+#' (\code{obj[["RNA"]] <- split(obj[["RNA"]], f = obj$donor)}), with the split
+#' (or \code{groups}) as the batch, and returns the batch-invariant
+#' fixed-effects (FE) latent as the integrated reduction. Optionally the
+#' batch-specific random-effects (RE) latent is returned as a second
+#' reduction.
+#'
+#' \code{IntegrateLayers()} hands the method the assay, the layers to
+#' integrate (by default the \code{data} layers, one per batch), the features
+#' (by default the variable features) and the original reduction. aMEDL does
+#' its own normalisation, so the counts are read from the matching
+#' \code{counts} layers (\code{counts.layer}); the given layers only define the
+#' batches. The original reduction is not used: \code{orig.reduction = NULL}
+#' works too (no PCA needed).
+#'
+#' @param object A Seurat 5 assay (\code{Assay5}/\code{StdAssay}), as passed
+#'   by \code{IntegrateLayers()}.
+#' @param assay Name of the assay (set by \code{IntegrateLayers()}); recorded
+#'   as the reduction's assay. Default \code{"RNA"} when called directly.
+#' @param orig The original \code{DimReduc} (set by \code{IntegrateLayers()});
+#'   not used by aMEDL, never evaluated.
+#' @param layers Names of the layers to integrate, one per batch (set by
+#'   \code{IntegrateLayers()}, e.g. \code{"data.donor1"}, \code{"data.donor2"}).
+#'   They define the batch of each cell unless \code{groups} is given.
+#'   \code{NULL} uses the split \code{counts.layer} layers.
+#' @param groups Optional batch per cell instead of the layer split: a vector
+#'   (named by cell, or in the order of the assay's cells), or a one-column
+#'   data frame with cells as row names (as \code{CreateIntegrationGroups}
+#'   makes).
+#' @param features Genes to fit on (set by \code{IntegrateLayers()}: the
+#'   variable features). \code{NULL}: the assay's variable features, or all
+#'   genes when none are set.
+#' @param scale.layer Ignored (set by \code{IntegrateLayers()}).
+#' @param new.reduction Name of the integrated (FE) reduction.
+#' @param reduction.key Key of the FE reduction; default made from
+#'   \code{new.reduction} (\code{"integratedamedl_"}).
+#' @param re.reduction Name for the RE reduction, or \code{NULL} (default) to
+#'   return only the FE one.
+#' @param re.key Key of the RE reduction; default made from
+#'   \code{re.reduction}.
+#' @param counts.layer Layer name (or prefix of the split layers) holding the
+#'   raw counts.
+#' @param n_latent,epochs,seed Passed to \code{\link{RunAMEDL}}.
+#' @param verbose Print what is done.
+#' @param ... Further arguments passed to \code{\link{RunAMEDL}} (matrix
+#'   method).
+#'
+#' @return A named list with the FE \code{DimReduc} (and the RE one when
+#'   \code{re.reduction} is set), as \code{IntegrateLayers()} expects; its
+#'   cells are the assay's cells.
+#'
+#' @examples
+#' \dontrun{
+#' library(Seurat)
+#' obj[["RNA"]] <- split(obj[["RNA"]], f = obj$donor)
+#' obj <- NormalizeData(obj)
+#' obj <- FindVariableFeatures(obj)
+#' obj <- IntegrateLayers(obj, method = AMEDLIntegration, orig.reduction = NULL,
+#'                        re.reduction = "amedl.re")
+#' obj <- RunUMAP(obj, reduction = "integrated.amedl", dims = 1:30)
+#' }
+#' @seealso \code{\link{RunAMEDL}}
+#' @export
+AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
+                             groups = NULL, features = NULL,
+                             scale.layer = "scale.data",
+                             new.reduction = "integrated.amedl",
+                             reduction.key = NULL, re.reduction = NULL,
+                             re.key = NULL, counts.layer = "counts",
+                             n_latent = 50L, epochs = NULL, seed = 0L,
+                             verbose = TRUE, ...) {
+  if (!inherits(object, "StdAssay")) {
+    stop("AMEDLIntegration() needs a Seurat 5 assay (Assay5), as passed by ",
+         "Seurat::IntegrateLayers(); got an object of class '",
+         class(object)[1], "'. Convert a v3/v4 assay with ",
+         "obj[[\"RNA\"]] <- as(obj[[\"RNA\"]], \"Assay5\") (SeuratObject >= 5).",
+         call. = FALSE)
+  }
+  so <- function(name) getExportedValue("SeuratObject", name)
+  assay <- .amedl_or(assay, "RNA")
+  cells <- so("Cells")(object)
+
+  # --- raw counts, one genes x cells matrix over all split layers ---
+  clayers <- suppressWarnings(so("Layers")(object, search = counts.layer))
+  if (!length(clayers)) {
+    stop("AMEDLIntegration(): no '", counts.layer, "' layer(s) in assay '",
+         assay, "'; aMEDL fits on raw counts (layers: ",
+         paste(so("Layers")(object), collapse = ", "), ").", call. = FALSE)
+  }
+  features <- .amedl_or(features, so("VariableFeatures")(object))
+  if (!length(features)) features <- rownames(object)
+  for (l in clayers) {
+    features <- intersect(features, so("Features")(object, layer = l))
+  }
+  if (length(features) < 2L) {
+    stop("AMEDLIntegration(): fewer than two of the requested features are ",
+         "in every '", counts.layer, "' layer.", call. = FALSE)
+  }
+  counts <- do.call(cbind, lapply(clayers, function(l) {
+    so("LayerData")(object, layer = l, features = features)
+  }))
+  counts <- counts[, cells, drop = FALSE]
+
+  # --- the batch of each cell: groups, else the layer split ---
+  batch <- .amedl_integration_groups(object, cells, groups, layers, clayers,
+                                     counts.layer, so)
+  if (length(unique(batch)) < 2L) {
+    stop("AMEDLIntegration(): all cells are in one batch. Split the layers ",
+         "by batch first (obj[[\"", assay, "\"]] <- split(obj[[\"", assay,
+         "\"]], f = obj$donor)) or pass groups = <batch per cell>.",
+         call. = FALSE)
+  }
+  if (verbose) {
+    message("aMEDL integration: ", length(cells), " cells, ", length(features),
+            " features, ", length(unique(batch)), " batches (",
+            paste(unique(batch), collapse = ", "), ")")
+  }
+
+  fit <- RunAMEDL(object = counts, batch = batch, n_latent = n_latent,
+                  epochs = epochs, seed = seed, ...)
+
+  misc <- list(method = "aMEDL", batches = sort(unique(batch)),
+               n_features = length(features), n_latent = n_latent,
+               epochs = epochs, seed = seed)
+  make_dr <- function(emb, key, kind) {
+    emb <- as.matrix(emb)
+    if (nrow(emb) != length(cells)) {
+      stop("AMEDLIntegration(): the engine returned ", nrow(emb),
+           " rows for ", length(cells), " cells.", call. = FALSE)
+    }
+    rownames(emb) <- cells
+    colnames(emb) <- paste0(key, seq_len(ncol(emb)))
+    so("CreateDimReducObject")(embeddings = emb, key = key, assay = assay,
+                               misc = c(misc, latent = kind))
+  }
+  out <- list()
+  out[[new.reduction]] <- make_dr(fit$fe, .amedl_or(reduction.key,
+                                    .amedl_key(new.reduction)), "fe")
+  if (!is.null(re.reduction)) {
+    out[[re.reduction]] <- make_dr(fit$re, .amedl_or(re.key,
+                                     .amedl_key(re.reduction)), "re")
+  }
+  out
+}
+attr(AMEDLIntegration, "Seurat.method") <- "integration"
+
+.amedl_or <- function(a, b) if (is.null(a)) b else a
+
+# A valid Seurat key from a reduction name: "integrated.amedl" -> "integratedamedl_".
+.amedl_key <- function(name) {
+  k <- gsub("[^[:alnum:]]", "", name)
+  if (!grepl("^[[:alpha:]]", k)) k <- paste0("amedl", k)
+  paste0(k, "_")
+}
+
+# The batch per cell (character vector in the order of `cells`).
+.amedl_integration_groups <- function(object, cells, groups, layers, clayers,
+                                      counts.layer, so) {
+  if (!is.null(groups)) {
+    if (is.data.frame(groups)) {
+      g <- as.character(groups[[1]])
+      names(g) <- rownames(groups)
+    } else {
+      g <- as.character(groups)
+      names(g) <- names(groups)
+    }
+    if (!is.null(names(g)) && all(cells %in% names(g))) {
+      g <- g[cells]
+    } else if (length(g) != length(cells)) {
+      stop("AMEDLIntegration(): 'groups' must give one batch per cell (",
+           length(cells), " cells), named by cell or in the assay's order.",
+           call. = FALSE)
+    }
+    if (anyNA(g)) stop("AMEDLIntegration(): 'groups' has missing values.",
+                       call. = FALSE)
+    return(unname(g))
+  }
+  # the layers IntegrateLayers passed (e.g. data.A, data.B), else counts.A, counts.B
+  split_layers <- if (length(layers) > 1L) layers else clayers
+  g <- rep(NA_character_, length(cells))
+  names(g) <- cells
+  for (l in split_layers) {
+    lc <- so("Cells")(object, layer = l)
+    g[lc] <- sub("^[^.]*\\.", "", l)  # "data.donor1" -> "donor1"
+  }
+  if (anyNA(g)) {
+    stop("AMEDLIntegration(): ", sum(is.na(g)), " cells are in none of the ",
+         "layers ", paste(split_layers, collapse = ", "), ".", call. = FALSE)
+  }
+  unname(g)
+}

@@ -1,0 +1,144 @@
+"""Validation errors, preprocessing and the minibatch loader."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import amedl
+from amedl.data import CSRLoader, Preprocessor
+
+
+def _copy(sim):
+    a = sim.copy()
+    a.X = a.X.toarray()
+    return a
+
+
+def _fit(a, **kw):
+    return amedl.AMEDL(a, "batch", n_top_genes=100, hidden=(16, 8), n_latent=4, adversary_hidden=(16, 8), **kw)
+
+
+def test_missing_batch_key(sim):
+    with pytest.raises(amedl.AMEDLInputError, match=r"'donor' is not in adata.obs.*cell_type"):
+        amedl.AMEDL(sim, "donor")
+
+
+@pytest.mark.parametrize(
+    "value, pattern",
+    [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"), (-1.0, "negative"), (2.5, "non-integer")],
+)
+def test_bad_values(sim, value, pattern):
+    a = _copy(sim)
+    a.X[3, 5] = value
+    with pytest.raises(amedl.AMEDLInputError, match=pattern):
+        _fit(a)
+
+
+def test_bad_values_sparse(sim):
+    a = sim.copy()
+    a.X = a.X.tocsr(copy=True)
+    a.X.data[0] = 0.5
+    with pytest.raises(amedl.AMEDLInputError, match="non-integer.*raw counts"):
+        _fit(a)
+
+
+def test_empty_cells(sim):
+    a = _copy(sim)
+    a.X[7, :] = 0
+    with pytest.raises(amedl.AMEDLInputError, match=r"1 cell\(s\) have no counts.*filter_cells"):
+        _fit(a)
+
+
+def test_zero_genes_are_dropped(sim):
+    a = _copy(sim)
+    a.X[:, :10] = 0
+    m = amedl.AMEDL(a, "batch", n_top_genes=None)
+    assert m.prep.dropped_genes >= 10
+    assert not set(a.var_names[:10]) & set(m.genes)
+
+
+def test_single_batch(sim):
+    a = sim.copy()
+    a.obs["batch"] = "only"
+    with pytest.raises(amedl.AMEDLInputError, match="single batch.*at least 2 batches"):
+        _fit(a)
+
+
+def test_tiny_batch(sim):
+    a = sim.copy()
+    a.obs["batch"] = a.obs["batch"].astype(str)
+    a.obs.iloc[0, a.obs.columns.get_loc("batch")] = "lonely"
+    with pytest.raises(amedl.AMEDLInputError, match=r"\['lonely'\].*fewer than 2 cells"):
+        _fit(a)
+
+
+def test_missing_batch_values(sim):
+    a = sim.copy()
+    a.obs["batch"] = a.obs["batch"].astype(object)
+    a.obs.iloc[4, a.obs.columns.get_loc("batch")] = None
+    with pytest.raises(amedl.AMEDLInputError, match="missing value"):
+        _fit(a)
+
+
+def test_duplicated_names(sim):
+    a = sim.copy()
+    a.obs_names = ["c"] * a.n_obs
+    with pytest.raises(amedl.AMEDLInputError, match="obs_names_make_unique"):
+        _fit(a)
+    b = sim.copy()
+    b.var_names = ["g"] * b.n_vars
+    with pytest.raises(amedl.AMEDLInputError, match="var_names_make_unique"):
+        _fit(b)
+
+
+def test_missing_layer(sim):
+    with pytest.raises(amedl.AMEDLInputError, match="layer 'counts' is not in adata.layers"):
+        amedl.AMEDL(sim, "batch", layer="counts")
+
+
+def test_layer_is_used(sim):
+    a = sim.copy()
+    a.layers["counts"] = a.X.copy()
+    a.X = a.X * 0.5  # not counts: only the layer may be read
+    m = amedl.AMEDL(a, "batch", layer="counts", n_top_genes=50)
+    assert len(m.genes) == 50
+
+
+def test_hvg_and_scaling(sim):
+    prep, X, codes = Preprocessor.fit(sim, "batch", n_top_genes=120, scaling="minmax")
+    assert len(prep.genes) == 120 == X.shape[1]
+    assert sp.isspmatrix_csr(X)
+    assert prep.batches == ["batch_1", "batch_2", "batch_3"]
+    assert np.array_equal(codes, sim.obs["batch"].cat.codes.to_numpy())
+    scaled = prep.scale_dense(X.toarray())
+    assert scaled.min() == 0.0 and np.isclose(scaled.max(), 1.0)
+
+    prep_z, Xz, _ = Preprocessor.fit(sim, "batch", n_top_genes=120, scaling="zscore")
+    z = prep_z.scale_dense(Xz.toarray())
+    assert np.allclose(z.mean(0), 0, atol=1e-4) and np.allclose(z.std(0), 1, atol=1e-3)
+
+
+def test_loader_covers_every_row_once(sim):
+    prep, X, codes = Preprocessor.fit(sim, "batch", n_top_genes=50)
+    loader = CSRLoader(X, codes, prep, batch_size=64, shuffle=True, rng=np.random.default_rng(3))
+    seen_codes, rows, sizes = [], [], []
+    for x, b in loader:
+        sizes.append(x.shape[0])
+        rows.append(x.numpy())
+        seen_codes.append(b.numpy())
+    assert max(sizes) <= 64 and sum(sizes) == X.shape[0]
+    got = np.concatenate(rows)
+    want = prep.scale_dense(X.toarray())
+    # same multiset of rows: compare after sorting rows lexicographically
+    order_got = np.lexsort(got.T[::-1])
+    order_want = np.lexsort(want.T[::-1])
+    assert np.allclose(got[order_got], want[order_want], atol=1e-5)
+    assert np.bincount(np.concatenate(seen_codes)).tolist() == np.bincount(codes).tolist()
+
+
+def test_unknown_preset_and_setting(sim):
+    with pytest.raises(ValueError, match="unknown preset"):
+        amedl.AMEDL(sim, "batch", preset="fastest")
+    with pytest.raises(ValueError, match="unknown aMEDL setting"):
+        amedl.AMEDL(sim, "batch", n_latnet=10)

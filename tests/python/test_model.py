@@ -1,0 +1,157 @@
+"""The AMEDL model on simulated data: reproducibility, save/load, new cells, counterfactuals."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import amedl
+
+SMALL = dict(n_top_genes=200, hidden=(64, 32), n_latent=8, adversary_hidden=(64, 32))
+
+
+def _assert_same_adata(a, b):
+    assert a.shape == b.shape
+    assert (a.X != b.X).nnz == 0
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    pd.testing.assert_frame_equal(a.var, b.var)
+    assert set(a.obsm) == set(b.obsm) and set(a.layers) == set(b.layers)
+    assert a.uns.keys() == b.uns.keys()
+
+
+def test_fit_does_not_modify_input(sim):
+    before = sim.copy()
+    m = amedl.AMEDL(sim, "batch", **SMALL)
+    m.fit(seed=0, max_epochs=2, progress=False)
+    m.latent(sim, kind="re")
+    m.reconstruct(sim, kind="re", batch="batch_2")
+    _assert_same_adata(sim, before)
+
+
+def test_latent_shapes_and_history(small_model, sim):
+    for kind in ("fe", "re", "ae"):
+        z = small_model.latent(kind=kind)
+        assert z.shape == (sim.n_obs, 8) and z.dtype == np.float32
+        assert np.isfinite(z).all()
+        h = small_model.history[kind]
+        assert len(h) == small_model.train_info[kind]["epochs_run"] <= 8
+        assert "val_monitor" in h and "train_mse" in h
+    assert {"val_adv_acc", "val_adv_ce"} <= set(small_model.history["fe"].columns)
+    assert {"val_cls_acc", "train_kl"} <= set(small_model.history["re"].columns)
+
+
+def test_training_reduces_reconstruction_error(small_model):
+    for kind in ("fe", "re", "ae"):
+        h = small_model.history[kind]
+        assert h["val_mse"].min() < h["val_mse"].iloc[0]
+
+
+def test_same_seed_same_latents_different_seed_differs(sim):
+    def run(seed):
+        m = amedl.AMEDL(sim, "batch", **SMALL)
+        m.fit(seed=seed, max_epochs=3, progress=False)
+        return m.latent(kind="fe"), m.latent(kind="re")
+
+    fe0, re0 = run(0)
+    fe0b, re0b = run(0)
+    fe1, _ = run(1)
+    assert np.array_equal(fe0, fe0b) and np.array_equal(re0, re0b)
+    assert not np.allclose(fe0, fe1)
+
+
+def test_fitting_one_kind_matches_fitting_both(sim):
+    a = amedl.AMEDL(sim, "batch", **SMALL).fit(seed=2, max_epochs=2, progress=False, kinds=["re"])
+    b = amedl.AMEDL(sim, "batch", **SMALL).fit(seed=2, max_epochs=2, progress=False, kinds=["fe", "re"])
+    assert np.array_equal(a.latent(kind="re"), b.latent(kind="re"))
+
+
+def test_save_load_identical(small_model, sim, tmp_path):
+    path = small_model.save(tmp_path / "model")
+    meta = json.loads((path / "amedl.json").read_text())
+    assert meta["preprocessing"]["genes"] == small_model.genes
+    assert meta["preprocessing"]["batches"] == small_model.batches
+    assert meta["config"]["n_latent"] == 8
+    m2 = amedl.AMEDL.load(path)
+    for kind in ("fe", "re", "ae"):
+        assert np.array_equal(m2.latent(sim, kind=kind), small_model.latent(sim, kind=kind))
+    assert np.array_equal(m2.reconstruct(sim, batch="batch_1"), small_model.reconstruct(sim, batch="batch_1"))
+    with pytest.raises(amedl.AMEDLInputError, match="pass the AnnData"):
+        m2.latent(kind="fe")
+
+
+def test_save_refuses_to_overwrite_and_is_atomic(small_model, tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError):
+        small_model.save(target)
+    assert (target / "keep.txt").read_text() == "user data"
+    small_model.save(target, overwrite=True)
+    assert (target / "amedl.json").exists() and not (target / "keep.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folders left
+
+
+def test_genes_matched_by_name(small_model, sim):
+    shuffled = sim[:, np.random.default_rng(0).permutation(sim.n_vars)].copy()
+    assert np.allclose(small_model.latent(shuffled, kind="fe"), small_model.latent(kind="fe"), atol=1e-5)
+    missing = sim[:, [g for g in sim.var_names if g not in small_model.genes[:3]]].copy()
+    with pytest.raises(amedl.AMEDLInputError, match=r"3 of the model's 200 genes are missing"):
+        small_model.latent(missing, kind="fe")
+
+
+def test_new_batch_gets_zero_random_effects(small_model, sim):
+    new = sim[:50].copy()
+    new.obs["batch"] = "unseen_donor"
+    with pytest.warns(UserWarning, match="not seen in training.*zero"):
+        z = small_model.latent(new, kind="re")
+    assert z.shape == (50, 8) and np.isfinite(z).all()
+    # the FE latent needs no batch column at all
+    del new.obs["batch"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fe = small_model.latent(new, kind="fe")
+    assert np.allclose(fe, small_model.latent(kind="fe")[:50], atol=1e-5)
+    with pytest.raises(amedl.AMEDLInputError, match="needs each cell's batch"):
+        small_model.latent(new, kind="re")
+
+
+def test_counterfactual(small_model, sim):
+    own = small_model.reconstruct(kind="re")
+    assert own.shape == (sim.n_obs, len(small_model.genes))
+    in_b1 = (sim.obs["batch"] == "batch_1").to_numpy()
+    as_b1 = small_model.reconstruct(kind="re", batch="batch_1")
+    # decoding a cell as its own batch is the ordinary reconstruction
+    assert np.allclose(as_b1[in_b1], own[in_b1], atol=1e-5)
+    assert not np.allclose(as_b1[~in_b1], own[~in_b1], atol=1e-3)
+    with pytest.raises(ValueError, match="unknown batch 'nope'"):
+        small_model.reconstruct(batch="nope")
+    with pytest.raises(ValueError, match="no batch input"):
+        small_model.reconstruct(kind="fe", batch="batch_1")
+
+
+def test_batch_effects_table(small_model):
+    df = small_model.batch_effects("batch_2")
+    assert list(df.columns) == ["scale", "shift", "scale_sd", "shift_sd"]
+    assert list(df.index) == small_model.genes
+    assert (df["scale_sd"] > 0).all()
+
+
+def test_errors_before_fit(sim):
+    m = amedl.AMEDL(sim, "batch", **SMALL)
+    with pytest.raises(RuntimeError, match="not trained"):
+        m.latent(kind="fe")
+    with pytest.raises(ValueError, match="unknown kind"):
+        m.fit(kinds=["xx"], progress=False)
+
+
+def test_tl_writes_obsm(sim):
+    a = sim.copy()
+    m = amedl.tl.amedl(a, "batch", max_epochs=2, progress=False, **SMALL)
+    assert a.obsm["X_amedl_fe"].shape == (a.n_obs, 8)
+    assert np.array_equal(a.obsm["X_amedl_re"], m.latent(kind="re"))
+    assert a.uns["amedl"]["batch_key"] == "batch"
+    b, _ = amedl.tl.amedl(sim, "batch", max_epochs=1, progress=False, copy=True, **SMALL)
+    assert "X_amedl_fe" in b.obsm and "X_amedl_fe" not in sim.obsm

@@ -1,0 +1,186 @@
+# Seurat 5 objects: split layers, RunAMEDL and IntegrateLayers(method = AMEDLIntegration).
+# Runs in the Seurat 5 lane (scripts/seurat5-lane: R 4.5, Seurat 5, SeuratObject 5);
+# skipped under SeuratObject 4 (Debian bookworm's default lane).
+
+s5_skip <- function() {
+  skip_if_not_installed("SeuratObject", minimum_version = "5.0.0")
+  skip_if_not_installed("Seurat", minimum_version = "5.0.0")
+  skip_if_not_installed("SingleCellExperiment")
+}
+
+# ../shared/data/muscat_example_sce.rda next to the checkout, found from the
+# working directory upwards (tests/testthat, tests, the checkout, ...) or
+# from $AMEDL_SHARED_DATA / $AMEDL_CHECKOUT.
+s5_muscat_path <- function() {
+  f <- "muscat_example_sce.rda"
+  cands <- character()
+  if (nzchar(Sys.getenv("AMEDL_SHARED_DATA"))) {
+    cands <- c(cands, file.path(Sys.getenv("AMEDL_SHARED_DATA"), f))
+  }
+  if (nzchar(Sys.getenv("AMEDL_CHECKOUT"))) {
+    cands <- c(cands, file.path(Sys.getenv("AMEDL_CHECKOUT"), "..", "shared", "data", f))
+  }
+  d <- normalizePath(getwd(), mustWork = FALSE)
+  repeat {
+    cands <- c(cands, file.path(d, "shared", "data", f))
+    up <- dirname(d)
+    if (identical(up, d)) break
+    d <- up
+  }
+  hit <- cands[file.exists(cands)]
+  if (length(hit)) normalizePath(hit[[1]]) else NULL
+}
+
+# The engine must be there in the lanes (AMEDL_PYTHON set by scripts/run-tests
+# and scripts/seurat5-lane): then a missing engine fails loudly; elsewhere it skips.
+s5_skip_if_no_engine <- function() {
+  if (nzchar(Sys.getenv("AMEDL_PYTHON"))) return(invisible(TRUE))
+  ok <- tryCatch({
+    reticulate::py_module_available("amedl")
+  }, error = function(e) FALSE)
+  if (!isTRUE(ok)) skip("the amedl Python engine is not available (set AMEDL_PYTHON)")
+}
+
+# A Seurat 5 object from the muscat SingleCellExperiment, RNA split by sample,
+# normalised, 300 variable features, the top 200 scaled; built once per file.
+s5_env <- new.env()
+s5_object <- function() {
+  if (!is.null(s5_env$obj)) return(s5_env$obj)
+  path <- s5_muscat_path()
+  if (is.null(path)) {
+    skip("shared data muscat_example_sce.rda not found (expected in ../shared/data next to the checkout, or set AMEDL_SHARED_DATA)")
+  }
+  e <- new.env()
+  load(path, envir = e)
+  sce <- e$example_sce
+  counts <- SingleCellExperiment::counts(sce)
+  meta <- as.data.frame(SummarizedExperiment::colData(sce))
+  op <- options(Seurat.object.assay.version = "v5")
+  on.exit(options(op), add = TRUE)
+  obj <- SeuratObject::CreateSeuratObject(counts = counts, meta.data = meta)
+  obj[["RNA"]] <- split(obj[["RNA"]], f = obj$sample_id)
+  obj <- Seurat::NormalizeData(obj, verbose = FALSE)
+  obj <- Seurat::FindVariableFeatures(obj, nfeatures = 300, verbose = FALSE)
+  s5_env$feats <- head(SeuratObject::VariableFeatures(obj), 200)
+  obj <- Seurat::ScaleData(obj, features = s5_env$feats, verbose = FALSE)
+  s5_env$obj <- obj
+  obj
+}
+
+s5_expect_reduction <- function(obj, name, n_latent, key = NULL) {
+  expect_true(name %in% SeuratObject::Reductions(obj))
+  dr <- obj[[name]]
+  expect_s4_class(dr, "DimReduc")
+  emb <- SeuratObject::Embeddings(dr)
+  expect_identical(rownames(emb), SeuratObject::Cells(obj))
+  expect_equal(dim(emb), c(ncol(obj), n_latent))
+  expect_true(all(is.finite(emb)))
+  expect_gt(stats::sd(emb[, 1]), 0)
+  expect_identical(SeuratObject::DefaultAssay(dr), "RNA")
+  if (!is.null(key)) expect_identical(SeuratObject::Key(dr), key)
+  invisible(emb)
+}
+
+test_that("the shared muscat data becomes a Seurat 5 object with split layers", {
+  s5_skip()
+  obj <- s5_object()
+  expect_s4_class(obj[["RNA"]], "Assay5")
+  samples <- sort(unique(as.character(obj$sample_id)))
+  expect_length(samples, 4L)
+  expect_setequal(SeuratObject::Layers(obj[["RNA"]], search = "counts"),
+                  paste0("counts.", samples))
+  expect_equal(ncol(obj), 1556)
+})
+
+test_that("RunAMEDL on a Seurat 5 object with split layers and a batch column adds both reductions", {
+  s5_skip()
+  s5_skip_if_no_engine()
+  obj <- s5_object()
+  layers_before <- SeuratObject::Layers(obj[["RNA"]])
+  out <- RunAMEDL(obj, batch = "sample_id", features = s5_env$feats,
+                  n_latent = 8, epochs = 3, seed = 0)
+  s5_expect_reduction(out, "amedl_fe", 8, key = "amedlfe_")
+  s5_expect_reduction(out, "amedl_re", 8, key = "amedlre_")
+  # the object's own layers stay split (counts are joined only for the fit)
+  expect_identical(SeuratObject::Layers(out[["RNA"]]), layers_before)
+  s5_env$fe_batch_col <- SeuratObject::Embeddings(out[["amedl_fe"]])
+})
+
+test_that("RunAMEDL without a batch column fits on the split layers with the split as batch", {
+  s5_skip()
+  s5_skip_if_no_engine()
+  obj <- s5_object()
+  out <- RunAMEDL(obj, features = s5_env$feats, n_latent = 8, epochs = 3, seed = 0)
+  fe <- s5_expect_reduction(out, "amedl_fe", 8)
+  s5_expect_reduction(out, "amedl_re", 8)
+  # the split is by sample_id, so this is the same fit as batch = "sample_id"
+  skip_if(is.null(s5_env$fe_batch_col), "the batch-column fit did not run")
+  expect_equal(unname(fe), unname(s5_env$fe_batch_col), tolerance = 1e-5)
+})
+
+test_that("IntegrateLayers(method = AMEDLIntegration) adds the FE latent as the integrated reduction", {
+  s5_skip()
+  s5_skip_if_no_engine()
+  obj <- s5_object()
+  feats <- s5_env$feats
+  obj <- Seurat::RunPCA(obj, features = feats, npcs = 10, verbose = FALSE)
+  expect_identical(attr(AMEDLIntegration, "Seurat.method"), "integration")
+  out <- Seurat::IntegrateLayers(obj, method = AMEDLIntegration, orig.reduction = "pca",
+                                 features = feats, n_latent = 8, epochs = 3, seed = 0,
+                                 verbose = FALSE)
+  emb <- s5_expect_reduction(out, "integrated.amedl", 8, key = "integratedamedl_")
+  expect_true("pca" %in% SeuratObject::Reductions(out))
+  dr <- out[["integrated.amedl"]]
+  expect_identical(SeuratObject::Misc(dr)$batches, sort(unique(as.character(obj$sample_id))))
+  expect_identical(SeuratObject::Misc(dr)$latent, "fe")
+  # layers stay split, as with Seurat's own integration methods
+  expect_identical(SeuratObject::Layers(out[["RNA"]]), SeuratObject::Layers(obj[["RNA"]]))
+  # same counts, same batches, same seed: the FE latent of RunAMEDL(batch = "sample_id")
+  if (!is.null(s5_env$fe_batch_col)) {
+    expect_equal(unname(emb), unname(s5_env$fe_batch_col), tolerance = 1e-5)
+  }
+  # usable downstream like any integrated reduction
+  out <- Seurat::FindNeighbors(out, reduction = "integrated.amedl", dims = 1:8, verbose = FALSE)
+  expect_true(any(grepl("_snn$", SeuratObject::Graphs(out))))
+  expect_identical(SeuratObject::Cells(out[[SeuratObject::Graphs(out)[1]]]), SeuratObject::Cells(out))
+})
+
+test_that("AMEDLIntegration works without an original reduction and can return the RE latent too", {
+  s5_skip()
+  s5_skip_if_no_engine()
+  obj <- s5_object()
+  out <- Seurat::IntegrateLayers(obj, method = AMEDLIntegration, orig.reduction = NULL,
+                                 features = s5_env$feats, new.reduction = "amedl.int",
+                                 re.reduction = "amedl.int.re", n_latent = 6, epochs = 3,
+                                 seed = 1, verbose = FALSE)
+  fe <- s5_expect_reduction(out, "amedl.int", 6, key = "amedlint_")
+  re <- s5_expect_reduction(out, "amedl.int.re", 6, key = "amedlintre_")
+  expect_identical(SeuratObject::Misc(out[["amedl.int.re"]])$latent, "re")
+  expect_false(isTRUE(all.equal(unname(fe), unname(re))))
+})
+
+test_that("AMEDLIntegration takes groups for an unsplit assay and explains a missing split", {
+  s5_skip()
+  obj <- s5_object()
+  joined <- SeuratObject::JoinLayers(obj)
+  expect_length(SeuratObject::Layers(joined[["RNA"]], search = "counts"), 1L)
+  expect_error(
+    Seurat::IntegrateLayers(joined, method = AMEDLIntegration, orig.reduction = NULL,
+                            features = s5_env$feats, epochs = 3, verbose = FALSE),
+    "one batch.*split")
+  expect_error(AMEDLIntegration(joined[["RNA"]], groups = c("a", "b"), verbose = FALSE),
+               "one batch per cell")
+  expect_error(AMEDLIntegration(SeuratObject::CreateAssayObject(counts = matrix(1:4, 2, dimnames = list(c("g1", "g2"), c("c1", "c2"))))),
+               "Seurat 5 assay")
+
+  s5_skip_if_no_engine()
+  # cells shuffled relative to the sample order: groups are matched by cell name
+  groups <- stats::setNames(as.character(joined$sample_id), SeuratObject::Cells(joined))
+  groups <- groups[rev(seq_along(groups))]
+  out <- Seurat::IntegrateLayers(joined, method = AMEDLIntegration, orig.reduction = NULL,
+                                 features = s5_env$feats, groups = groups, n_latent = 8,
+                                 epochs = 3, seed = 0, verbose = FALSE)
+  s5_expect_reduction(out, "integrated.amedl", 8)
+  expect_identical(SeuratObject::Misc(out[["integrated.amedl"]])$batches,
+                   sort(unique(as.character(obj$sample_id))))
+})
