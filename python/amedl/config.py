@@ -22,6 +22,7 @@ class AMEDLConfig:
     n_latent: int = 50
     latent_activation: str = "selu"
     adversary_hidden: tuple[int, ...] = (512, 132)
+    adversary_input: str = "all"
     classifier_hidden: int = 32
     prior_scale: float = 0.25
     # optimisation
@@ -32,7 +33,9 @@ class AMEDLConfig:
     target_steps: int = 3000
     min_epochs: int = 10
     epoch_cap: int = 400
-    patience: int = 30
+    patience: int | None = 30
+    fe_burn_in: int = 20
+    restore_best: bool = True
     validation_fraction: float = 0.1
     # loss weights
     fe_recon_weight: float = 1.0

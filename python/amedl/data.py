@@ -240,7 +240,8 @@ class Preprocessor:
                 selected = list(candidates)
             else:
                 selected = _highly_variable(work[:, expressed], batch, n_top_genes)
-        work = work[:, selected]
+        if len(selected) != work.n_vars or list(work.var_names) != list(selected):
+            work = work[:, selected]
         Xs = sp.csr_matrix(work.X, dtype=np.float32)
         if scaling == "minmax":
             gmax = float(Xs.max()) if Xs.nnz else 1.0
@@ -344,8 +345,9 @@ def _highly_variable(work: ad.AnnData, batch: pd.Categorical, n_top_genes: int) 
 class CSRLoader:
     """Minibatches of a CSR matrix: rows are sliced and densified one minibatch at a time.
 
-    Yields ``(x, codes)`` torch tensors: ``x`` is the scaled dense block
-    (float32, on ``device``) and ``codes`` the integer batch codes.
+    ``rows`` selects the cells to iterate over (default: all) without copying
+    the matrix. Yields ``(x, codes)`` torch tensors: ``x`` is the scaled dense
+    block (float32, on ``device``), ``codes`` the integer batch codes.
     """
 
     def __init__(
@@ -354,6 +356,7 @@ class CSRLoader:
         codes: np.ndarray,
         prep: Preprocessor,
         *,
+        rows: np.ndarray | None = None,
         batch_size: int = 256,
         shuffle: bool = False,
         rng: np.random.Generator | None = None,
@@ -364,7 +367,7 @@ class CSRLoader:
             X = sp.csr_matrix(X)
         self.X = X
         self.codes = np.asarray(codes, dtype=np.int64)
-        self.prep = prep
+        self.rows = np.arange(X.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.rng = rng if rng is not None else np.random.default_rng(0)
@@ -374,23 +377,22 @@ class CSRLoader:
         self._inv_scale = torch.as_tensor(1.0 / prep.scale, device=self.device)
 
     def __len__(self) -> int:
-        n = self.X.shape[0]
+        n = len(self.rows)
         if self.drop_last and n >= self.batch_size:
             return n // self.batch_size
         return -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.X.shape[0]
-        order = self.rng.permutation(n) if self.shuffle else None
+        n = len(self.rows)
+        rows = self.rows[self.rng.permutation(n)] if self.shuffle else self.rows
+        contiguous = not self.shuffle and n == self.X.shape[0]
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
-            if order is None:
-                block = self.X[sl]
-                codes = self.codes[sl]
+            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
+            if contiguous:
+                block, codes = self.X[lo:hi], self.codes[lo:hi]
             else:
-                idx = np.sort(order[sl])
-                block = self.X[idx]
-                codes = self.codes[idx]
+                idx = np.sort(rows[lo:hi])
+                block, codes = self.X[idx], self.codes[idx]
             x = torch.from_numpy(block.toarray()).to(self.device, non_blocking=True)
             x = (x - self._center) * self._inv_scale
             yield x, torch.from_numpy(codes).to(self.device)

@@ -129,7 +129,8 @@ class AMEDL:
             ae = TiedAutoencoder(n_genes, c.hidden, c.n_latent, c.latent_activation)
             if kind == "ae":
                 return nn.ModuleDict({"ae": ae})
-            adv = Adversary(sum(ae.layer_sizes), n_batches, c.adversary_hidden)
+            n_in = sum(ae.layer_sizes) if c.adversary_input == "all" else c.n_latent
+            adv = Adversary(n_in, n_batches, c.adversary_hidden)
             return nn.ModuleDict({"ae": ae, "adversary": adv})
         return nn.ModuleDict(
             {"re": REAutoencoder(n_genes, n_batches, c.hidden, c.n_latent, c.prior_scale, c.classifier_hidden)}
@@ -162,6 +163,7 @@ class AMEDL:
         max_epochs: int | None = None,
         progress: bool = True,
         kinds: Iterable[str] = ("fe", "re"),
+        callback=None,
     ) -> "AMEDL":
         """Train the networks.
 
@@ -179,6 +181,9 @@ class AMEDL:
         kinds
             Which networks: ``"fe"`` (fixed effects), ``"re"`` (random effects) and
             ``"ae"`` (the plain autoencoder baseline on the same data and loop).
+        callback
+            Optional ``callback(model, kind, epoch, record)`` called after every
+            epoch with that epoch's losses (e.g. for custom logging).
         """
         kinds = list(dict.fromkeys(kinds))
         bad = [k for k in kinds if k not in KINDS]
@@ -192,29 +197,37 @@ class AMEDL:
         epochs = int(max_epochs) if max_epochs is not None else c.epochs_for(n_train)
         batch_size = min(c.batch_size, n_train)
         chance_ce, chance_acc = batch_entropy(self._codes[train_idx], len(self.prep.batches))
-        Xtr, ctr = self._X[train_idx], self._codes[train_idx]
-        Xva, cva = self._X[val_idx], self._codes[val_idx]
         for kind in kinds:
             seed_everything(seed + _KIND_SEED_OFFSET[kind])
             modules = self._build(kind).to(self.device)
             train_loader = CSRLoader(
-                Xtr, ctr, self.prep, batch_size=batch_size, shuffle=True,
+                self._X, self._codes, self.prep, rows=train_idx, batch_size=batch_size, shuffle=True,
                 rng=np.random.default_rng([seed, _KIND_SEED_OFFSET[kind]]), device=self.device,
                 drop_last=n_train % batch_size == 1,
             )
-            val_loader = CSRLoader(Xva, cva, self.prep, batch_size=4096, device=self.device)
+            val_loader = CSRLoader(self._X, self._codes, self.prep, rows=val_idx, batch_size=4096, device=self.device)
             trainer = self._trainer(kind, modules, chance_ce)
             settings = LoopSettings(
                 max_epochs=epochs, patience=c.patience, min_epochs=min(c.min_epochs, epochs),
+                burn_in=min(c.fe_burn_in, epochs // 4) if kind == "fe" else 0, restore_best=c.restore_best,
+                callback=None if callback is None else (lambda e, r, k=kind: callback(self, k, e, r)),
                 progress=progress, desc=f"aMEDL {kind.upper()}",
             )
             t0 = time.perf_counter()
-            history = fit_loop(
-                modules, lambda: trainer.train_epoch(train_loader), lambda: trainer.evaluate(val_loader), settings
-            )
+            previous = self.modules.get(kind)
+            self.modules[kind] = modules  # visible to the callback during training
+            try:
+                history = fit_loop(
+                    modules, lambda: trainer.train_epoch(train_loader), lambda: trainer.evaluate(val_loader), settings
+                )
+            except BaseException:
+                if previous is None:
+                    del self.modules[kind]
+                else:
+                    self.modules[kind] = previous
+                raise
             seconds = time.perf_counter() - t0
             modules.eval()
-            self.modules[kind] = modules
             self.history[kind] = history
             self.train_info[kind] = {
                 "seed": seed,
@@ -237,7 +250,7 @@ class AMEDL:
             return FixedEffectsTrainer(
                 modules["ae"], modules["adversary"], lr=c.lr, adversary_lr=c.adversary_lr or c.lr,
                 recon_weight=c.fe_recon_weight, adv_weight=c.fe_adv_weight, chance_ce=chance_ce,
-                adversarial_loss=c.adversarial_loss,
+                adversarial_loss=c.adversarial_loss, latent_only=c.adversary_input == "latent",
             )
         if kind == "re":
             return RandomEffectsTrainer(

@@ -47,9 +47,12 @@ def batch_entropy(codes: np.ndarray, n_batches: int) -> tuple[float, float]:
 @dataclass
 class LoopSettings:
     max_epochs: int
-    patience: int
+    patience: int | None
     min_epochs: int = 1
     min_delta: float = 0.0
+    burn_in: int = 0
+    restore_best: bool = True
+    callback: Callable[[int, dict], None] | None = None
     progress: bool = True
     desc: str = "training"
 
@@ -63,6 +66,9 @@ def fit_loop(
     """Run epochs until ``max_epochs`` or until the validation ``monitor`` has not
     improved for ``patience`` epochs; restore the weights of the best epoch.
 
+    The first ``burn_in`` epochs are never taken as the best (an adversary that
+    has barely trained makes any latent look batch-blind).
+
     Returns the per-epoch history; ``history.attrs`` holds ``best_epoch`` and
     ``stopped_early``.
     """
@@ -74,17 +80,21 @@ def fit_loop(
         tr = train_epoch()
         ev = evaluate()
         rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in tr.items()}, **{f"val_{k}": v for k, v in ev.items()}})
-        if ev["monitor"] < best - settings.min_delta:
+        if epoch <= settings.burn_in and epoch < settings.max_epochs:
+            pass
+        elif ev["monitor"] < best - settings.min_delta:
             best, best_epoch, wait = ev["monitor"], epoch, 0
             best_state = copy.deepcopy(modules.state_dict())
         else:
             wait += 1
+        if settings.callback is not None:
+            settings.callback(epoch, rows[-1])
         bar.set_postfix(val=f"{ev['monitor']:.4g}", best=best_epoch, refresh=False)
-        if epoch >= settings.min_epochs and wait >= settings.patience:
+        if settings.patience is not None and epoch >= settings.min_epochs and wait >= settings.patience:
             stopped = True
             break
     bar.close()
-    if best_state is not None:
+    if best_state is not None and settings.restore_best:
         modules.load_state_dict(best_state)
     history = pd.DataFrame(rows)
     history.attrs.update(best_epoch=best_epoch, stopped_early=stopped)
@@ -155,8 +165,10 @@ class FixedEffectsTrainer:
         adv_weight: float,
         chance_ce: float,
         adversarial_loss: str = "ce",
+        latent_only: bool = False,
     ):
         self.ae, self.adv = ae, adversary
+        self.latent_only = latent_only
         self.recon_weight, self.adv_weight = recon_weight, adv_weight
         self.chance_ce = chance_ce
         if adversarial_loss not in ("ce", "uniform"):
@@ -176,6 +188,8 @@ class FixedEffectsTrainer:
         rows = []
         for x, b in loader:
             z, outputs = self.ae.encode(x)
+            if self.latent_only:
+                outputs = [z]
             # (1) adversary step on detached encoder outputs
             adv_logits = self.adv([o.detach() for o in outputs])
             adv_ce = F.cross_entropy(adv_logits, b)
@@ -204,6 +218,8 @@ class FixedEffectsTrainer:
         for x, b in loader:
             z, outputs = self.ae.encode(x)
             x_hat = self.ae.decode(z)
+            if self.latent_only:
+                outputs = [z]
             logits = self.adv(outputs)
             se += F.mse_loss(x_hat, x, reduction="sum").item()
             ce += F.cross_entropy(logits, b, reduction="sum").item()
