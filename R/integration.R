@@ -30,9 +30,10 @@
 #'   (named by cell, or in the order of the assay's cells), or a one-column
 #'   data frame with cells as row names (as \code{CreateIntegrationGroups}
 #'   makes).
-#' @param features Genes to fit on (set by \code{IntegrateLayers()}: the
-#'   variable features). \code{NULL}: the assay's variable features, or all
-#'   genes when none are set.
+#' @param features Genes to model (set by \code{IntegrateLayers()}: the
+#'   variable features). \code{NULL}: the assay's variable features, or the
+#'   engine's highly variable genes when none are set. Library sizes are
+#'   computed over all genes.
 #' @param scale.layer Ignored (set by \code{IntegrateLayers()}).
 #' @param new.reduction Name of the integrated (FE) reduction.
 #' @param reduction.key Key of the FE reduction; default made from
@@ -44,13 +45,16 @@
 #' @param counts.layer Layer name (or prefix of the split layers) holding the
 #'   raw counts.
 #' @param n_latent,epochs,seed Passed to \code{\link{RunAMEDL}}.
-#' @param verbose Print what is done.
+#' @param verbose Print what is done and show the engine's progress bars.
 #' @param ... Further arguments passed to \code{\link{RunAMEDL}} (matrix
 #'   method).
 #'
 #' @return A named list with the FE \code{DimReduc} (and the RE one when
 #'   \code{re.reduction} is set), as \code{IntegrateLayers()} expects; its
-#'   cells are the assay's cells.
+#'   cells are the assay's cells. The fit's parameters (batches, genes,
+#'   epochs, seed, model id) are in \code{Misc(obj[[new.reduction]])$amedl},
+#'   as for \code{RunAMEDL()}, so \code{AMEDLModel(obj, reduction =
+#'   new.reduction)} returns the fitted model in the same R session.
 #'
 #' @examples
 #' \dontrun{
@@ -90,17 +94,17 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
          assay, "'; aMEDL fits on raw counts (layers: ",
          paste(so("Layers")(object), collapse = ", "), ").", call. = FALSE)
   }
+  # all genes (library sizes are computed over all of them), the features modelled
+  genes <- rownames(object)
+  for (l in clayers) genes <- intersect(genes, so("Features")(object, layer = l))
   features <- .amedl_or(features, so("VariableFeatures")(object))
-  if (!length(features)) features <- rownames(object)
-  for (l in clayers) {
-    features <- intersect(features, so("Features")(object, layer = l))
-  }
-  if (length(features) < 2L) {
+  features <- if (length(features)) intersect(features, genes) else NULL
+  if (!is.null(features) && length(features) < 2L) {
     stop("AMEDLIntegration(): fewer than two of the requested features are ",
          "in every '", counts.layer, "' layer.", call. = FALSE)
   }
   counts <- do.call(cbind, lapply(clayers, function(l) {
-    so("LayerData")(object, layer = l, features = features)
+    so("LayerData")(object, layer = l, features = genes)
   }))
   counts <- counts[, cells, drop = FALSE]
 
@@ -114,17 +118,24 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
          call. = FALSE)
   }
   if (verbose) {
-    message("aMEDL integration: ", length(cells), " cells, ", length(features),
-            " features, ", length(unique(batch)), " batches (",
+    message("aMEDL integration: ", length(cells), " cells, ",
+            if (is.null(features)) "highly variable genes" else
+              paste(length(features), "features"), ", ", length(unique(batch)), " batches (",
             paste(unique(batch), collapse = ", "), ")")
   }
 
-  fit <- RunAMEDL(object = counts, batch = batch, n_latent = n_latent,
-                  epochs = epochs, seed = seed, ...)
+  fit <- RunAMEDL(object = counts, batch = batch, features = features,
+                  n_latent = n_latent, epochs = epochs, seed = seed,
+                  verbose = verbose, ...)
 
-  misc <- list(method = "aMEDL", batches = sort(unique(batch)),
-               n_features = length(features), n_latent = n_latent,
-               epochs = epochs, seed = seed)
+  # the parameters as RunAMEDL() records them (so AMEDLModel(obj, reduction =
+  # new.reduction) finds the fitted model), plus how the batches were made
+  params <- fit$params
+  params$batch <- if (is.null(groups)) "layer_split" else "groups"
+  params$batches <- .amedl_or(params$batches, sort(unique(batch)))
+  params <- c(params, list(assay = assay, layer = counts.layer,
+                           object_kind = "Seurat",
+                           method = "IntegrateLayers(method = AMEDLIntegration)"))
   make_dr <- function(emb, key, kind) {
     emb <- as.matrix(emb)
     if (nrow(emb) != length(cells)) {
@@ -134,7 +145,7 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
     rownames(emb) <- cells
     colnames(emb) <- paste0(key, seq_len(ncol(emb)))
     so("CreateDimReducObject")(embeddings = emb, key = key, assay = assay,
-                               misc = c(misc, latent = kind))
+                               misc = list(amedl = c(params, list(latent = kind))))
   }
   out <- list()
   out[[new.reduction]] <- make_dr(fit$fe, .amedl_or(reduction.key,

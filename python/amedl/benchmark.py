@@ -43,6 +43,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -115,6 +116,9 @@ def atomic_write(path, mode: str = "w", encoding: str | None = "utf-8"):
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -141,8 +145,8 @@ def stratified_folds(batch, labels, n_folds: int = 5, seed: int = 0) -> list[tup
     Uses scikit-learn's ``StratifiedKFold`` (shuffled, seeded) on the combined
     key ``batch|label``. Strata with fewer cells than folds are pooled first
     within their batch (``batch|rare``) and, if still too small, into one
-    ``rare`` stratum; a ``rare`` pool smaller than ``n_folds`` joins the
-    largest stratum. Every cell is held out exactly once.
+    ``rare`` stratum; a ``rare`` pool smaller than ``n_folds`` is spread over
+    the largest stratum of each cell's batch. Every cell is held out exactly once.
 
     Parameters
     ----------
@@ -181,7 +185,12 @@ def stratified_folds(batch, labels, n_folds: int = 5, seed: int = 0) -> list[tup
     rare = key.map(counts) < n_folds
     key[rare] = "rare"
     if 0 < int(rare.sum()) < n_folds:
-        key[rare] = key[~rare].value_counts().idxmax() if (~rare).any() else "all"
+        # too few even pooled: each joins the largest stratum of its own batch (else the largest overall)
+        common = key[~rare]
+        fallback = common.value_counts().idxmax() if len(common) else "all"
+        biggest = {b: common[batch[~rare.to_numpy()] == b].value_counts().idxmax()
+                   for b in np.unique(batch[~rare.to_numpy()])}
+        key[rare] = [biggest.get(b, fallback) for b in batch[rare.to_numpy()]]
     skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return [(np.sort(tr), np.sort(te)) for tr, te in skf.split(np.zeros(n), key.to_numpy())]
 
@@ -320,25 +329,48 @@ def _model_genes(m, adata) -> list:
     return list(adata.var_names)
 
 
+@contextlib.contextmanager
+def _quiet_scvi():
+    """Silence scvi-tools' and Lightning's info logging and warnings (progress bars stay)."""
+    import scvi
+
+    loggers = [logging.getLogger(n) for n in ("scvi", "lightning", "lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    verbosity = scvi.settings.verbosity
+    try:
+        scvi.settings.verbosity = logging.WARNING
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        scvi.settings.verbosity = verbosity
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
 def _scvi_embed(ctx: FoldContext, targets):
     import scvi
 
     if "scvi_model" not in ctx.cache:
         t0 = time.perf_counter()
         genes = _model_genes(ctx.get_model(), ctx.adata)
-        scvi.settings.seed = ctx.seed
-        train = ctx.adata[ctx.train_idx, genes].copy()
-        scvi.model.SCVI.setup_anndata(train, batch_key=ctx.batch_key)
-        model = scvi.model.SCVI(train, n_latent=10)
-        kw = {} if ctx.max_epochs is None else {"max_epochs": int(ctx.max_epochs)}
-        model.train(enable_progress_bar=ctx.progress, **kw)
+        with _quiet_scvi():
+            scvi.settings.seed = ctx.seed
+            train = ctx.adata[ctx.train_idx, genes].copy()
+            scvi.model.SCVI.setup_anndata(train, batch_key=ctx.batch_key)
+            model = scvi.model.SCVI(train, n_latent=10)
+            kw = {} if ctx.max_epochs is None else {"max_epochs": int(ctx.max_epochs)}
+            model.train(enable_progress_bar=ctx.progress, **kw)
         ctx.cache["scvi_model"] = (model, genes)
         ctx.fit_seconds["scVI"] = time.perf_counter() - t0
     model, genes = ctx.cache["scvi_model"]
     out = []
     for idx in targets:
         sub = ctx.adata[idx, genes].copy()
-        out.append(np.asarray(model.get_latent_representation(sub)))
+        with _quiet_scvi():
+            out.append(np.asarray(model.get_latent_representation(sub)))
     return out
 
 
@@ -515,11 +547,11 @@ def run_benchmark(
     The results table: one row per method x fold with the metric columns
     (also written to ``results.csv``).
     """
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = resolve_methods(methods)
-    notes: list[str] = []
+    adata, notes = _check_input(adata, batch_key, label_key, layer, progress)
     chosen: list[Method] = []
     for name in names:
         ok, why = METHODS[name].available()
@@ -536,8 +568,6 @@ def run_benchmark(
         notes.append("scIB metrics skipped: scib-metrics not installed (pip install 'amedl[benchmark]')")
         _say(progress, notes[-1])
 
-    adata, input_notes = _check_input(adata, batch_key, label_key, layer, progress)
-    notes += input_notes
     kinds = tuple(k for k in ("ae", "fe", "re") if any(k in m.kinds for m in chosen))
     mkw = dict(model_kwargs or {})
     mkw.setdefault("preset", preset)
@@ -560,6 +590,10 @@ def run_benchmark(
             _say(progress, f"fold {f + 1}/{len(splits)}: fitting aMEDL ({', '.join(kinds)}) on {len(tr)} cells")
         ctx.get_model()  # every method uses the fold's preprocessing; fit it before timing the embeddings
         hist = _history_summary(ctx.model)
+        if kinds:
+            _say(progress, f"fold {f + 1}/{len(splits)}: fitted in {sum(ctx.fit_seconds.values()):.0f} s ("
+                           + ", ".join(f"{k.upper()} {ctx.fit_seconds[k]:.0f} s / {int(hist.get(f'{k}_epochs', 0))} epochs"
+                                       for k in kinds) + ")")
         for meth in chosen:
             want_all = umap and f == 0 and len(splits) > 1
             targets = [te, all_idx] if want_all else [te]
@@ -591,9 +625,15 @@ def run_benchmark(
             for r in rows:
                 if r["fold"] == f + 1:
                     r.update(hist)
+        if len(splits) > 1 and f + 1 < len(splits):
+            # keep what is done so far (a long run that is stopped still leaves its finished folds)
+            with atomic_write(out_dir / "results.partial.csv") as fh:
+                pd.DataFrame(rows).to_csv(fh, index=False)
     results = pd.DataFrame(rows)
     with atomic_write(out_dir / "results.csv") as fh:
         results.to_csv(fh, index=False)
+    with contextlib.suppress(FileNotFoundError):
+        (out_dir / "results.partial.csv").unlink()
 
     meta = {
         "title": title or "amedl benchmark",
@@ -633,6 +673,7 @@ def run_benchmark(
         if len(splits) > 1 else "UMAPs of all cells (models fitted on all cells)"
     )
     meta["wall_s"] = time.perf_counter() - t_start
+    meta["cpu_s"] = time.process_time() - cpu_start
     summary = summary_markdown(results, meta)
     with atomic_write(out_dir / "summary.md") as fh:
         fh.write(summary)
@@ -685,7 +726,7 @@ def _wide(summary: pd.DataFrame, columns: dict) -> pd.DataFrame:
         row = {}
         for col, label in columns.items():
             if col in sub.index:
-                digits = 1 if col.endswith("_ch") else 3
+                digits = 1 if col.endswith(("_ch", "_s")) else 3
                 row[label] = _fmt(sub.loc[col, "mean"], sub.loc[col, "ci95"], digits)
         rows[meth] = row
     df = pd.DataFrame.from_dict(rows, orient="index")
@@ -733,6 +774,34 @@ def pattern_check(results: pd.DataFrame) -> list[str]:
     return out
 
 
+def _mean_ci(results: pd.DataFrame, col: str) -> tuple[float, float]:
+    """Mean and 95% half-width of a fold-level column (one value per fold)."""
+    from scipy import stats
+
+    if col not in results.columns:
+        return float("nan"), float("nan")
+    v = results.groupby("fold")[col].first().dropna().to_numpy(dtype=float)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    ci = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
+    return float(v.mean()), ci
+
+
+def training_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per aMEDL network (AE, FE, RE): epochs run, validation MSE and batch accuracy, mean ± CI over folds."""
+    rows = {}
+    for kind, acc in (("ae", None), ("fe", "fe_val_adv_acc"), ("re", "re_val_cls_acc")):
+        if f"{kind}_epochs" not in results.columns:
+            continue
+        row = {"epochs": _fmt(*_mean_ci(results, f"{kind}_epochs"), 0),
+               "validation MSE": _fmt(*_mean_ci(results, f"{kind}_val_mse"), 3),
+               "validation batch accuracy": _fmt(*_mean_ci(results, acc), 3) if acc else "–"}
+        rows[{"ae": "AE", "fe": "FE (adversary)", "re": "RE (classifier)"}[kind]] = row
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "network"
+    return df
+
+
 def summary_markdown(results: pd.DataFrame, meta: dict) -> str:
     """The ``summary.md`` text: set-up, the paper's metrics, the scIB metrics, notes."""
     summ = summarize(results)
@@ -747,7 +816,8 @@ def summary_markdown(results: pd.DataFrame, meta: dict) -> str:
            f"mean ± 95% CI over folds" if folds > 1 else "fitted and scored on all cells")
         + f"; seed {meta.get('seed')}; preset `{meta.get('preset')}`"
         + (f"; max_epochs {meta['max_epochs']}" if meta.get("max_epochs") else "")
-        + (f"; wall time {meta['wall_s']:.0f} s" if meta.get("wall_s") else "") + ".",
+        + (f"; wall time {meta['wall_s']:.0f} s (CPU time {meta.get('cpu_s', float('nan')):.0f} s, "
+           f"{os.cpu_count()} cores)" if meta.get("wall_s") else "") + ".",
         "",
         "## The aMEDL paper's metrics",
         "",
@@ -762,20 +832,27 @@ def summary_markdown(results: pd.DataFrame, meta: dict) -> str:
         lines += [
             "## scIB metrics (scib-metrics)",
             "",
-            "All in 0..1, higher is better; total = 0.4 × batch correction + 0.6 × bio conservation.",
+            "All in 0..1, higher is better; total = 0.4 × batch correction + 0.6 × bio conservation. "
+            "PCR comparison is against the PCA of the model input, so PCA scores 0 on it by construction. "
+            "aMEDL-RE is meant to keep batch information, so a low batch-correction score is its intended "
+            "behaviour, not a failure.",
             "",
             _md_table(_wide(summ, SCIB_COLUMNS)),
             "",
         ]
-    extra = {c: c for c in results.columns if c.startswith(("fe_", "re_", "ae_")) or c == "chance_acc"}
-    timing = {"fit_s": "fit s", "embed_s": "embed s", "score_s": "score s"}
-    t = _wide(summ, {**timing, **extra})
+    t = _wide(summ, {"fit_s": "fit s", "embed_s": "embed s", "score_s": "score s"})
     if len(t.columns):
-        lines += ["## Training and timing", "",
-                  "Seconds per fold (fit includes the shared aMEDL preprocessing; the aMEDL model's kinds are "
-                  "fitted once per fold and shared), and the final validation accuracies logged by the model "
-                  f"(chance for the batch adversary ≈ 1/{meta.get('n_batches')}).", "",
-                  _md_table(t), ""]
+        lines += ["## Timing", "",
+                  "Seconds per fold. fit: the aMEDL preprocessing plus the network(s) the method needs "
+                  "(one aMEDL model per fold is shared by PCA, AE, FE, RE and Harmony's input PCA); "
+                  "embed: computing the latent; score: the metrics.", "", _md_table(t), ""]
+    tr = training_table(results)
+    if len(tr):
+        lines += ["## Training record of the aMEDL networks", "",
+                  "At the epoch whose weights were kept (early stopping on the validation loss); validation "
+                  f"cells are from the training folds. Batch accuracy: the FE adversary (should be near chance, "
+                  f"{_fmt(*_mean_ci(results, 'chance_acc'), 3)}) and the RE batch classifier (should be high).",
+                  "", _md_table(tr), ""]
     checks = pattern_check(results)
     if checks:
         lines += ["## The paper's pattern", ""] + [f"- {c}" for c in checks] + [""]
@@ -798,6 +875,10 @@ img{max-width:100%;height:auto} .note{color:#555} details{margin:.6em 0}
 """
 
 
+def _html_table(df: pd.DataFrame) -> str:
+    return df.reset_index().to_html(index=False, escape=True, border=0)
+
+
 def write_report(path, results: pd.DataFrame, meta: dict, umap_path=None) -> None:
     """Write the self-contained ``report.html`` (tables and the UMAP figure embedded)."""
     summ = summarize(results)
@@ -813,7 +894,9 @@ def write_report(path, results: pd.DataFrame, meta: dict, umap_path=None) -> Non
         + (f"{folds}-fold cross-validation stratified on batch × label; every score is on held-out cells; "
            "tables show mean ± 95% confidence interval over folds." if folds > 1
            else "Models fitted and scored on all cells.")
-        + f" Seed {meta.get('seed')}." + (f" Wall time {meta['wall_s']:.0f} s." if meta.get("wall_s") else "")
+        + f" Seed {meta.get('seed')}."
+        + (f" Wall time {meta['wall_s']:.0f} s (CPU time {meta.get('cpu_s', float('nan')):.0f} s, "
+           f"{os.cpu_count()} cores)." if meta.get("wall_s") else "")
         + "</p>",
     ]
     if meta.get("command"):
@@ -823,16 +906,27 @@ def write_report(path, results: pd.DataFrame, meta: dict, umap_path=None) -> Non
         "<p class='note'>ASW: silhouette width (−1..1). A batch-invariant latent (aMEDL-FE) should have a low "
         "batch ASW and a high label ASW; the random-effects latent (aMEDL-RE) should keep batches apart "
         "(high batch ASW). 1/DB: inverse Davies–Bouldin; CH: Calinski–Harabasz.</p>",
-        _wide(summ, PAPER_COLUMNS).to_html(escape=True),
+        _html_table(_wide(summ, PAPER_COLUMNS)),
     ]
     if meta.get("scib") and "scib_total" in results.columns:
         parts += ["<h2>scIB metrics</h2>",
                   "<p class='note'>From scib-metrics; all in 0..1, higher is better; "
-                  "total = 0.4 × batch correction + 0.6 × bio conservation.</p>",
-                  _wide(summ, SCIB_COLUMNS).to_html(escape=True)]
+                  "total = 0.4 × batch correction + 0.6 × bio conservation. PCR comparison is against the "
+                  "PCA of the model input (PCA scores 0 by construction). aMEDL-RE is meant to keep batch "
+                  "information: a low batch-correction score is its intended behaviour.</p>",
+                  _html_table(_wide(summ, SCIB_COLUMNS))]
     checks = pattern_check(results)
     if checks:
         parts += ["<h2>The paper's pattern</h2><ul>"] + [f"<li>{esc(c)}</li>" for c in checks] + ["</ul>"]
+    tr = training_table(results)
+    if len(tr):
+        parts += ["<h2>Training record of the aMEDL networks</h2>",
+                  "<p class='note'>At the kept epoch (early stopping on the validation loss). Batch accuracy: "
+                  "the FE adversary should be near chance (about "
+                  f"{esc(_fmt(*_mean_ci(results, 'chance_acc'), 3))}); the RE batch classifier should be high.</p>",
+                  _html_table(tr)]
+    parts += ["<h2>Timing</h2><p class='note'>Seconds per fold (fit includes the shared aMEDL preprocessing).</p>",
+              _html_table(_wide(summ, {"fit_s": "fit s", "embed_s": "embed s", "score_s": "score s"}))]
     if umap_path is not None and Path(umap_path).exists():
         b64 = base64.b64encode(Path(umap_path).read_bytes()).decode("ascii")
         parts += ["<h2>UMAPs</h2>", f"<p class='note'>{esc(meta.get('umap_caption', ''))}; left: coloured by "
@@ -879,7 +973,8 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--folds", type=int, default=5,
                         help="k-fold cross-validation stratified on batch x label (1: fit and score on all cells)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--max-epochs", type=int, default=None, help="cap on training epochs per model")
+    parser.add_argument("--epochs", "--max-epochs", dest="epochs", type=int, default=None,
+                        help="epoch budget per network (default: from the number of cells)")
     parser.add_argument("--preset", default="default", help="amedl preset (default or paper)")
     parser.add_argument("--layer", default=None, help="AnnData layer holding the raw counts")
     parser.add_argument("--max-cells", type=int, default=10_000,
@@ -890,20 +985,15 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
 
 
 def _read_input(path: str):
+    """Read an ``.h5ad``, or an R object through :func:`amedl.io.read` when the R bridge is present."""
     p = str(path)
     if p.lower().endswith(".h5ad"):
         import anndata as ad
 
         return ad.read_h5ad(p)
-    try:
-        from . import io as amedl_io  # the R bridge (.rds), when present
-    except ImportError:
-        amedl_io = None
-    for fname in ("read", "read_input", "read_any"):
-        fn = getattr(amedl_io, fname, None) if amedl_io else None
-        if fn is not None:
-            return fn(p)
-    raise ValueError(f"cannot read {p!r}: expected an .h5ad file")
+    from . import io as amedl_io
+
+    return amedl_io.read(p)
 
 
 def benchmark_command(args: argparse.Namespace) -> int:
@@ -916,7 +1006,7 @@ def benchmark_command(args: argparse.Namespace) -> int:
     if args.methods:
         parts += ["--methods", *args.methods]
     parts += ["--folds", str(args.folds), "--seed", str(args.seed)]
-    for flag, val in (("--max-epochs", args.max_epochs), ("--layer", args.layer)):
+    for flag, val in (("--epochs", args.epochs), ("--layer", args.layer)):
         if val is not None:
             parts += [flag, str(val)]
     if args.preset != "default":
@@ -929,7 +1019,7 @@ def benchmark_command(args: argparse.Namespace) -> int:
     run_benchmark(
         adata, args.batch_key, args.label_key, args.out_dir,
         methods=args.methods, folds=args.folds, seed=args.seed, progress=not args.quiet,
-        scib=not args.no_scib, max_epochs=args.max_epochs, layer=args.layer, preset=args.preset,
+        scib=not args.no_scib, max_epochs=args.epochs, layer=args.layer, preset=args.preset,
         max_cells=args.max_cells, title=f"amedl benchmark: {Path(args.input).name}", command=command,
     )
     print(Path(args.out_dir, "summary.md").read_text())

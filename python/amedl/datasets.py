@@ -10,6 +10,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 
+_CHUNK = 20_000
+
+
 def simulate(
     n_cells: int = 2000,
     n_genes: int = 1000,
@@ -25,12 +28,14 @@ def simulate(
     library_size: float = 3000.0,
     library_batch_sd: float = 0.4,
     dispersion: float = 0.3,
+    gene_mean_sd: float = 1.2,
 ) -> ad.AnnData:
     """Simulate raw counts with known cell types and batch effects.
 
     Expression is negative binomial (gamma–Poisson) around a mean built from:
 
-    - a baseline per gene (log-normal) and, per cell type, marker genes
+    - a baseline per gene (log-normal with sd ``gene_mean_sd``: larger values
+      give sparser data) and, per cell type, marker genes
       (``marker_fraction`` of genes, log fold change about ``marker_lfc``);
     - per batch, a **library-size** effect (the batch's mean log library size
       shifts with sd ``library_batch_sd``), a **gene-wise technical** effect
@@ -46,7 +51,7 @@ def simulate(
     if n_batches < 1 or n_cell_types < 1 or n_cells < 1 or n_genes < 1:
         raise ValueError("n_cells, n_genes, n_batches and n_cell_types must be positive")
     rng = np.random.default_rng(seed)
-    base = rng.normal(0.0, 1.2, n_genes) - 1.0
+    base = rng.normal(0.0, gene_mean_sd, n_genes)
 
     type_lfc = np.zeros((n_cell_types, n_genes))
     marker_of = np.full(n_genes, "", dtype=object)
@@ -67,29 +72,35 @@ def simulate(
 
     batch = rng.integers(0, n_batches, n_cells)
     props = rng.dirichlet(np.full(n_cell_types, 3.0), n_batches)
-    cell_type = np.array([rng.choice(n_cell_types, p=props[b]) for b in batch])
-
-    log_mu = base[None, :] + type_lfc[cell_type] + batch_lfc[batch]
-    mu = np.exp(log_mu)
-    mu /= mu.sum(axis=1, keepdims=True)
+    cum = props.cumsum(axis=1)
+    cell_type = np.minimum((rng.random(n_cells)[:, None] > cum[batch]).sum(axis=1), n_cell_types - 1)
     lib = np.exp(np.log(library_size) + batch_lib[batch] + rng.normal(0, 0.3, n_cells))
-    mu *= lib[:, None]
+
+    # counts are drawn in fixed-size chunks of cells so that millions of cells fit in memory
     shape = 1.0 / dispersion
-    counts = rng.poisson(rng.gamma(shape, mu / shape)).astype(np.float32)
-    # every cell keeps at least one count
-    empty = counts.sum(axis=1) == 0
-    counts[empty, np.argmax(mu[empty], axis=1)] = 1.0
+    blocks = []
+    for c, lo in enumerate(range(0, n_cells, _CHUNK)):
+        hi = min(lo + _CHUNK, n_cells)
+        crng = np.random.default_rng([seed, c])
+        mu = np.exp(base[None, :] + type_lfc[cell_type[lo:hi]] + batch_lfc[batch[lo:hi]])
+        mu *= (lib[lo:hi] / mu.sum(axis=1))[:, None]
+        counts = crng.poisson(crng.gamma(shape, mu / shape)).astype(np.float32)
+        empty = counts.sum(axis=1) == 0  # every cell keeps at least one count
+        counts[empty, np.argmax(mu[empty], axis=1)] = 1.0
+        blocks.append(sp.csr_matrix(counts))
+    X = sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
+    totals = np.asarray(X.sum(axis=1)).ravel()
 
     obs = pd.DataFrame(
         {
             "batch": pd.Categorical([f"batch_{b + 1}" for b in batch], categories=[f"batch_{b + 1}" for b in range(n_batches)]),
             "cell_type": pd.Categorical([f"type_{t + 1}" for t in cell_type], categories=[f"type_{t + 1}" for t in range(n_cell_types)]),
-            "library_size": counts.sum(axis=1),
+            "library_size": totals,
         },
         index=[f"cell_{i + 1}" for i in range(n_cells)],
     )
     var = pd.DataFrame({"marker_of": marker_of.astype(str), "batch_program": program.astype(str)}, index=[f"gene_{j + 1}" for j in range(n_genes)])
-    adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
+    adata = ad.AnnData(X=X, obs=obs, var=var)
     adata.uns["simulation"] = {
         "seed": seed,
         "n_batches": n_batches,

@@ -164,7 +164,6 @@ def read_rds(path: str | os.PathLike, object_name: str | None = None, assay: str
     path = Path(path).resolve()
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
-    r = _r_env()
     ro = _ro()
     with _localconv():
         res = _call("amedl_read", str(path), _r_arg(object_name), _r_arg(assay))
@@ -268,7 +267,6 @@ def write_rds(
         assay = info.get("assay") if info.get("kind") == "seurat" else None
         assay = assay or "RNA"
 
-    r = _r_env()
     ro = _ro()
 
     tmpl = None
@@ -313,7 +311,8 @@ def write_rds(
 
         obj = ro.NULL
         if tmpl is not None:
-            res = _call("amedl_update", 
+            res = _call(
+                "amedl_update",
                 str(tmpl),
                 kind,
                 _r_arg(info.get("object_name") if tmpl == Path(str(info.get("source", ""))) else None),
@@ -344,7 +343,6 @@ def write_rds(
 # --------------------------------------------------------------------------- #
 def _build_r_object(adata, kind, assay, info, r_obs, r_obsm, r_keys, r_colnms):
     ro = _ro()
-    r = _r_env()
     cells = list(map(str, adata.obs_names))
     genes = list(map(str, adata.var_names))
     if adata.X is None:
@@ -360,7 +358,8 @@ def _build_r_object(adata, kind, assay, info, r_obs, r_obsm, r_keys, r_colnms):
     r_uns = _py_to_r(uns, where="uns")
     r_var = _df_to_r(adata.var)
     vf = info.get("variable_features_column")
-    res = _call("amedl_build", 
+    res = _call(
+        "amedl_build",
         kind,
         X,
         ro.StrVector([x_name]),
@@ -373,6 +372,7 @@ def _build_r_object(adata, kind, assay, info, r_obs, r_obsm, r_keys, r_colnms):
         r_uns,
         ro.StrVector([assay]),
         _r_arg(vf if isinstance(vf, str) else None),
+        ro.StrVector([str(g) for g in np.atleast_1d(info["variable_features"])]) if "variable_features" in info else ro.NULL,
     )
     for w in _strings(res.rx2("warnings")):
         warnings.warn(str(w), stacklevel=3)
@@ -448,6 +448,11 @@ def _r_env():
     except ImportError as e:  # pragma: no cover
         raise ImportError("reading/writing .rds files needs anndata2ri: pip install 'amedl[r]'") from e
     with _localconv():
+        # rpy2 announces a reticulate bug fixed in reticulate 1.24; silence it for fixed versions
+        ro.r(
+            'if (requireNamespace("reticulate", quietly = TRUE) && utils::packageVersion("reticulate") >= "1.24") '
+            'setHook(packageEvent("reticulate", "onLoad"), NULL, "replace")'
+        )
         env = ro.r("new.env()")
         ro.r["eval"](ro.r["parse"](text=_R_CODE), envir=env)
     return env
@@ -709,7 +714,10 @@ def _df_to_r(df: pd.DataFrame, with_index: bool = True):
     ro = _ro()
     cols = [(str(c), _column_to_r(df[c])) for c in df.columns]
     r_cols = _named_list(cols) if cols else ro.r("list()")
-    automatic = isinstance(df.index, pd.RangeIndex) and df.index.start == 0 and df.index.step == 1
+    # R's automatic row names <-> a RangeIndex (which .h5ad stores as the strings "0".."n-1")
+    automatic = (isinstance(df.index, pd.RangeIndex) and df.index.start == 0 and df.index.step == 1) or (
+        len(df.index) > 0 and list(map(str, df.index)) == [str(i) for i in range(len(df.index))]
+    )
     rn = ro.NULL if automatic or not with_index else ro.StrVector([str(i) for i in df.index])
     return ro.r(
         "function(cols, rn, n) structure(cols, class = 'data.frame', "
@@ -1005,6 +1013,7 @@ amedl_read <- function(path, object_name = NULL, assay = NULL) {
       col <- if ("highly_variable" %in% names(var)) "amedl_variable_feature" else "highly_variable"
       var[[col]] <- genes %in% vf
       info$variable_features_column <- col
+      info$variable_features <- as.character(vf)
     }
     obsm <- list()
     for (n in SeuratObject::Reductions(obj)) {
@@ -1050,7 +1059,7 @@ amedl_rd_colnames <- function(m, cn) {
   m
 }
 
-amedl_build <- function(kind, X, x_name, layers, obs, var, obsm, keys, colnms, uns, assay, vf_col) {
+amedl_build <- function(kind, X, x_name, layers, obs, var, obsm, keys, colnms, uns, assay, vf_col, vf_order) {
   msgs <- character(0)
   warn <- function(m) msgs <<- c(msgs, m)
   cells <- colnames(X)
@@ -1090,7 +1099,9 @@ amedl_build <- function(kind, X, x_name, layers, obs, var, obsm, keys, colnms, u
   if (length(left)) warn(sprintf("a Seurat assay has no place for layers %s: left out", paste(left, collapse = ", ")))
   obj@meta.data <- obs
   if (!is.null(vf_col) && vf_col %in% names(var)) {
-    SeuratObject::VariableFeatures(obj, assay = assay) <- genes[var[[vf_col]] %in% TRUE]
+    vf <- genes[var[[vf_col]] %in% TRUE]
+    if (!is.null(vf_order) && setequal(vf_order, vf)) vf <- vf_order
+    SeuratObject::VariableFeatures(obj, assay = assay) <- vf
     var[[vf_col]] <- NULL
   }
   if (length(var)) {
@@ -1103,6 +1114,14 @@ amedl_build <- function(kind, X, x_name, layers, obs, var, obsm, keys, colnms, u
   }
   obj@misc <- if (is.null(uns)) list() else uns
   list(object = obj, warnings = msgs)
+}
+
+amedl_same <- function(old, new) {
+  old <- tryCatch(as.matrix(old), error = function(e) NULL)
+  if (is.null(old) || !identical(dim(old), dim(new))) return(FALSE)
+  if (!is.null(rownames(old)) && !is.null(rownames(new)) && all(rownames(new) %in% rownames(old)))
+    old <- old[rownames(new), , drop = FALSE]
+  isTRUE(all.equal(unname(old), unname(new), check.attributes = FALSE, tolerance = 1e-6))
 }
 
 amedl_update <- function(path, kind, object_name, assay, cells, obs, obsm, keys, colnms, uns_amedl) {
@@ -1121,6 +1140,8 @@ amedl_update <- function(path, kind, object_name, assay, cells, obs, obsm, keys,
     SummarizedExperiment::colData(obj) <- S4Vectors::DataFrame(obs, check.names = FALSE)
     for (n in names(obsm)) {
       m <- obsm[[n]][ord, , drop = FALSE]; rownames(m) <- colnames(obj)
+      if (n %in% SingleCellExperiment::reducedDimNames(obj) &&
+          amedl_same(SingleCellExperiment::reducedDim(obj, n), m)) next  # unchanged: keep as is
       SingleCellExperiment::reducedDim(obj, n) <- amedl_rd_colnames(m, colnms[[n]])
     }
     if (!is.null(uns_amedl)) S4Vectors::metadata(obj)$amedl <- uns_amedl
@@ -1130,6 +1151,8 @@ amedl_update <- function(path, kind, object_name, assay, cells, obs, obsm, keys,
     obj@meta.data <- obs
     for (n in names(obsm)) {
       m <- obsm[[n]][ord, , drop = FALSE]; rownames(m) <- colnames(obj)
+      # an unchanged reduction is kept as it is (with its loadings, stdev, ...)
+      if (n %in% SeuratObject::Reductions(obj) && amedl_same(SeuratObject::Embeddings(obj[[n]]), m)) next
       misc <- if (startsWith(n, "amedl_") && !is.null(uns_amedl)) list(amedl = uns_amedl) else NULL
       obj[[n]] <- amedl_dimreduc(m, keys[[n]], assay, misc)
     }

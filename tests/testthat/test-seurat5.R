@@ -57,7 +57,8 @@ s5_object <- function() {
   meta <- as.data.frame(SummarizedExperiment::colData(sce))
   op <- options(Seurat.object.assay.version = "v5")
   on.exit(options(op), add = TRUE)
-  obj <- SeuratObject::CreateSeuratObject(counts = counts, meta.data = meta)
+  # (the muscat gene names have underscores, which Seurat replaces with dashes)
+  obj <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = counts, meta.data = meta))
   obj[["RNA"]] <- split(obj[["RNA"]], f = obj$sample_id)
   obj <- Seurat::NormalizeData(obj, verbose = FALSE)
   obj <- Seurat::FindVariableFeatures(obj, nfeatures = 300, verbose = FALSE)
@@ -98,7 +99,7 @@ test_that("RunAMEDL on a Seurat 5 object with split layers and a batch column ad
   obj <- s5_object()
   layers_before <- SeuratObject::Layers(obj[["RNA"]])
   out <- RunAMEDL(obj, batch = "sample_id", features = s5_env$feats,
-                  n_latent = 8, epochs = 3, seed = 0)
+                  n_latent = 8, epochs = 3, seed = 0, verbose = FALSE)
   s5_expect_reduction(out, "amedl_fe", 8, key = "amedlfe_")
   s5_expect_reduction(out, "amedl_re", 8, key = "amedlre_")
   # the object's own layers stay split (counts are joined only for the fit)
@@ -110,7 +111,7 @@ test_that("RunAMEDL without a batch column fits on the split layers with the spl
   s5_skip()
   s5_skip_if_no_engine()
   obj <- s5_object()
-  out <- RunAMEDL(obj, features = s5_env$feats, n_latent = 8, epochs = 3, seed = 0)
+  out <- RunAMEDL(obj, features = s5_env$feats, n_latent = 8, epochs = 3, seed = 0, verbose = FALSE)
   fe <- s5_expect_reduction(out, "amedl_fe", 8)
   s5_expect_reduction(out, "amedl_re", 8)
   # the split is by sample_id, so this is the same fit as batch = "sample_id"
@@ -131,8 +132,13 @@ test_that("IntegrateLayers(method = AMEDLIntegration) adds the FE latent as the 
   emb <- s5_expect_reduction(out, "integrated.amedl", 8, key = "integratedamedl_")
   expect_true("pca" %in% SeuratObject::Reductions(out))
   dr <- out[["integrated.amedl"]]
-  expect_identical(SeuratObject::Misc(dr)$batches, sort(unique(as.character(obj$sample_id))))
-  expect_identical(SeuratObject::Misc(dr)$latent, "fe")
+  expect_identical(SeuratObject::Misc(dr)$amedl$batches, sort(unique(as.character(obj$sample_id))))
+  expect_identical(SeuratObject::Misc(dr)$amedl$latent, "fe")
+  # the fitted model is found from the reduction, like after RunAMEDL()
+  m <- AMEDLModel(out, reduction = "integrated.amedl")
+  b <- m$batches
+  if (inherits(b, "python.builtin.object")) b <- reticulate::py_to_r(b)
+  expect_identical(as.character(unlist(b)), sort(unique(as.character(obj$sample_id))))
   # layers stay split, as with Seurat's own integration methods
   expect_identical(SeuratObject::Layers(out[["RNA"]]), SeuratObject::Layers(obj[["RNA"]]))
   # same counts, same batches, same seed: the FE latent of RunAMEDL(batch = "sample_id")
@@ -155,7 +161,7 @@ test_that("AMEDLIntegration works without an original reduction and can return t
                                  seed = 1, verbose = FALSE)
   fe <- s5_expect_reduction(out, "amedl.int", 6, key = "amedlint_")
   re <- s5_expect_reduction(out, "amedl.int.re", 6, key = "amedlintre_")
-  expect_identical(SeuratObject::Misc(out[["amedl.int.re"]])$latent, "re")
+  expect_identical(SeuratObject::Misc(out[["amedl.int.re"]])$amedl$latent, "re")
   expect_false(isTRUE(all.equal(unname(fe), unname(re))))
 })
 
@@ -181,6 +187,6 @@ test_that("AMEDLIntegration takes groups for an unsplit assay and explains a mis
                                  features = s5_env$feats, groups = groups, n_latent = 8,
                                  epochs = 3, seed = 0, verbose = FALSE)
   s5_expect_reduction(out, "integrated.amedl", 8)
-  expect_identical(SeuratObject::Misc(out[["integrated.amedl"]])$batches,
+  expect_identical(SeuratObject::Misc(out[["integrated.amedl"]])$amedl$batches,
                    sort(unique(as.character(obj$sample_id))))
 })

@@ -1,0 +1,102 @@
+#' Fit aMEDL: batch-invariant and batch-specific latents
+#'
+#' Trains aMEDL (autoencoder mixed-effects deep learning) on raw counts and
+#' returns two latents per cell: the fixed-effects latent (`fe`,
+#' batch-invariant: cell types and states, made batch-blind by an adversary)
+#' and the random-effects latent (`re`, batch-specific: donor, chemistry or
+#' site effects). The networks are trained by the amedl Python engine,
+#' reached through reticulate (see [amedl_python_config()]).
+#'
+#' * The **Seurat** method adds the reductions `amedl_fe` and `amedl_re`
+#'   (keys `amedlfe_` and `amedlre_`, with the cell names and the assay), and
+#'   records the parameters in the `misc` slot of both reductions
+#'   (`Misc(obj[["amedl_fe"]])$amedl`) and in `obj@commands`. Counts come
+#'   from the `counts` layer of `assay`: `GetAssayData()` with Seurat 4,
+#'   `LayerData()` with Seurat 5, where split layers (`counts.A`, `counts.B`,
+#'   ...) are joined; when `batch` is `NULL` and the counts are split, the
+#'   split is the batch.
+#' * The **SingleCellExperiment** method adds the reducedDims `AMEDL_FE` and
+#'   `AMEDL_RE` and records the parameters in `metadata(sce)$amedl`.
+#' * The **matrix** method (genes x cells, base or sparse `Matrix`) returns
+#'   `list(fe, re, model, params)`.
+#'
+#' The fitted model is kept in memory for the rest of the R session (and on
+#' disk when `model_dir` is given), so that [AMEDLCounterfactual()] and
+#' [AMEDLModel()] can use it.
+#'
+#' @param object A Seurat object, a SingleCellExperiment, or a genes x cells
+#'   count matrix (base `matrix` or `dgCMatrix`).
+#' @param batch The batch of each cell: for Seurat and SingleCellExperiment
+#'   the name of a column of the cell metadata (or a vector with one value
+#'   per cell); for a matrix a vector with one value per cell. At least two
+#'   batches are needed.
+#' @param features Genes to model. Default: for Seurat the variable features
+#'   when they are set, otherwise the engine picks `n_top_genes` highly
+#'   variable genes (batch-aware).
+#' @param n_latent Size of each latent.
+#' @param n_top_genes Number of highly variable genes the engine selects when
+#'   `features` is not given.
+#' @param epochs Maximum number of epochs; `NULL` uses the engine's default
+#'   (scaled with the number of cells, with early stopping).
+#' @param seed Random seed; the same seed gives the same latents on the CPU.
+#' @param model_dir Folder to save the fitted model in (`NULL`: keep it in
+#'   memory for this session only).
+#' @param preset Engine preset: `"default"` or `"paper"` (the published configuration).
+#' @param verbose Show the engine's progress bars.
+#' @param ... Arguments passed to methods.
+#' @return The object with the latents added (see Details), or for a matrix a
+#'   list with `fe` and `re` (cells x `n_latent` matrices with cell names),
+#'   `model` (the Python model) and `params`.
+#' @seealso [AMEDLCounterfactual()], [AMEDLModel()], [install_amedl_python()]
+#' @examples
+#' \dontrun{
+#' library(amedl)
+#' obj <- RunAMEDL(seurat_obj, batch = "donor")
+#' obj <- Seurat::RunUMAP(obj, reduction = "amedl_fe", dims = 1:10)
+#' Seurat::DimPlot(obj, group.by = "donor")
+#'
+#' sce <- RunAMEDL(sce, batch = "sample_id")
+#' SingleCellExperiment::reducedDim(sce, "AMEDL_FE")
+#' }
+#' @export
+RunAMEDL <- function(object, ...) UseMethod("RunAMEDL")
+
+#' @rdname RunAMEDL
+#' @export
+RunAMEDL.default <- function(object, batch, features = NULL, n_latent = 50, n_top_genes = 2000,
+                             epochs = NULL, seed = 0, model_dir = NULL, preset = "default",
+                             verbose = TRUE, ...) {
+  if (!(is.matrix(object) || methods::is(object, "Matrix") || is.data.frame(object))) {
+    .stop("RunAMEDL() needs a Seurat object, a SingleCellExperiment or a genes x cells count matrix, not an object of class %s",
+          paste(class(object), collapse = "/"))
+  }
+  .check_dots(...)
+  counts <- .check_counts(object)
+  if (missing(batch)) batch <- NULL
+  b <- .check_batch(batch, ncol(counts))
+  res <- .amedl_fit(counts, b, batch_key = "batch", features = features, n_latent = n_latent,
+                    n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
+                    model_dir = model_dir, verbose = verbose)
+  res$params$batch <- NULL
+  res
+}
+
+.check_dots <- function(...) {
+  dots <- list(...)
+  if (length(dots)) {
+    nm <- names(dots)
+    .stop("unknown argument(s): %s", paste(ifelse(is.null(nm) | nm == "", "<unnamed>", nm), collapse = ", "))
+  }
+}
+
+# Batch labels from a column name or a per-cell vector.
+.batch_from_meta <- function(batch, meta, n_cells, where) {
+  if (is.character(batch) && length(batch) == 1L && n_cells != 1L) {
+    if (!batch %in% colnames(meta)) {
+      .stop("`batch = \"%s\"` is not a column of the %s; columns are: %s", batch, where,
+            paste(colnames(meta), collapse = ", "))
+    }
+    return(list(values = meta[[batch]], key = batch))
+  }
+  list(values = batch, key = "batch")
+}

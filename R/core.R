@@ -1,0 +1,181 @@
+# Input checks and the call into the engine shared by all RunAMEDL() methods.
+
+.stop <- function(...) stop(sprintf(...), call. = FALSE)
+
+.scalar_int <- function(x, name, min = 1L, null_ok = FALSE) {
+  if (is.null(x) && null_ok) return(NULL)
+  if (!is.numeric(x) || length(x) != 1L || is.na(x) || x != round(x) || x < min) {
+    .stop("`%s` must be a whole number >= %d%s, not %s", name, min,
+          if (null_ok) " (or NULL)" else "", paste(deparse(x), collapse = " "))
+  }
+  as.integer(x)
+}
+
+# Checks a genes x cells count matrix; returns it as a dgCMatrix or a double matrix.
+.check_counts <- function(counts, what = "the count matrix") {
+  if (methods::is(counts, "sparseMatrix")) {
+    counts <- methods::as(methods::as(methods::as(counts, "CsparseMatrix"), "generalMatrix"), "dMatrix")
+    vals <- counts@x
+  } else if (is.matrix(counts) || is.data.frame(counts)) {
+    if (is.data.frame(counts)) counts <- as.matrix(counts)
+    if (!is.numeric(counts) && !is.logical(counts)) {
+      .stop("%s must be numeric (raw counts), but it holds %s values", what, typeof(counts))
+    }
+    storage.mode(counts) <- "double"
+    vals <- counts
+  } else {
+    .stop("%s must be a matrix or a sparse Matrix (genes x cells), not an object of class %s",
+          what, paste(class(counts), collapse = "/"))
+  }
+  if (nrow(counts) < 2L || ncol(counts) < 2L) .stop("%s is %d x %d: it needs genes in rows and cells in columns", what, nrow(counts), ncol(counts))
+  if (anyNA(vals)) .stop("%s has missing values (NA); aMEDL needs raw counts", what)
+  if (length(vals) && min(vals) < 0) .stop("%s has negative values; aMEDL needs raw counts (not scaled or centred data)", what)
+  if (is.null(rownames(counts))) .stop("%s has no row (gene) names; set rownames()", what)
+  if (anyDuplicated(rownames(counts))) .stop("%s has duplicated gene names (e.g. '%s'); make them unique (make.unique())", what, rownames(counts)[anyDuplicated(rownames(counts))])
+  if (is.null(colnames(counts))) colnames(counts) <- paste0("cell", seq_len(ncol(counts)))
+  if (anyDuplicated(colnames(counts))) .stop("%s has duplicated cell names (e.g. '%s')", what, colnames(counts)[anyDuplicated(colnames(counts))])
+  counts
+}
+
+# A batch vector (one label per cell) checked and returned as a factor.
+.check_batch <- function(batch, n_cells, what = "batch") {
+  if (is.null(batch)) .stop("`batch` is missing: give one batch label per cell (donor, sample, chemistry ...)")
+  if (!is.atomic(batch) || !is.null(dim(batch))) .stop("%s must be a vector with one label per cell", what)
+  if (length(batch) != n_cells) .stop("%s has %d values for %d cells", what, length(batch), n_cells)
+  if (anyNA(batch)) .stop("%s has %d missing value(s); give every cell a batch (or drop those cells)", what, sum(is.na(batch)))
+  b <- droplevels(as.factor(batch))
+  if (nlevels(b) < 2L) {
+    .stop("%s has a single batch ('%s'): aMEDL separates batch effects and needs at least 2 batches", what, levels(b)[1])
+  }
+  b
+}
+
+.check_features <- function(features, genes) {
+  if (is.null(features) || !length(features)) return(NULL)
+  features <- unique(as.character(features))
+  miss <- setdiff(features, genes)
+  if (length(miss)) {
+    .stop("%d of %d features are not genes of the count matrix (e.g. %s)", length(miss), length(features),
+          paste(utils::head(sQuote(miss, FALSE), 3), collapse = ", "))
+  }
+  if (length(features) < 2L) .stop("`features` must name at least 2 genes")
+  features
+}
+
+.py_error <- function(e) {
+  msg <- conditionMessage(e)
+  # reticulate wraps Python exceptions; keep the Python message, drop the traceback noise
+  msg <- sub("^Error in py_call_impl\\(callable, dots\\$args, dots\\$keywords\\) :\\s*", "", msg)
+  msg <- sub("\n*Run `reticulate::py_last_error\\(\\)` for details\\.?\\s*$", "", msg)
+  msg <- sub("\n*Detailed traceback:.*$", "", msg)
+  stop(paste0("amedl: ", trimws(msg)), call. = FALSE)
+}
+
+# Fit on a genes x cells matrix; returns list(fe, re, model, genes, batches, params).
+.amedl_fit <- function(counts, batch, batch_key = "batch", features = NULL, n_latent = 50, n_top_genes = 2000,
+                       epochs = NULL, seed = 0, preset = "default", model_dir = NULL, verbose = TRUE) {
+  n_latent <- .scalar_int(n_latent, "n_latent", 1L)
+  n_top_genes <- .scalar_int(n_top_genes, "n_top_genes", 2L)
+  epochs <- .scalar_int(epochs, "epochs", 1L, null_ok = TRUE)
+  seed <- .scalar_int(seed, "seed", 0L)
+  if (!is.character(preset) || length(preset) != 1L) .stop("`preset` must be a single string such as \"default\" or \"paper\"")
+  if (!is.null(model_dir) && (!is.character(model_dir) || length(model_dir) != 1L)) .stop("`model_dir` must be a folder path or NULL")
+  features <- .check_features(features, rownames(counts))
+  bridge <- amedl_engine()
+  res <- tryCatch(
+    bridge$fit(
+      counts, colnames(counts), rownames(counts), as.character(batch),
+      batch_key = batch_key, batch_levels = levels(batch),
+      features = features, n_latent = n_latent, n_top_genes = n_top_genes,
+      epochs = epochs, seed = seed, preset = preset,
+      model_dir = if (is.null(model_dir)) NULL else path.expand(model_dir),
+      progress = isTRUE(verbose)
+    ),
+    error = .py_error
+  )
+  fe <- .latent_matrix(res$fe, colnames(counts), "amedlfe_")
+  re <- .latent_matrix(res$re, colnames(counts), "amedlre_")
+  id <- .cache_model(res$model)
+  params <- list(
+    batch = batch_key, n_latent = n_latent, epochs = epochs, seed = seed, preset = preset,
+    features = if (is.null(features)) "highly variable genes (engine)" else sprintf("%d given", length(features)),
+    n_top_genes = if (is.null(features)) n_top_genes else NULL,
+    genes = unlist(res$genes), batches = unlist(res$batches),
+    epochs_run = unlist(res$epochs),
+    model_dir = if (is.null(res$model_dir)) NULL else res$model_dir,
+    model_id = id,
+    engine_version = tryCatch(bridge$engine_info()$amedl, error = function(e) NA_character_),
+    date = format(Sys.time(), "%Y-%m-%d %H:%M:%S")
+  )
+  list(fe = fe, re = re, model = res$model, params = params)
+}
+
+.latent_matrix <- function(x, cells, key) {
+  x <- as.matrix(x)
+  storage.mode(x) <- "double"
+  dimnames(x) <- list(cells, paste0(key, seq_len(ncol(x))))
+  x
+}
+
+# Fitted models stay in this R session, keyed by an id recorded in the object.
+.cache_model <- function(model) {
+  if (is.null(.amedl_state$models)) .amedl_state$models <- list()
+  .amedl_state$counter <- (if (is.null(.amedl_state$counter)) 0L else .amedl_state$counter) + 1L
+  id <- sprintf("amedl-%s-%d-%d", format(Sys.time(), "%Y%m%d%H%M%S"), Sys.getpid(), .amedl_state$counter)
+  .amedl_state$models[[id]] <- model
+  id
+}
+
+# The model behind a set of recorded parameters: this session's cache, else model_dir.
+.find_model <- function(params, model = NULL) {
+  if (!is.null(model)) {
+    if (is.character(model)) return(.load_model(model))
+    return(model)
+  }
+  if (is.null(params)) {
+    .stop("this object has no aMEDL parameters recorded: run RunAMEDL() on it first (or pass model =)")
+  }
+  id <- params$model_id
+  if (!is.null(id) && !is.null(.amedl_state$models[[id]])) return(.amedl_state$models[[id]])
+  if (!is.null(params$model_dir) && dir.exists(params$model_dir)) return(.load_model(params$model_dir))
+  .stop(paste0(
+    "the aMEDL model fitted for this object is not available: fitted models are kept in memory only in the R session ",
+    "that fitted them%s.\nFix: rerun RunAMEDL(..., model_dir = \"some/folder\") to keep the model on disk, ",
+    "or pass model = \"path/to/model_dir\""),
+    if (!is.null(params$model_dir)) sprintf(", and model_dir '%s' does not exist", params$model_dir) else " and no model_dir was given")
+}
+
+.load_model <- function(path) {
+  if (!dir.exists(path)) .stop("no aMEDL model folder at '%s'", path)
+  tryCatch(amedl_engine()$load_model(normalizePath(path)), error = .py_error)
+}
+
+#' The fitted aMEDL model of an object
+#'
+#' Returns the Python model (an `amedl.AMEDL` object, through reticulate)
+#' that [RunAMEDL()] fitted for `object`: from this R session's memory, or
+#' loaded from the `model_dir` recorded when it was fitted.
+#'
+#' @param object A Seurat object or SingleCellExperiment after [RunAMEDL()],
+#'   or the list returned by the matrix method.
+#' @param reduction Seurat: the reduction holding the parameters.
+#' @return The Python model object.
+#' @examples
+#' \dontrun{
+#' m <- AMEDLModel(sce)
+#' m$genes
+#' }
+#' @export
+AMEDLModel <- function(object, reduction = "amedl_fe") {
+  .find_model(.amedl_params(object, reduction))
+}
+
+.amedl_params <- function(object, reduction = "amedl_fe") {
+  if (methods::is(object, "Seurat")) {
+    if (!reduction %in% names(object@reductions)) .stop("the Seurat object has no reduction '%s': run RunAMEDL() first", reduction)
+    return(object@reductions[[reduction]]@misc$amedl)
+  }
+  if (methods::is(object, "SingleCellExperiment")) return(S4Vectors::metadata(object)$amedl)
+  if (is.list(object) && !is.null(object$params)) return(object$params)
+  .stop("cannot find aMEDL parameters in an object of class %s", paste(class(object), collapse = "/"))
+}

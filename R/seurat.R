@@ -1,0 +1,156 @@
+# Seurat support: counts from Seurat 4 (Assay, GetAssayData) and Seurat 5
+# (Assay5, LayerData with split layers), reductions out.
+
+.seurat_ns <- function() {
+  if (!requireNamespace("SeuratObject", quietly = TRUE)) {
+    .stop("the SeuratObject package is needed for Seurat objects; install it (Debian: apt-get install r-cran-seuratobject)")
+  }
+  asNamespace("SeuratObject")
+}
+
+.has_layers <- function() {
+  ns <- .seurat_ns()
+  exists("LayerData", envir = ns, inherits = FALSE) && exists("Layers", envir = ns, inherits = FALSE)
+}
+
+#' Counts (or another layer) of a Seurat assay, for Seurat 4 and 5
+#'
+#' Returns the genes x cells matrix of `layer` in `assay`, columns in the
+#' object's cell order. With SeuratObject 5 (`LayerData()`), split layers
+#' (`counts.A`, `counts.B`, ...) are joined, and the layer each cell came
+#' from is returned as the attribute `split` (a factor, `NULL` when the layer
+#' is not split). With SeuratObject 4 it is `GetAssayData(slot = layer)`.
+#'
+#' @param object A Seurat object.
+#' @param assay Assay name (default: the default assay).
+#' @param layer Layer (slot) name, e.g. `"counts"` or `"data"`.
+#' @return A matrix (usually a `dgCMatrix`) with attribute `split`.
+#' @examples
+#' if (requireNamespace("SeuratObject", quietly = TRUE)) {
+#'   m <- SeuratLayerCounts(SeuratObject::pbmc_small)
+#'   dim(m)
+#' }
+#' @export
+SeuratLayerCounts <- function(object, assay = NULL, layer = "counts") {
+  ns <- .seurat_ns()
+  if (!methods::is(object, "Seurat")) .stop("`object` must be a Seurat object")
+  if (is.null(assay)) assay <- SeuratObject::DefaultAssay(object)
+  if (!assay %in% names(object@assays)) {
+    .stop("the Seurat object has no assay '%s' (assays: %s)", assay, paste(names(object@assays), collapse = ", "))
+  }
+  a <- object[[assay]]
+  cells <- colnames(object)
+  split <- NULL
+  if (.has_layers()) {
+    Layers <- get("Layers", envir = ns)
+    LayerData <- get("LayerData", envir = ns)
+    lyrs <- Layers(a)
+    if (layer %in% lyrs) {
+      m <- LayerData(a, layer = layer)
+    } else {
+      parts_names <- lyrs[startsWith(lyrs, paste0(layer, "."))]
+      if (!length(parts_names)) {
+        .stop("assay '%s' has no layer '%s' (layers: %s)", assay, layer, paste(lyrs, collapse = ", "))
+      }
+      parts <- lapply(parts_names, function(l) LayerData(a, layer = l))
+      genes <- unique(unlist(lapply(parts, rownames)))
+      parts <- lapply(parts, function(p) {
+        if (identical(rownames(p), genes)) return(methods::as(p, "CsparseMatrix"))
+        full <- Matrix::sparseMatrix(i = integer(0), j = integer(0), x = numeric(0),
+                                     dims = c(length(genes), ncol(p)), dimnames = list(genes, colnames(p)))
+        full[rownames(p), ] <- p
+        full
+      })
+      split <- factor(rep(substring(parts_names, nchar(layer) + 2L), vapply(parts, ncol, 1L)),
+                      levels = substring(parts_names, nchar(layer) + 2L))
+      m <- do.call(cbind, parts)
+      names(split) <- colnames(m)
+    }
+  } else {
+    if (!layer %in% c("counts", "data", "scale.data")) {
+      .stop("Seurat v3/v4 assays have the slots counts, data and scale.data, not '%s'", layer)
+    }
+    m <- SeuratObject::GetAssayData(a, slot = layer)
+  }
+  if (!length(m) || ncol(m) == 0L) {
+    .stop("layer '%s' of assay '%s' is empty%s", layer, assay,
+          if (layer == "counts") " (aMEDL needs raw counts; was the object created from normalised data?)" else "")
+  }
+  if (is.null(colnames(m))) colnames(m) <- cells
+  if (!all(cells %in% colnames(m))) .stop("layer '%s' of assay '%s' does not cover all cells of the object", layer, assay)
+  m <- m[, cells, drop = FALSE]
+  if (!is.null(split)) split <- droplevels(split[cells])
+  attr(m, "split") <- split
+  m
+}
+
+.variable_features <- function(object, assay) {
+  vf <- tryCatch(SeuratObject::VariableFeatures(object, assay = assay), error = function(e) character(0))
+  if (is.null(vf)) character(0) else vf
+}
+
+#' @rdname RunAMEDL
+#' @param assay Seurat: the assay holding the counts (default: the default
+#'   assay). SingleCellExperiment: the assay with the counts (default `"counts"`).
+#' @param layer Seurat: the layer (slot) with raw counts.
+#' @param reduction.prefix Seurat: prefix of the reduction names
+#'   (`<prefix>_fe`, `<prefix>_re`); the keys are the prefix without
+#'   non-alphanumeric characters followed by `fe_` / `re_`.
+#' @export
+RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts", features = NULL,
+                            n_latent = 50, n_top_genes = 2000, epochs = NULL, seed = 0, model_dir = NULL,
+                            preset = "default", reduction.prefix = "amedl", verbose = TRUE, ...) {
+  .check_dots(...)
+  .seurat_ns()
+  if (is.null(assay)) assay <- SeuratObject::DefaultAssay(object)
+  counts <- SeuratLayerCounts(object, assay = assay, layer = layer)
+  split <- attr(counts, "split")
+  attr(counts, "split") <- NULL
+  counts <- .check_counts(counts, sprintf("the '%s' layer of assay '%s'", layer, assay))
+  if (is.null(batch)) {
+    if (is.null(split)) {
+      .stop("`batch` is missing: name the column of the cell metadata that holds each cell's batch (columns: %s)",
+            paste(colnames(object@meta.data), collapse = ", "))
+    }
+    if (isTRUE(verbose)) message("amedl: no batch given; using the split of the '", layer, "' layer (", nlevels(split), " parts) as the batch")
+    b <- list(values = split, key = "layer_split")
+  } else {
+    b <- .batch_from_meta(batch, object@meta.data, ncol(object), "Seurat object's meta.data")
+  }
+  bf <- .check_batch(b$values, ncol(counts), sprintf("the batch ('%s')", b$key))
+  if (is.null(features)) {
+    vf <- .variable_features(object, assay)
+    vf <- intersect(vf, rownames(counts))
+    if (length(vf) >= 2L) {
+      features <- vf
+      if (isTRUE(verbose)) message("amedl: using the ", length(vf), " variable features of assay '", assay, "'")
+    }
+  }
+  res <- .amedl_fit(counts, bf, batch_key = b$key, features = features, n_latent = n_latent,
+                    n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
+                    model_dir = model_dir, verbose = verbose)
+  params <- c(res$params, list(assay = assay, layer = layer, object_kind = "Seurat"))
+  keyroot <- gsub("[^A-Za-z0-9]", "", reduction.prefix)
+  if (!nzchar(keyroot) || !grepl("^[A-Za-z]", keyroot)) .stop("`reduction.prefix` must start with a letter")
+  for (kind in c("fe", "re")) {
+    key <- paste0(keyroot, kind, "_")
+    emb <- res[[kind]]
+    colnames(emb) <- paste0(key, seq_len(ncol(emb)))
+    dr <- SeuratObject::CreateDimReducObject(embeddings = emb, key = key, assay = assay,
+                                             misc = list(amedl = c(params, list(latent = kind))))
+    object[[paste0(reduction.prefix, "_", kind)]] <- dr
+  }
+  object <- .log_command(object, params)
+  object
+}
+
+# Record the call in obj@commands like Seurat's own functions do.
+.log_command <- function(object, params) {
+  cmd <- tryCatch({
+    methods::new("SeuratCommand",
+      name = "RunAMEDL", time.stamp = Sys.time(), assay.used = params$assay,
+      call.string = "RunAMEDL", params = params[c("batch", "assay", "layer", "features", "n_latent", "epochs", "seed", "preset", "model_dir", "model_id")])
+  }, error = function(e) NULL)
+  if (!is.null(cmd)) object@commands[[paste0("RunAMEDL.", params$assay)]] <- cmd
+  object
+}

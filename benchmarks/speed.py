@@ -1,0 +1,168 @@
+"""Speed and memory of aMEDL training and inference at 10^4-10^6 cells.
+
+Run (not a test):
+
+    .venv/bin/python benchmarks/speed.py --sizes 10000,100000,1000000 --out docs/performance.json
+
+Each size runs in its own subprocess so that its peak resident memory is its
+own. Printed per network (FE, RE, AE): cells per second per training epoch,
+the model's FLOPs per cell per training step, achieved GFLOP/s and its ratio to
+this machine's dense float32 matmul rate (measured first), epochs and wall time
+to early-stopping convergence, latent-inference cells per second, peak RSS and
+the size of the CSR input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Best dense float32 matmul rate of this machine with torch's default threads."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def _dense_flops(dims) -> int:
+    return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
+def flops_per_cell(kind: str, n_genes: int, n_batches: int, cfg) -> dict:
+    """Matmul FLOPs per cell: forward pass and one training step (backward ≈ 2× forward)."""
+    enc = [n_genes, *cfg.hidden, cfg.n_latent]
+    ae_fwd = 2 * _dense_flops(enc)  # encoder + tied decoder
+    if kind == "ae":
+        return {"forward": _dense_flops(enc), "train": 3 * ae_fwd}
+    if kind == "fe":
+        adv_in = sum(cfg.hidden) + cfg.n_latent if cfg.adversary_input == "all" else cfg.n_latent
+        adv = _dense_flops([adv_in, *cfg.adversary_hidden, n_batches])
+        # adversary step: forward+backward of the adversary; AE step: AE fwd+bwd and adversary fwd+input-grad
+        return {"forward": _dense_flops(enc), "train": 3 * ae_fwd + 3 * adv + 3 * adv}
+    re_fwd = 2 * _dense_flops(enc) + _dense_flops([cfg.n_latent, cfg.classifier_hidden, n_batches])
+    return {"forward": _dense_flops([n_genes, *cfg.hidden]) + 2 * cfg.hidden[-1] * cfg.n_latent, "train": 3 * re_fwd}
+
+
+def run_size(n_cells: int, n_genes: int, n_batches: int, seed: int, kinds: list[str], max_epochs: int | None) -> dict:
+    import numpy as np
+    import torch
+
+    import amedl
+
+    t0 = time.perf_counter()
+    adata = amedl.datasets.simulate(
+        n_cells=n_cells, n_genes=n_genes, n_batches=n_batches, n_cell_types=10, seed=seed,
+        library_size=1000, gene_mean_sd=3.0,
+    )
+    sim_s = time.perf_counter() - t0
+    X = adata.X
+    csr_bytes = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+    rss_after_sim = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    t0 = time.perf_counter()
+    model = amedl.AMEDL(adata, "batch", n_top_genes=None, device="cpu")
+    prep_s = time.perf_counter() - t0
+    row = {
+        "n_cells": n_cells, "n_genes": n_genes, "n_batches": n_batches, "nnz_fraction": X.nnz / (X.shape[0] * X.shape[1]),
+        "csr_bytes": csr_bytes, "simulate_s": sim_s, "preprocess_s": prep_s, "torch_threads": torch.get_num_threads(),
+        "kinds": {},
+    }
+    for kind in kinds:
+        model.fit(seed=seed, kinds=[kind], progress=False, max_epochs=max_epochs)
+        info = model.train_info[kind]
+        hist = model.history[kind]
+        n_train = info["n_train"]
+        epoch_s = info["seconds"] / info["epochs_run"]
+        fl = flops_per_cell(kind, n_genes, n_batches, model.config)
+        t0 = time.perf_counter()
+        model.latent(kind="ae" if kind == "ae" else kind)
+        infer_s = time.perf_counter() - t0
+        row["kinds"][kind] = {
+            "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"], "stopped_early": info["stopped_early"],
+            "fit_s": info["seconds"], "epoch_s": epoch_s, "train_cells_per_s": n_train / epoch_s,
+            "flops_per_cell_train": fl["train"], "achieved_gflops": fl["train"] * n_train / epoch_s / 1e9,
+            "inference_cells_per_s": n_cells / infer_s, "final_val_mse": float(hist["val_mse"].iloc[-1]),
+        }
+        del model.modules[kind]
+    row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    row["rss_after_simulation_bytes"] = rss_after_sim
+    return row
+
+
+def _fmt_table(rate: float, rows: list[dict]) -> str:
+    lines = [
+        f"Dense float32 matmul (torch, {rows[0]['torch_threads'] if rows else '?'} threads): {rate:.1f} GFLOP/s",
+        "",
+        "| cells | net | epochs (best) | s/epoch | train cells/s | MFLOP/cell/step | GFLOP/s | % of matmul | fit s | infer cells/s | peak RSS GiB | CSR GiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        for kind, k in r["kinds"].items():
+            lines.append(
+                f"| {r['n_cells']:,} | {kind.upper()} | {k['epochs_run']} ({k['best_epoch']}) | {k['epoch_s']:.2f} | "
+                f"{k['train_cells_per_s']:,.0f} | {k['flops_per_cell_train'] / 1e6:.1f} | {k['achieved_gflops']:.1f} | "
+                f"{100 * k['achieved_gflops'] / rate:.0f}% | {k['fit_s']:.0f} | {k['inference_cells_per_s']:,.0f} | "
+                f"{r['peak_rss_bytes'] / 2**30:.2f} | {r['csr_bytes'] / 2**30:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="10000,100000", help="comma-separated cell counts")
+    p.add_argument("--genes", type=int, default=2000)
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--kinds", default="fe,re,ae")
+    p.add_argument("--max-epochs", type=int, help="cap epochs (default: the preset's budget and early stopping)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.one_size:
+        row = run_size(args.one_size, args.genes, args.batches, args.seed, args.kinds.split(","), args.max_epochs)
+        print("RESULT " + json.dumps(row))
+        return 0
+
+    rate = matmul_gflops()
+    print(f"matmul rate: {rate:.1f} GFLOP/s", flush=True)
+    rows = []
+    for n in [int(s) for s in args.sizes.split(",")]:
+        cmd = [sys.executable, __file__, "--one-size", str(n), "--genes", str(args.genes), "--batches", str(args.batches),
+               "--kinds", args.kinds, "--seed", str(args.seed)]
+        if args.max_epochs:
+            cmd += ["--max-epochs", str(args.max_epochs)]
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if out.returncode != 0:
+            print(out.stderr[-3000:], file=sys.stderr)
+            return out.returncode
+        row = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))[7:])
+        row["wall_s"] = time.perf_counter() - t0
+        rows.append(row)
+        print(f"{n:,} cells done in {row['wall_s']:.0f}s", flush=True)
+    table = _fmt_table(rate, rows)
+    print(table)
+    if args.out:
+        from amedl._files import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps({"matmul_gflops": rate, "rows": rows, "table": table}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

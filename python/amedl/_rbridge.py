@@ -1,0 +1,190 @@
+"""Entry points for the R package ``amedl`` (called through reticulate).
+
+R hands over a genes × cells matrix (a ``dgCMatrix`` arrives as
+``scipy.sparse.csc_matrix``, a base matrix as a NumPy array), cell and gene
+names and one batch label per cell; these functions build the AnnData
+(cells × genes, sparse kept sparse), run the engine and hand back plain
+NumPy arrays. Nothing here imports rpy2: R is the host process.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+def _as_list(x: Any) -> list[str]:
+    """reticulate turns a length-1 character vector into a str; undo that."""
+    if x is None:
+        return []
+    if isinstance(x, (str, bytes)):
+        return [str(x)]
+    return [str(v) for v in list(x)]
+
+
+def _as_int(x: Any, default: int | None = None) -> int | None:
+    if x is None:
+        return default
+    return int(round(float(x)))
+
+
+def make_adata(
+    X,
+    cells: Sequence[str],
+    genes: Sequence[str],
+    batch: Sequence[str] | None = None,
+    batch_key: str = "batch",
+    batch_levels: Sequence[str] | None = None,
+):
+    """Build a cells × genes AnnData from R's genes × cells matrix.
+
+    Parameters
+    ----------
+    X
+        Genes × cells counts: ``scipy.sparse`` (from a ``dgCMatrix``) or a NumPy array.
+    cells, genes
+        Column and row names of ``X``.
+    batch
+        One batch label per cell (optional); stored as a categorical ``obs[batch_key]``.
+    batch_levels
+        Order of the batch categories (R factor levels); default: sorted labels.
+    """
+    import anndata as ad
+
+    cells, genes = _as_list(cells), _as_list(genes)
+    if sp.issparse(X):
+        Xc = sp.csr_matrix(X.T)  # csc genes×cells → csr cells×genes without densifying
+    else:
+        Xc = np.ascontiguousarray(np.asarray(X, dtype=np.float64).T)
+    if Xc.shape != (len(cells), len(genes)):
+        raise ValueError(f"matrix is {Xc.shape[1]} × {Xc.shape[0]} but got {len(genes)} gene and {len(cells)} cell names")
+    obs = pd.DataFrame(index=pd.Index(cells, dtype=object))
+    if batch is not None:
+        labels = _as_list(batch)
+        levels = _as_list(batch_levels) if batch_levels is not None else None
+        obs[batch_key] = pd.Categorical(labels, categories=levels)
+    var = pd.DataFrame(index=pd.Index(genes, dtype=object))
+    return ad.AnnData(X=Xc, obs=obs, var=var)
+
+
+def fit(
+    X,
+    cells,
+    genes,
+    batch,
+    batch_key: str = "batch",
+    batch_levels=None,
+    features=None,
+    n_latent=50,
+    n_top_genes=2000,
+    epochs=None,
+    seed=0,
+    preset: str = "default",
+    model_dir: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fit aMEDL on R data and return both latents and the model.
+
+    Returns
+    -------
+    dict with ``fe`` and ``re`` (cells × n_latent float32 arrays), ``model``
+    (the fitted :class:`amedl.AMEDL`), ``genes`` and ``batches`` (lists),
+    ``epochs`` (epochs run per network) and ``model_dir`` (where it was saved, or None).
+    """
+    from .model import AMEDL
+
+    adata = make_adata(X, cells, genes, batch, batch_key=batch_key, batch_levels=batch_levels)
+    feats = _as_list(features) if features is not None else None
+    settings: dict[str, Any] = {"n_latent": _as_int(n_latent, 50)}
+    if feats is None:
+        settings["n_top_genes"] = _as_int(n_top_genes, 2000)
+    model = AMEDL(adata, batch_key, preset=str(preset), genes=feats, **settings)
+    model.fit(seed=_as_int(seed, 0), max_epochs=_as_int(epochs), progress=bool(progress))
+    saved = save_model(model, model_dir) if model_dir else None
+    return {
+        "fe": model.latent(kind="fe"),
+        "re": model.latent(kind="re"),
+        "model": model,
+        "genes": list(model.genes),
+        "batches": list(model.batches),
+        "epochs": {k: int(v.get("epochs_run", -1)) for k, v in getattr(model, "train_info", {}).items()},
+        "model_dir": saved,
+    }
+
+
+def save_model(model, model_dir: str) -> str:
+    """Save ``model`` to ``model_dir``, replacing an earlier aMEDL model there but nothing else."""
+    path = Path(os.path.expanduser(str(model_dir)))
+    if path.exists() and not (path / "amedl.json").exists() and any(path.iterdir()):
+        raise FileExistsError(
+            f"model_dir {path} exists and is not an aMEDL model folder; choose a new or empty folder"
+        )
+    if path.exists() and not any(path.iterdir()):
+        path.rmdir()
+    model.save(path, overwrite=True)
+    return str(path.resolve())
+
+
+def load_model(model_dir: str):
+    """Load a model saved by :func:`fit` (or :meth:`amedl.AMEDL.save`)."""
+    from .model import AMEDL
+
+    return AMEDL.load(os.path.expanduser(str(model_dir)))
+
+
+def counterfactual(model, X, cells, genes, batch, target: str, batch_levels=None) -> dict:
+    """RE reconstruction of every cell decoded as if from batch ``target``.
+
+    Returns
+    -------
+    dict with ``x`` (cells × model genes, log1p-normalised, float32) and ``genes``.
+    """
+    adata = make_adata(X, cells, genes, batch, batch_key=model.batch_key, batch_levels=batch_levels)
+    x = model.reconstruct(adata, kind="re", batch=str(target))
+    return {"x": x, "genes": list(model.genes)}
+
+
+def latents(model, X, cells, genes, batch=None, batch_levels=None) -> dict:
+    """FE (and, with batches, RE) latents of cells under an already fitted model."""
+    adata = make_adata(X, cells, genes, batch, batch_key=model.batch_key, batch_levels=batch_levels)
+    out = {"fe": model.latent(adata, kind="fe")}
+    if batch is not None:
+        out["re"] = model.latent(adata, kind="re")
+    return out
+
+
+def model_info(model) -> dict:
+    """Genes, batches, batch key and settings of a model (for R printing and checks)."""
+    return {
+        "genes": list(model.genes),
+        "batches": list(model.batches),
+        "batch_key": str(model.batch_key),
+        "n_latent": int(model.config.n_latent),
+        "preset": str(model.preset),
+    }
+
+
+def engine_info() -> dict:
+    """Versions of the engine and its main dependencies (for R's diagnostics)."""
+    import sys
+    from importlib.metadata import version
+
+    import numpy
+    import scipy
+    import torch
+
+    from . import __version__
+
+    return {
+        "amedl": __version__,
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "torch": torch.__version__,
+        "anndata": version("anndata"),
+    }

@@ -1,0 +1,184 @@
+"""Folds, summaries, report files, the demo and the `amedl benchmark` command (amedl.benchmark, amedl.demo)."""
+import base64
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import amedl
+from amedl import benchmark as B
+from amedl.plotting import umap_grid
+
+FAST_METHODS = ["pca", "ae", "fe", "re"]
+
+
+@pytest.fixture(scope="module")
+def small_adata():
+    return amedl.datasets.simulate(n_cells=240, n_genes=150, n_batches=3, n_cell_types=3, seed=1)
+
+
+# ---------------------------------------------------------------------- folds
+
+
+def test_folds_are_disjoint_cover_all_and_stratified():
+    rng = np.random.default_rng(0)
+    batch = rng.choice(["b1", "b2", "b3"], size=600, p=[0.5, 0.3, 0.2])
+    label = rng.choice(["t1", "t2", "t3", "t4"], size=600, p=[0.4, 0.3, 0.2, 0.1])
+    folds = B.stratified_folds(batch, label, n_folds=5, seed=0)
+    assert len(folds) == 5
+    tests = [te for _, te in folds]
+    all_test = np.concatenate(tests)
+    assert len(all_test) == 600 and len(np.unique(all_test)) == 600  # every cell held out exactly once
+    for tr, te in folds:
+        assert len(np.intersect1d(tr, te)) == 0
+        assert len(tr) + len(te) == 600
+    key = pd.Series(batch.astype(object) + "|" + label.astype(object))
+    for stratum, n in key.value_counts().items():
+        per_fold = [int((key.iloc[te] == stratum).sum()) for te in tests]
+        assert max(per_fold) - min(per_fold) <= 1, (stratum, per_fold)  # stratified: balanced to within one cell
+
+
+def test_folds_handle_rare_strata_and_are_seeded():
+    batch = np.array(["b1"] * 50 + ["b2"] * 50)
+    label = np.array(["common"] * 48 + ["rare1", "rare2"] + ["common"] * 49 + ["singleton"])
+    f1 = B.stratified_folds(batch, label, n_folds=5, seed=3)
+    f2 = B.stratified_folds(batch, label, n_folds=5, seed=3)
+    f3 = B.stratified_folds(batch, label, n_folds=5, seed=4)
+    for (a, b), (c, d) in zip(f1, f2):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(f1, f3))
+    assert sorted(np.concatenate([te for _, te in f1]).tolist()) == list(range(100))
+    for _, te in f1:  # batches stay balanced even with the rare strata pooled
+        assert (batch[te] == "b1").sum() == 10
+
+
+def test_one_fold_means_all_cells():
+    (tr, te), = B.stratified_folds(["a", "b", "a"], ["x", "x", "y"], n_folds=1)
+    np.testing.assert_array_equal(tr, [0, 1, 2])
+    np.testing.assert_array_equal(te, [0, 1, 2])
+    with pytest.raises(ValueError, match="positive integer"):
+        B.stratified_folds(["a", "b"], ["x", "y"], n_folds=0)
+    with pytest.raises(ValueError, match="more than the number of cells"):
+        B.stratified_folds(["a", "b"], ["x", "y"], n_folds=3)
+
+
+# ----------------------------------------------------------- methods, summary
+
+
+def test_resolve_methods_aliases_and_errors():
+    assert B.resolve_methods(["pca", "FE", "amedl-re", "ae,harmony"]) == ["PCA", "aMEDL-FE", "aMEDL-RE", "AE", "Harmony"]
+    assert B.resolve_methods("pca,pca") == ["PCA"]
+    assert B.resolve_methods(None) == list(B.DEFAULT_METHODS)
+    with pytest.raises(ValueError, match="unknown method 'umap'"):
+        B.resolve_methods(["umap"])
+
+
+def test_summary_mean_and_confidence_interval_by_hand():
+    res = pd.DataFrame({"method": ["X"] * 3 + ["Y"], "fold": [1, 2, 3, 1], "batch_asw": [1.0, 2.0, 3.0, 0.5]})
+    s = B.summarize(res).set_index(["method", "metric"])
+    # mean 2, sd 1, t(0.975, df=2) = 4.3027 -> half-width 4.3027 / sqrt(3) = 2.4841
+    assert s.loc[("X", "batch_asw"), "mean"] == pytest.approx(2.0)
+    assert s.loc[("X", "batch_asw"), "ci95"] == pytest.approx(2.4841, abs=1e-4)
+    assert np.isnan(s.loc[("Y", "batch_asw"), "ci95"])  # one fold: no interval
+
+
+def test_atomic_write_keeps_old_file_on_error(tmp_path):
+    p = tmp_path / "f.txt"
+    with B.atomic_write(p) as fh:
+        fh.write("first")
+    with pytest.raises(RuntimeError):
+        with B.atomic_write(p) as fh:
+            fh.write("partial")
+            raise RuntimeError("boom")
+    assert p.read_text() == "first"
+    assert [x.name for x in tmp_path.iterdir()] == ["f.txt"]  # no temporary left behind
+
+
+def test_missing_keys_and_labels_raise(small_adata, tmp_path):
+    with pytest.raises(KeyError, match="label column 'nope'"):
+        B.run_benchmark(small_adata, "batch", "nope", tmp_path, folds=1, progress=False)
+    bad = small_adata.copy()
+    bad.obs["cell_type"] = bad.obs["cell_type"].astype(object)
+    bad.obs.iloc[0, bad.obs.columns.get_loc("cell_type")] = None
+    with pytest.raises(ValueError, match="missing value"):
+        B.run_benchmark(bad, "batch", "cell_type", tmp_path, folds=1, progress=False)
+
+
+# ----------------------------------------------------------------- end to end
+
+
+def test_run_benchmark_writes_report_files(small_adata, tmp_path):
+    before = small_adata.copy()
+    out = tmp_path / "bench"
+    res = B.run_benchmark(small_adata, "batch", "cell_type", out, methods=FAST_METHODS + ["harmony"],
+                          folds=2, seed=0, progress=False, scib=False, max_epochs=3)
+    methods = ["PCA", "AE", "aMEDL-FE", "aMEDL-RE"] + (["Harmony"] if "Harmony" in set(res["method"]) else [])
+    assert list(pd.unique(res["method"])) == methods
+    assert len(res) == 2 * len(methods)
+    # each fold scores its held-out cells; together they are every cell once
+    per_fold = res.groupby("fold")["n_test"].first()
+    assert per_fold.sum() == small_adata.n_obs
+    assert (res["n_train"] + res["n_test"] == small_adata.n_obs).all()
+    for col in ("batch_asw", "label_asw", "batch_inv_db", "label_inv_db", "batch_ch", "label_ch"):
+        assert res[col].notna().all()
+        assert col in res.columns
+    assert res["batch_asw"].between(-1, 1).all()
+    for name in ("results.csv", "summary.md", "umap.png", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    csv = pd.read_csv(out / "results.csv")
+    assert len(csv) == len(res) and set(csv["method"]) == set(methods)
+    md = (out / "summary.md").read_text()
+    assert "| aMEDL-FE |" in md and "±" in md  # two folds: mean ± CI
+    png = (out / "umap.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (out / "report.html").read_text()
+    m = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    assert m and base64.b64decode(m.group(1)) == png  # the figure is embedded, the page stands alone
+    assert "<table" in html and "aMEDL-RE" in html
+    # the input is untouched
+    assert (small_adata.X != before.X).nnz == 0 and small_adata.obs.equals(before.obs)
+
+
+def test_umap_grid_shapes_and_file(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 120
+    lat = {"A": rng.normal(size=(n, 5)), "B": rng.normal(size=(n, 3))}
+    ann = {"batch": np.repeat(["x", "y"], n // 2), "label": np.tile(["p", "q", "r"], n // 3)}
+    fig, coords = umap_grid(lat, ann, tmp_path / "u.png", seed=0)
+    assert fig.axes and len([a for a in fig.axes if a.get_title()]) == 4  # 2 methods x 2 annotations
+    assert coords["A"].shape == (n, 2) and np.isfinite(coords["A"]).all()
+    assert (tmp_path / "u.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="number of cells"):
+        umap_grid({"A": lat["A"][:10]}, ann)
+
+
+def test_demo_prints_table_and_writes_figure(tmp_path, capsys):
+    from amedl.demo import run_demo
+
+    res = run_demo(tmp_path / "demo", seed=0, progress=False, max_epochs=3, n_cells=240, n_genes=150)
+    assert list(res["method"]) == ["PCA", "AE", "aMEDL-FE", "aMEDL-RE"]
+    printed = capsys.readouterr().out
+    assert "batch ASW" in printed and "cell-type ASW" in printed
+    for meth in ("PCA", "AE", "aMEDL-FE", "aMEDL-RE"):
+        assert re.search(rf"^{re.escape(meth)}\s+[+-]\d\.\d{{3}}\s+[+-]\d\.\d{{3}}$", printed, re.M), meth
+    for name in ("umap.png", "report.html", "summary.md", "results.csv"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0
+
+
+def test_benchmark_command_line(small_adata, tmp_path, capsys):
+    import argparse
+
+    path = tmp_path / "in.h5ad"
+    small_adata.write_h5ad(path)
+    parser = B.add_benchmark_arguments(argparse.ArgumentParser())
+    args = parser.parse_args([str(path), "--batch-key", "batch", "--label-key", "cell_type",
+                              "--out-dir", str(tmp_path / "cli"), "--methods", "pca,fe", "--folds", "2",
+                              "--epochs", "2", "--no-scib", "--quiet"])
+    assert B.benchmark_command(args) == 0
+    res = pd.read_csv(tmp_path / "cli" / "results.csv")
+    assert list(pd.unique(res["method"])) == ["PCA", "aMEDL-FE"] and len(res) == 4
+    out = capsys.readouterr().out
+    assert "amedl benchmark" in out and "--folds 2" in out  # the summary, with the command that made it
