@@ -34,12 +34,12 @@ class AMEDLConfig:
     min_epochs: int = 10
     epoch_cap: int = 400
     patience: int | None = 30
-    fe_burn_in: int = 20
+    fe_burn_in_steps: int = 250
     restore_best: bool = True
     validation_fraction: float = 0.1
     # loss weights
     fe_recon_weight: float = 1.0
-    fe_adv_weight: float = 0.1
+    fe_adv_weight: float = 1.0
     adversarial_loss: str = "ce"
     re_recon_weight: float = 1.0
     re_cls_weight: float = 0.1
@@ -54,6 +54,13 @@ class AMEDLConfig:
             return int(self.max_epochs)
         steps_per_epoch = max(1, math.ceil(n_train / self.batch_size))
         return int(min(self.epoch_cap, max(self.min_epochs, math.ceil(self.target_steps / steps_per_epoch))))
+
+    def fe_burn_in_epochs(self, n_train: int, epochs: int) -> int:
+        """Epochs before the FE network may be checkpointed: about ``fe_burn_in_steps``
+        minibatch steps (the adversary must have learned before the monitor means
+        anything), at most half the budget."""
+        steps_per_epoch = max(1, math.ceil(n_train / self.batch_size))
+        return int(min(epochs // 2, math.ceil(self.fe_burn_in_steps / steps_per_epoch)))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -209,7 +209,7 @@ class AMEDL:
             trainer = self._trainer(kind, modules, chance_ce)
             settings = LoopSettings(
                 max_epochs=epochs, patience=c.patience, min_epochs=min(c.min_epochs, epochs),
-                burn_in=min(c.fe_burn_in, epochs // 4) if kind == "fe" else 0, restore_best=c.restore_best,
+                burn_in=c.fe_burn_in_epochs(n_train, epochs) if kind == "fe" else 0, restore_best=c.restore_best,
                 callback=None if callback is None else (lambda e, r, k=kind: callback(self, k, e, r)),
                 progress=progress, desc=f"aMEDL {kind.upper()}",
             )
