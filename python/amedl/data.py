@@ -19,10 +19,12 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 import torch
+from sklearn.utils.sparsefuncs import mean_variance_axis
 
 logger = logging.getLogger("amedl")
 
 SCALINGS = ("minmax", "zscore")
+_CHECK_CHUNK = 1 << 24
 
 
 class AMEDLInputError(ValueError):
@@ -69,30 +71,35 @@ def check_counts(X, where: str = "adata.X") -> None:
     if not np.issubdtype(X.dtype, np.number):
         raise AMEDLInputError(f"{where} has non-numeric dtype {X.dtype}; it must hold raw counts.")
     vals = _values(X)
-    if vals.size == 0:
-        return
-    if np.issubdtype(vals.dtype, np.floating):
-        n_bad = int(np.count_nonzero(~np.isfinite(vals)))
-        if n_bad:
-            raise AMEDLInputError(
-                f"{where} contains {n_bad} NaN or infinite value(s). Remove or fix those entries "
-                "(raw counts are finite, non-negative integers)."
-            )
-    n_neg = int(np.count_nonzero(vals < 0))
+    n_bad = n_neg = n_frac = 0
+    example = None
+    # chunked so that the checks never allocate temporaries the size of the matrix
+    for lo in range(0, vals.size, _CHECK_CHUNK):
+        v = vals[lo : lo + _CHECK_CHUNK]
+        if np.issubdtype(v.dtype, np.floating):
+            n_bad += int(np.count_nonzero(~np.isfinite(v)))
+            if n_bad:
+                break
+            frac = v != np.round(v)
+            n_frac += int(np.count_nonzero(frac))
+            if example is None and frac.any():
+                example = float(v[np.argmax(frac)])
+        n_neg += int(np.count_nonzero(v < 0))
+    if n_bad:
+        raise AMEDLInputError(
+            f"{where} contains NaN or infinite value(s). Remove or fix those entries "
+            "(raw counts are finite, non-negative integers)."
+        )
     if n_neg:
         raise AMEDLInputError(
             f"{where} contains {n_neg} negative value(s): amedl expects raw counts. If these are scaled or "
             "log-normalised values, pass the raw counts instead (e.g. layer='counts')."
         )
-    if np.issubdtype(vals.dtype, np.floating):
-        frac = vals != np.round(vals)
-        n_frac = int(np.count_nonzero(frac))
-        if n_frac:
-            example = float(vals[np.argmax(frac)])
-            raise AMEDLInputError(
-                f"{where} contains {n_frac} non-integer value(s) (e.g. {example:.4g}): amedl expects raw "
-                "counts, it normalises them itself. Pass the raw counts (e.g. layer='counts' or adata.raw)."
-            )
+    if n_frac:
+        raise AMEDLInputError(
+            f"{where} contains {n_frac} non-integer value(s) (e.g. {example:.4g}): amedl expects raw "
+            "counts, it normalises them itself. Pass the raw counts (e.g. layer='counts' or adata.raw)."
+        )
 
 
 def _row_sums(X) -> np.ndarray:
@@ -248,9 +255,8 @@ class Preprocessor:
             center = np.zeros(len(selected), np.float32)
             scale = np.full(len(selected), gmax if gmax > 0 else 1.0, np.float32)
         else:
-            mean = np.asarray(Xs.mean(axis=0)).ravel()
-            sq = np.asarray(Xs.multiply(Xs).mean(axis=0)).ravel()
-            std = np.sqrt(np.maximum(sq - mean**2, 0.0))
+            mean, var = mean_variance_axis(Xs, axis=0)
+            std = np.sqrt(np.maximum(var, 0.0))
             std[std < 1e-6] = 1.0
             center, scale = mean.astype(np.float32), std.astype(np.float32)
         prep = cls(

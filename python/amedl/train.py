@@ -105,6 +105,25 @@ def _mean_rows(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
 
+@torch.no_grad()
+def _evaluate_reconstruction_and_batch(loader, forward, needs_batch: bool = False) -> tuple[float, float, float]:
+    """Reconstruction MSE, batch cross-entropy and batch accuracy over a loader.
+
+    ``forward`` maps a minibatch (and its batch codes if ``needs_batch``) to
+    ``(reconstruction, batch logits)``.
+    """
+    se = ce = correct = 0.0
+    n_el = n = 0
+    for x, b in loader:
+        x_hat, logits = forward(x, b) if needs_batch else forward(x)
+        se += F.mse_loss(x_hat, x, reduction="sum").item()
+        ce += F.cross_entropy(logits, b, reduction="sum").item()
+        correct += (logits.argmax(1) == b).sum().item()
+        n_el += x.numel()
+        n += x.shape[0]
+    return se / n_el, ce / n, correct / n
+
+
 class AutoencoderTrainer:
     """Plain autoencoder: minimise the reconstruction MSE."""
 
@@ -213,20 +232,12 @@ class FixedEffectsTrainer:
     def evaluate(self, loader) -> dict:
         self.ae.eval()
         self.adv.eval()
-        se = ce = correct = 0.0
-        n_el = n = 0
-        for x, b in loader:
+
+        def forward(x):
             z, outputs = self.ae.encode(x)
-            x_hat = self.ae.decode(z)
-            if self.latent_only:
-                outputs = [z]
-            logits = self.adv(outputs)
-            se += F.mse_loss(x_hat, x, reduction="sum").item()
-            ce += F.cross_entropy(logits, b, reduction="sum").item()
-            correct += (logits.argmax(1) == b).sum().item()
-            n_el += x.numel()
-            n += x.shape[0]
-        mse, ce, acc = se / n_el, ce / n, correct / n
+            return self.ae.decode(z), self.adv([z] if self.latent_only else outputs)
+
+        mse, ce, acc = _evaluate_reconstruction_and_batch(loader, forward)
         monitor = self.recon_weight * mse + self.adv_weight * max(0.0, self.chance_ce - ce)
         return {"mse": mse, "adv_ce": ce, "adv_acc": acc, "monitor": monitor}
 
@@ -262,14 +273,10 @@ class RandomEffectsTrainer:
     @torch.no_grad()
     def evaluate(self, loader) -> dict:
         self.re.eval()
-        se = ce = correct = 0.0
-        n_el = n = 0
-        for x, b in loader:
+
+        def forward(x, b):
             x_hat, _, logits = self.re(x, self.re.one_hot(b))
-            se += F.mse_loss(x_hat, x, reduction="sum").item()
-            ce += F.cross_entropy(logits, b, reduction="sum").item()
-            correct += (logits.argmax(1) == b).sum().item()
-            n_el += x.numel()
-            n += x.shape[0]
-        mse, ce, acc = se / n_el, ce / n, correct / n
+            return x_hat, logits
+
+        mse, ce, acc = _evaluate_reconstruction_and_batch(loader, forward, needs_batch=True)
         return {"mse": mse, "cls_ce": ce, "cls_acc": acc, "monitor": self.recon_weight * mse + self.cls_weight * ce}
