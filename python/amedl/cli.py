@@ -89,23 +89,9 @@ def cmd_fit(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import run_benchmark
+    from .benchmark import benchmark_command
 
-    adata = _read(Path(args.input))
-    methods = args.methods.split(",") if args.methods else None
-    run_benchmark(
-        adata,
-        batch_key=args.batch_key,
-        label_key=args.label_key,
-        out_dir=args.out_dir,
-        methods=methods,
-        folds=args.folds,
-        seed=args.seed,
-        progress=not args.quiet,
-        scib=not args.no_scib,
-        max_epochs=args.epochs,
-    )
-    return 0
+    return benchmark_command(args)
 
 
 def cmd_demo(args) -> int:
@@ -136,16 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_fit)
 
     b = sub.add_parser("benchmark", help="compare PCA, AE, aMEDL FE/RE (and Harmony/scVI if installed)")
-    b.add_argument("input")
-    b.add_argument("--batch-key", required=True)
-    b.add_argument("--label-key", required=True)
-    b.add_argument("--out-dir", required=True)
-    b.add_argument("--methods", help="comma-separated, e.g. pca,ae,fe,re,harmony")
-    b.add_argument("--folds", type=int, default=5)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--epochs", type=int, help="epoch budget per network")
-    b.add_argument("--no-scib", action="store_true", help="skip the scIB metrics")
-    b.add_argument("--quiet", action="store_true")
+    from .benchmark import add_benchmark_arguments
+
+    add_benchmark_arguments(b)
     b.set_defaults(func=cmd_benchmark)
 
     d = sub.add_parser("demo", help="run aMEDL on simulated data and write a report")

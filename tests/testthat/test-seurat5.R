@@ -3,8 +3,13 @@
 # skipped under SeuratObject 4 (Debian bookworm's default lane).
 
 s5_skip <- function() {
-  skip_if_not_installed("SeuratObject", minimum_version = "5.0.0")
-  skip_if_not_installed("Seurat", minimum_version = "5.0.0")
+  for (pkg in c("SeuratObject", "Seurat")) {
+    if (!requireNamespace(pkg, quietly = TRUE)) skip(paste(pkg, "is not installed"))
+    v <- utils::packageVersion(pkg)
+    if (v < "5.0.0") {
+      skip(sprintf("%s %s installed; Seurat 5 objects are tested in the Seurat 5 lane (scripts/seurat5-lane)", pkg, v))
+    }
+  }
   skip_if_not_installed("SingleCellExperiment")
 }
 
@@ -82,6 +87,13 @@ s5_expect_reduction <- function(obj, name, n_latent, key = NULL) {
   invisible(emb)
 }
 
+test_that("AMEDLIntegration refuses a Seurat v3/v4 assay with a clear message", {
+  skip_if_not_installed("SeuratObject")
+  a <- SeuratObject::CreateAssayObject(counts = matrix(1:4, 2, dimnames = list(c("g1", "g2"), c("c1", "c2"))))
+  expect_error(AMEDLIntegration(a), "needs a Seurat 5 assay")
+  expect_identical(attr(AMEDLIntegration, "Seurat.method"), "integration")
+})
+
 test_that("the shared muscat data becomes a Seurat 5 object with split layers", {
   s5_skip()
   obj <- s5_object()
@@ -91,6 +103,10 @@ test_that("the shared muscat data becomes a Seurat 5 object with split layers", 
   expect_setequal(SeuratObject::Layers(obj[["RNA"]], search = "counts"),
                   paste0("counts.", samples))
   expect_equal(ncol(obj), 1556)
+  for (s in samples) {
+    expect_setequal(SeuratObject::Cells(obj[["RNA"]], layer = paste0("counts.", s)),
+                    SeuratObject::Cells(obj)[as.character(obj$sample_id) == s])
+  }
 })
 
 test_that("RunAMEDL on a Seurat 5 object with split layers and a batch column adds both reductions", {
@@ -176,8 +192,6 @@ test_that("AMEDLIntegration takes groups for an unsplit assay and explains a mis
     "one batch.*split")
   expect_error(AMEDLIntegration(joined[["RNA"]], groups = c("a", "b"), verbose = FALSE),
                "one batch per cell")
-  expect_error(AMEDLIntegration(SeuratObject::CreateAssayObject(counts = matrix(1:4, 2, dimnames = list(c("g1", "g2"), c("c1", "c2"))))),
-               "Seurat 5 assay")
 
   s5_skip_if_no_engine()
   # cells shuffled relative to the sample order: groups are matched by cell name
@@ -186,7 +200,12 @@ test_that("AMEDLIntegration takes groups for an unsplit assay and explains a mis
   out <- Seurat::IntegrateLayers(joined, method = AMEDLIntegration, orig.reduction = NULL,
                                  features = s5_env$feats, groups = groups, n_latent = 8,
                                  epochs = 3, seed = 0, verbose = FALSE)
-  s5_expect_reduction(out, "integrated.amedl", 8)
+  emb <- s5_expect_reduction(out, "integrated.amedl", 8)
   expect_identical(SeuratObject::Misc(out[["integrated.amedl"]])$amedl$batches,
                    sort(unique(as.character(obj$sample_id))))
+  expect_identical(SeuratObject::Misc(out[["integrated.amedl"]])$amedl$batch, "groups")
+  # same cells in the same order, same counts and batches: the same fit as on the split layers
+  if (!is.null(s5_env$fe_batch_col) && identical(SeuratObject::Cells(joined), SeuratObject::Cells(obj))) {
+    expect_equal(unname(emb), unname(s5_env$fe_batch_col), tolerance = 1e-5)
+  }
 })
