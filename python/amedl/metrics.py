@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from typing import Any, Mapping, Sequence
 
 import numpy as np
 
