@@ -132,6 +132,14 @@ amedl_python_config <- function() {
 #' module `amedl._rbridge`. Called by every function that needs the engine;
 #' the first call in a session starts Python.
 #'
+#' On Linux, torch is imported with `RTLD_DEEPBIND` so that its matrix
+#' products use its own BLAS rather than R's (Debian's R loads the slow
+#' reference BLAS, which would otherwise make training about ten times
+#' slower inside R); set `options(amedl.deepbind = FALSE)` before the first
+#' call to turn this off. `options(amedl.threads = n)` sets the number of
+#' CPU threads torch uses (default: torch's own choice, or `OMP_NUM_THREADS`);
+#' on a busy shared machine `1` can be much faster.
+#'
 #' @return The Python module (a reticulate object), invisibly.
 #' @examples
 #' \dontrun{
@@ -171,6 +179,7 @@ amedl_engine <- function() {
     on.exit(if (is.na(old)) Sys.unsetenv("RETICULATE_PYTHON") else Sys.setenv(RETICULATE_PYTHON = old), add = TRUE)
     reticulate::use_python(python, required = TRUE)
   }
+  .import_torch_deepbind()
   bridge <- tryCatch(
     reticulate::import("amedl._rbridge", convert = TRUE),
     error = function(e) stop(sprintf(
@@ -178,6 +187,11 @@ amedl_engine <- function() {
       tryCatch(reticulate::py_config()$python, error = function(e) "?"),
       conditionMessage(e), .fix_hint()), call. = FALSE)
   )
+  threads <- getOption("amedl.threads", NULL)
+  if (!is.null(threads)) {
+    tryCatch(reticulate::import("torch")$set_num_threads(as.integer(threads)),
+             error = function(e) warning("amedl: could not set the number of torch threads: ", conditionMessage(e), call. = FALSE))
+  }
   .amedl_state$bridge <- bridge
   invisible(bridge)
 }
@@ -260,4 +274,28 @@ install_amedl_python <- function(envdir = NULL, source = NULL, python = NULL,
   }
   message("amedl: engine installed in ", envdir)
   invisible(venv_py)
+}
+
+# R has its own BLAS loaded with global symbols (on Debian the slow reference
+# BLAS). A torch imported into R's process then sends its matrix products to
+# R's BLAS instead of its own and runs about ten times slower. Importing torch
+# with RTLD_DEEPBIND makes its libraries use their own symbols first.
+# options(amedl.deepbind = FALSE) turns this off.
+.import_torch_deepbind <- function() {
+  linux <- identical(Sys.info()[["sysname"]], "Linux")
+  if (!isTRUE(getOption("amedl.deepbind", linux))) return(invisible(FALSE))
+  code <- paste(
+    "import os, sys",
+    "if 'torch' not in sys.modules and hasattr(os, 'RTLD_DEEPBIND'):",
+    "    _amedl_flags = sys.getdlopenflags()",
+    "    sys.setdlopenflags(os.RTLD_NOW | os.RTLD_DEEPBIND)",
+    "    try:",
+    "        import torch",
+    "    except Exception:",
+    "        pass",
+    "    finally:",
+    "        sys.setdlopenflags(_amedl_flags)",
+    sep = "\n")
+  ok <- tryCatch({ reticulate::py_run_string(code, local = TRUE); TRUE }, error = function(e) FALSE)
+  invisible(ok)
 }

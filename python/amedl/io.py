@@ -450,7 +450,7 @@ def _r_env():
     with _localconv():
         # rpy2 announces a reticulate bug fixed in reticulate 1.24; silence it for fixed versions
         ro.r(
-            'if (requireNamespace("reticulate", quietly = TRUE) && utils::packageVersion("reticulate") >= "1.24") '
+            'if (nzchar(system.file(package = "reticulate")) && utils::packageVersion("reticulate") >= "1.24") '
             'setHook(packageEvent("reticulate", "onLoad"), NULL, "replace")'
         )
         env = ro.r("new.env()")

@@ -1,6 +1,9 @@
 # Shared helpers for the amedl tests. Tests fit the real engine on small data
 # with few epochs; they skip (with the reason) when the engine is not available.
 
+# Tiny models train fastest on one CPU thread (and CI machines are shared).
+options(amedl.threads = getOption("amedl.threads", 1L))
+
 skip_if_no_engine <- function() {
   ok <- amedl_available()
   if (!isTRUE(ok)) skip(paste("the amedl Python engine is not available:", attr(ok, "reason")))

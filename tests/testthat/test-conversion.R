@@ -5,7 +5,9 @@
 python_with_rpy2 <- function() {
   py <- engine_python()
   if (!nzchar(py) || !file.exists(py)) skip("no Python for the amedl engine configured")
-  ok <- suppressWarnings(system2(py, c("-c", shQuote("import rpy2.robjects, anndata2ri, amedl.io")), stdout = TRUE, stderr = TRUE))
+  probe <- paste("import anndata2ri, amedl.io, rpy2.robjects as ro",
+                 "assert ro.r('as.logical(requireNamespace(\"SeuratObject\", quietly = TRUE))')[0]", sep = "; ")
+  ok <- suppressWarnings(system2(py, c("-c", shQuote(probe)), stdout = TRUE, stderr = TRUE))
   if (!is.null(attr(ok, "status")) && attr(ok, "status") != 0) {
     skip(paste("rpy2/anndata2ri cannot start R from the engine's Python here:", paste(utils::tail(ok, 2), collapse = " ")))
   }
