@@ -30,17 +30,17 @@ file in the target's folder is renamed over the target only once complete.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from ._files import atomic_path
 
 __all__ = ["read", "write", "read_rds", "write_rds", "RConversionError"]
 
@@ -122,7 +122,7 @@ def write(adata, path: str | os.PathLike, kind: str | None = None, **kwargs: Any
     if suffix == ".h5ad":
         if kind is not None:
             raise ValueError("kind= applies to R files (.rds/.rda), not to .h5ad")
-        with _atomic(path) as tmp:
+        with atomic_path(path) as tmp:
             adata.write_h5ad(tmp)
         return path
     if suffix in R_SUFFIXES:
@@ -333,7 +333,7 @@ def write_rds(
         if _is_null(obj):
             obj = _build_r_object(adata, kind, assay, info, r_obs, r_obsm, r_keys, r_colnms)
 
-        with _atomic(path) as tmp:
+        with atomic_path(path) as tmp:
             _call("amedl_save", obj, str(tmp), suffix, str(object_name))
     return path
 
@@ -771,22 +771,6 @@ def _py_to_r(x, where: str = "value"):
     if isinstance(x, str):
         return ro.StrVector([x])
     raise RConversionError(f"cannot convert a {type(x).__name__}")
-
-
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; rename it over ``path`` when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 # --------------------------------------------------------------------------- #
