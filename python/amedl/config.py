@@ -31,7 +31,7 @@ class AMEDLConfig:
     batch_size: int = 256
     max_epochs: int | None = None
     target_steps: int = 3000
-    min_epochs: int = 10
+    min_epochs: int = 3
     epoch_cap: int = 400
     patience: int | None = 30
     fe_burn_in_steps: int = 250

@@ -29,6 +29,7 @@ def simulate(
     library_batch_sd: float = 0.4,
     dispersion: float = 0.3,
     gene_mean_sd: float = 1.2,
+    n_jobs: int = 1,
 ) -> ad.AnnData:
     """Simulate raw counts with known cell types and batch effects.
 
@@ -43,6 +44,8 @@ def simulate(
       **batch-specific expression program** (``batch_program_fraction`` of genes
       raised by about ``batch_program_lfc`` in every cell of the batch);
     - cell-type proportions that differ between batches (Dirichlet).
+
+    ``n_jobs`` processes draw the counts (the result does not depend on it).
 
     Returns an AnnData with integer counts (CSR, float32) in ``X`` and
     ``obs['batch']``, ``obs['cell_type']`` (categoricals), ``obs['library_size']``;
@@ -76,18 +79,21 @@ def simulate(
     cell_type = np.minimum((rng.random(n_cells)[:, None] > cum[batch]).sum(axis=1), n_cell_types - 1)
     lib = np.exp(np.log(library_size) + batch_lib[batch] + rng.normal(0, 0.3, n_cells))
 
-    # counts are drawn in fixed-size chunks of cells so that millions of cells fit in memory
-    shape = 1.0 / dispersion
-    blocks = []
-    for c, lo in enumerate(range(0, n_cells, _CHUNK)):
-        hi = min(lo + _CHUNK, n_cells)
-        crng = np.random.default_rng([seed, c])
-        mu = np.exp(base[None, :] + type_lfc[cell_type[lo:hi]] + batch_lfc[batch[lo:hi]])
-        mu *= (lib[lo:hi] / mu.sum(axis=1))[:, None]
-        counts = crng.poisson(crng.gamma(shape, mu / shape)).astype(np.float32)
-        empty = counts.sum(axis=1) == 0  # every cell keeps at least one count
-        counts[empty, np.argmax(mu[empty], axis=1)] = 1.0
-        blocks.append(sp.csr_matrix(counts))
+    # Counts are drawn in fixed-size chunks of cells, each with its own seeded
+    # generator, so that millions of cells fit in memory and chunks can be drawn
+    # in parallel with the same result.
+    chunks = [
+        (base, type_lfc, batch_lfc, cell_type[lo:lo + _CHUNK], batch[lo:lo + _CHUNK], lib[lo:lo + _CHUNK], dispersion, (seed, c))
+        for c, lo in enumerate(range(0, n_cells, _CHUNK))
+    ]
+    if n_jobs > 1 and len(chunks) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("fork")) as pool:
+            blocks = list(pool.map(_simulate_chunk, chunks))
+    else:
+        blocks = [_simulate_chunk(c) for c in chunks]
     X = sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
     totals = np.asarray(X.sum(axis=1)).ravel()
 
@@ -110,6 +116,19 @@ def simulate(
         "library_batch_sd": library_batch_sd,
     }
     return adata
+
+
+def _simulate_chunk(args) -> sp.csr_matrix:
+    """Negative-binomial counts of one chunk of cells around its log-means."""
+    base, type_lfc, batch_lfc, cell_type, batch, lib, dispersion, chunk_seed = args
+    crng = np.random.default_rng(list(chunk_seed))
+    mu = np.exp(base[None, :] + type_lfc[cell_type] + batch_lfc[batch])
+    mu *= (lib / mu.sum(axis=1))[:, None]
+    shape = 1.0 / dispersion
+    counts = crng.poisson(crng.gamma(shape, mu / shape)).astype(np.float32)
+    empty = counts.sum(axis=1) == 0  # every cell keeps at least one count
+    counts[empty, np.argmax(mu[empty], axis=1)] = 1.0
+    return sp.csr_matrix(counts)
 
 
 #: The shared real datasets: file name, batch column, label column.

@@ -20,7 +20,7 @@ from torch import nn
 
 from . import __version__
 from .config import AMEDLConfig, make_config
-from .data import AMEDLInputError, CSRLoader, Preprocessor
+from .data import AMEDLInputError, CSRLoader, DeviceCSR, Preprocessor
 from .nn import Adversary, REAutoencoder, TiedAutoencoder
 from .train import (
     AutoencoderTrainer,
@@ -94,7 +94,7 @@ class AMEDL:
             scaling=self.config.scaling,
             genes=genes,
         )
-        self._obs_names = adata.obs_names.copy()
+        self._X_on_device: DeviceCSR | None = None
         self.device = resolve_device(self.config.device)
         self.modules: dict[str, nn.Module] = {}
         self.history: dict[str, pd.DataFrame] = {}
@@ -200,12 +200,13 @@ class AMEDL:
         for kind in kinds:
             seed_everything(seed + _KIND_SEED_OFFSET[kind])
             modules = self._build(kind).to(self.device)
+            X = self._matrix_for_device(self._X)
             train_loader = CSRLoader(
-                self._X, self._codes, self.prep, rows=train_idx, batch_size=batch_size, shuffle=True,
+                X, self._codes, self.prep, rows=train_idx, batch_size=batch_size, shuffle=True,
                 rng=np.random.default_rng([seed, _KIND_SEED_OFFSET[kind]]), device=self.device,
                 drop_last=n_train % batch_size == 1,
             )
-            val_loader = CSRLoader(self._X, self._codes, self.prep, rows=val_idx, batch_size=4096, device=self.device)
+            val_loader = CSRLoader(X, self._codes, self.prep, rows=val_idx, batch_size=4096, device=self.device)
             trainer = self._trainer(kind, modules, chance_ce)
             settings = LoopSettings(
                 max_epochs=epochs, patience=c.patience, min_epochs=min(c.min_epochs, epochs),
@@ -296,9 +297,20 @@ class AMEDL:
             )
         return X, codes
 
+    def _matrix_for_device(self, X: sp.csr_matrix):
+        """``X`` as the loaders should read it: on an accelerator the matrix is
+        copied there once (the training matrix is kept for later fits)."""
+        if self.device.type == "cpu":
+            return X
+        if X is self._X:
+            if self._X_on_device is None or self._X_on_device.device != self.device:
+                self._X_on_device = DeviceCSR(X, self.device)
+            return self._X_on_device
+        return DeviceCSR(X, self.device)
+
     @torch.no_grad()
     def _run(self, X, codes, fn, batch_size: int) -> np.ndarray:
-        loader = CSRLoader(X, codes, self.prep, batch_size=batch_size, device=self.device)
+        loader = CSRLoader(self._matrix_for_device(X), codes, self.prep, batch_size=batch_size, device=self.device)
         return np.concatenate([fn(x, b).float().cpu().numpy() for x, b in loader], axis=0)
 
     def latent(self, adata: ad.AnnData | None = None, kind: str = "fe", *, layer: str | None = None, batch_size: int = 4096) -> np.ndarray:
@@ -442,7 +454,7 @@ class AMEDL:
         self.batch_key = meta["batch_key"]
         self.layer = meta["layer"]
         self.prep = Preprocessor.from_dict(meta["preprocessing"])
-        self._X, self._codes, self._obs_names = None, None, None
+        self._X, self._codes, self._X_on_device = None, None, None
         self.device = resolve_device(device)
         self.train_info = meta.get("train_info", {})
         state = torch.load(path / _WEIGHTS_FILE, map_location=self.device, weights_only=True)

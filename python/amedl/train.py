@@ -101,8 +101,25 @@ def fit_loop(
     return history
 
 
-def _mean_rows(rows: list[dict]) -> dict:
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+class _EpochMeans:
+    """Means of per-step training losses over an epoch, summed as tensors so
+    that a step does not wait for the device to report its numbers."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.sums: torch.Tensor | None = None
+        self.steps = 0
+
+    def add(self, **values: torch.Tensor) -> None:
+        stacked = torch.stack([v.detach().float() for v in values.values()])
+        self.sums = stacked if self.sums is None else self.sums + stacked
+        self.names = list(values)
+        self.steps += 1
+
+    def means(self) -> dict:
+        if not self.steps:
+            return {}
+        return dict(zip(self.names, (self.sums.double() / self.steps).tolist()))
 
 
 @torch.no_grad()
@@ -134,15 +151,15 @@ class AutoencoderTrainer:
 
     def train_epoch(self, loader) -> dict:
         self.ae.train()
-        rows = []
+        means = _EpochMeans()
         for x, _ in loader:
             x_hat, _, _ = self.ae(x)
             mse = F.mse_loss(x_hat, x)
             self.opt.zero_grad(set_to_none=True)
             (self.recon_weight * mse).backward()
             self.opt.step()
-            rows.append({"mse": mse.item()})
-        return _mean_rows(rows)
+            means.add(mse=mse)
+        return means.means()
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict:
@@ -204,7 +221,7 @@ class FixedEffectsTrainer:
     def train_epoch(self, loader) -> dict:
         self.ae.train()
         self.adv.train()
-        rows = []
+        means = _EpochMeans()
         for x, b in loader:
             z, outputs = self.ae.encode(x)
             if self.latent_only:
@@ -225,8 +242,8 @@ class FixedEffectsTrainer:
             loss.backward()
             self.opt_ae.step()
             self.adv.requires_grad_(True)
-            rows.append({"mse": mse.item(), "adv_ce": adv_ce.item(), "adv_acc": (adv_logits.argmax(1) == b).float().mean().item()})
-        return _mean_rows(rows)
+            means.add(mse=mse, adv_ce=adv_ce, adv_acc=(adv_logits.argmax(1) == b).float().mean())
+        return means.means()
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict:
@@ -256,7 +273,7 @@ class RandomEffectsTrainer:
 
     def train_epoch(self, loader) -> dict:
         self.re.train()
-        rows = []
+        means = _EpochMeans()
         for x, b in loader:
             Z = self.re.one_hot(b)
             x_hat, _, logits = self.re(x, Z)
@@ -267,8 +284,8 @@ class RandomEffectsTrainer:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            rows.append({"mse": mse.item(), "cls_ce": ce.item(), "kl": kl.item(), "cls_acc": (logits.argmax(1) == b).float().mean().item()})
-        return _mean_rows(rows)
+            means.add(mse=mse, cls_ce=ce, kl=kl, cls_acc=(logits.argmax(1) == b).float().mean())
+        return means.means()
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict:

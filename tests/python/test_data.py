@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 import amedl
-from amedl.data import CSRLoader, Preprocessor
+from amedl.data import CSRLoader, DeviceCSR, Preprocessor
 
 
 def _copy(sim):
@@ -137,8 +138,42 @@ def test_loader_covers_every_row_once(sim):
     assert np.bincount(np.concatenate(seen_codes)).tolist() == np.bincount(codes).tolist()
 
 
+def test_device_csr_gathers_the_same_rows_as_scipy(sim):
+    """The accelerator loader's gather (run here on the CPU) equals SciPy's row slicing,
+    empty rows and repeated rows included."""
+    prep, X, codes = Preprocessor.fit(sim, "batch", n_top_genes=50)
+    X = X.tolil()
+    X[5, :] = 0  # an all-zero row in model genes
+    X = X.tocsr()
+    dev = DeviceCSR(X, "cpu")
+    idx = np.array([5, 0, 17, 17, X.shape[0] - 1, 3])
+    assert np.array_equal(dev.dense_rows(torch.as_tensor(idx)).numpy(), X[idx].toarray())
+    assert dev.dense_rows(torch.as_tensor([5])).abs().sum() == 0
+
+    host = CSRLoader(X, codes, prep, batch_size=64, shuffle=True, rng=np.random.default_rng(3))
+    on_dev = CSRLoader(dev, codes, prep, batch_size=64, shuffle=True, rng=np.random.default_rng(3))
+    n = 0
+    for (x1, b1), (x2, b2) in zip(host, on_dev):
+        # the host loader sorts each minibatch's rows; compare as sets of rows
+        o1, o2 = np.lexsort(x1.numpy().T[::-1]), np.lexsort(x2.numpy().T[::-1])
+        assert np.allclose(x1.numpy()[o1], x2.numpy()[o2]) and sorted(b1.tolist()) == sorted(b2.tolist())
+        n += x1.shape[0]
+    assert n == X.shape[0] and len(host) == len(on_dev)
+
+
 def test_unknown_preset_and_setting(sim):
     with pytest.raises(ValueError, match="unknown preset"):
         amedl.AMEDL(sim, "batch", preset="fastest")
     with pytest.raises(ValueError, match="unknown aMEDL setting"):
         amedl.AMEDL(sim, "batch", n_latnet=10)
+
+
+def test_simulation_is_seeded_and_independent_of_processes(monkeypatch):
+    monkeypatch.setattr(amedl.datasets, "_CHUNK", 300)  # several chunks at a test size
+    a = amedl.datasets.simulate(n_cells=1000, n_genes=80, n_batches=3, seed=4)
+    b = amedl.datasets.simulate(n_cells=1000, n_genes=80, n_batches=3, seed=4, n_jobs=2)
+    c = amedl.datasets.simulate(n_cells=1000, n_genes=80, n_batches=3, seed=5)
+    assert (a.X != b.X).nnz == 0 and a.obs.equals(b.obs)
+    assert (a.X != c.X).nnz > 0
+    assert np.all(np.asarray(a.X.sum(axis=1)).ravel() > 0)
+    assert np.array_equal(a.X.data, np.round(a.X.data))

@@ -155,3 +155,21 @@ def test_tl_writes_obsm(sim):
     assert a.uns["amedl"]["batch_key"] == "batch"
     b, _ = amedl.tl.amedl(sim, "batch", max_epochs=1, progress=False, copy=True, **SMALL)
     assert "X_amedl_fe" in b.obsm and "X_amedl_fe" not in sim.obsm
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device here")
+def test_cuda_fit_matches_cpu_quality(sim, tmp_path):
+    """On a GPU the matrix lives on the device; the model trains, embeds new cells,
+    saves, and loads back onto the CPU with the same latents."""
+    m = amedl.AMEDL(sim, "batch", device="cuda", **SMALL)
+    assert m.device.type == "cuda"
+    m.fit(seed=0, max_epochs=20, progress=False)
+    assert m._X_on_device is not None and m._X_on_device.device.type == "cuda"
+    z_fe, z_re = m.latent(kind="fe"), m.latent(sim, kind="re")
+    assert np.isfinite(z_fe).all() and np.isfinite(z_re).all()
+    asw_re = amedl.metrics.silhouette_batch(z_re, sim.obs["batch"])
+    asw_fe = amedl.metrics.silhouette_batch(z_fe, sim.obs["batch"])
+    assert asw_re > asw_fe
+    m.save(tmp_path / "gpu_model")
+    cpu = amedl.AMEDL.load(tmp_path / "gpu_model", device="cpu")
+    np.testing.assert_allclose(cpu.latent(sim, kind="fe"), z_fe, atol=1e-4)
