@@ -43,6 +43,10 @@
 #'   memory for this session only).
 #' @param preset Engine preset: `"default"` or `"paper"` (the published configuration).
 #' @param verbose Show the engine's progress bars.
+#' @param settings A named list of further engine settings (fields of the
+#'   Python `amedl.AMEDLConfig`), e.g. `list(lr = 1e-3, batch_size = 512,
+#'   fe_adv_weight = 2)`; they override the preset. Unknown names are an
+#'   error that lists the known ones.
 #' @param ... Arguments passed to methods.
 #' @return The object with the latents added (see Details), or for a matrix a
 #'   list with `fe` and `re` (cells x `n_latent` matrices with cell names),
@@ -65,7 +69,7 @@ RunAMEDL <- function(object, ...) UseMethod("RunAMEDL")
 #' @export
 RunAMEDL.default <- function(object, batch, features = NULL, n_latent = 50, n_top_genes = 2000,
                              epochs = NULL, seed = 0, model_dir = NULL, preset = "default",
-                             verbose = TRUE, ...) {
+                             verbose = TRUE, settings = list(), ...) {
   if (!(is.matrix(object) || methods::is(object, "Matrix") || is.data.frame(object))) {
     .stop("RunAMEDL() needs a Seurat object, a SingleCellExperiment or a genes x cells count matrix, not an object of class %s",
           paste(class(object), collapse = "/"))
@@ -76,7 +80,7 @@ RunAMEDL.default <- function(object, batch, features = NULL, n_latent = 50, n_to
   b <- .check_batch(batch, ncol(counts))
   res <- .amedl_fit(counts, b, batch_key = "batch", features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
-                    model_dir = model_dir, verbose = verbose)
+                    model_dir = model_dir, verbose = verbose, settings = settings)
   res$params$batch <- NULL
   res
 }

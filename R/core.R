@@ -62,6 +62,16 @@
   features
 }
 
+.check_settings <- function(settings) {
+  if (is.null(settings)) return(list())
+  if (!is.list(settings) || (length(settings) && (is.null(names(settings)) || any(!nzchar(names(settings)))))) {
+    .stop("`settings` must be a named list of engine settings, e.g. list(lr = 1e-3, batch_size = 512)")
+  }
+  clash <- intersect(names(settings), c("n_latent", "n_top_genes", "max_epochs"))
+  if (length(clash)) .stop("set %s with the argument of RunAMEDL() of that name, not in `settings`", paste(clash, collapse = ", "))
+  settings
+}
+
 .py_error <- function(e) {
   msg <- conditionMessage(e)
   # reticulate wraps Python exceptions; keep the Python message, drop the traceback noise
@@ -73,7 +83,8 @@
 
 # Fit on a genes x cells matrix; returns list(fe, re, model, genes, batches, params).
 .amedl_fit <- function(counts, batch, batch_key = "batch", features = NULL, n_latent = 50, n_top_genes = 2000,
-                       epochs = NULL, seed = 0, preset = "default", model_dir = NULL, verbose = TRUE) {
+                       epochs = NULL, seed = 0, preset = "default", model_dir = NULL, verbose = TRUE,
+                       settings = list()) {
   n_latent <- .scalar_int(n_latent, "n_latent", 1L)
   n_top_genes <- .scalar_int(n_top_genes, "n_top_genes", 2L)
   epochs <- .scalar_int(epochs, "epochs", 1L, null_ok = TRUE)
@@ -81,6 +92,7 @@
   if (!is.character(preset) || length(preset) != 1L) .stop("`preset` must be a single string such as \"default\" or \"paper\"")
   if (!is.null(model_dir) && (!is.character(model_dir) || length(model_dir) != 1L)) .stop("`model_dir` must be a folder path or NULL")
   features <- .check_features(features, rownames(counts))
+  settings <- .check_settings(settings)
   bridge <- amedl_engine()
   res <- tryCatch(
     bridge$fit(
@@ -89,7 +101,8 @@
       features = features, n_latent = n_latent, n_top_genes = n_top_genes,
       epochs = epochs, seed = seed, preset = preset,
       model_dir = if (is.null(model_dir)) NULL else path.expand(model_dir),
-      progress = isTRUE(verbose)
+      progress = isTRUE(verbose),
+      settings = settings
     ),
     error = .py_error
   )
@@ -98,6 +111,7 @@
   id <- .cache_model(res$model)
   params <- list(
     batch = batch_key, n_latent = n_latent, epochs = epochs, seed = seed, preset = preset,
+    settings = if (length(settings)) settings else NULL,
     features = if (is.null(features)) "highly variable genes (engine)" else sprintf("%d given", length(features)),
     n_top_genes = if (is.null(features)) n_top_genes else NULL,
     genes = unlist(res$genes), batches = unlist(res$batches),

@@ -53,7 +53,8 @@
 #' @export
 RunAMEDL.SingleCellExperiment <- function(object, batch, assay = "counts", features = NULL,
                                           n_latent = 50, n_top_genes = 2000, epochs = NULL, seed = 0,
-                                          model_dir = NULL, preset = "default", verbose = TRUE, ...) {
+                                          model_dir = NULL, preset = "default", verbose = TRUE,
+                                          settings = list(), ...) {
   .check_dots(...)
   .sce_ns()
   if (missing(batch)) batch <- NULL
@@ -69,7 +70,7 @@ RunAMEDL.SingleCellExperiment <- function(object, batch, assay = "counts", featu
   bf <- .check_batch(b$values, ncol(counts), sprintf("the batch ('%s')", b$key))
   res <- .amedl_fit(counts, bf, batch_key = b$key, features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
-                    model_dir = model_dir, verbose = verbose)
+                    model_dir = model_dir, verbose = verbose, settings = settings)
   object <- .repair_sce(object)
   SingleCellExperiment::reducedDim(object, "AMEDL_FE") <- res$fe
   SingleCellExperiment::reducedDim(object, "AMEDL_RE") <- res$re

@@ -99,7 +99,8 @@ SeuratLayerCounts <- function(object, assay = NULL, layer = "counts") {
 #' @export
 RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts", features = NULL,
                             n_latent = 50, n_top_genes = 2000, epochs = NULL, seed = 0, model_dir = NULL,
-                            preset = "default", reduction.prefix = "amedl", verbose = TRUE, ...) {
+                            preset = "default", reduction.prefix = "amedl", verbose = TRUE,
+                            settings = list(), ...) {
   .check_dots(...)
   .seurat_ns()
   if (is.null(assay)) assay <- SeuratObject::DefaultAssay(object)
@@ -128,7 +129,7 @@ RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts"
   }
   res <- .amedl_fit(counts, bf, batch_key = b$key, features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
-                    model_dir = model_dir, verbose = verbose)
+                    model_dir = model_dir, verbose = verbose, settings = settings)
   params <- c(res$params, list(assay = assay, layer = layer, object_kind = "Seurat"))
   keyroot <- gsub("[^A-Za-z0-9]", "", reduction.prefix)
   if (!nzchar(keyroot) || !grepl("^[A-Za-z]", keyroot)) .stop("`reduction.prefix` must start with a letter")

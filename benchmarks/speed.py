@@ -108,7 +108,8 @@ def quality(z, adata, max_cells: int = 10_000) -> dict:
     }
 
 
-def run_size(path: Path, seed: int, kinds: list[str], max_epochs: int | None, device: str, long_epochs: int | None = None) -> dict:
+def run_size(path: Path, seed: int, kinds: list[str], max_epochs: int | None, device: str,
+             long_epochs: int | None = None, long_max_cells: int = 100_000) -> dict:
     import anndata as ad
     import torch
 
@@ -155,7 +156,7 @@ def run_size(path: Path, seed: int, kinds: list[str], max_epochs: int | None, de
         k = row["kinds"][kind]
         print(f"  {kind.upper()}: {k['epochs_run']} epochs, {k['epoch_s']:.2f} s/epoch, fit {k['fit_s']:.0f}s, "
               f"batch ASW {k['batch_asw']:+.3f}", file=sys.stderr, flush=True)
-        if long_epochs:
+        if long_epochs and kind != "ae" and n_cells <= long_max_cells:
             # the same fit without early stopping, for a much larger budget: how far is the default from converged?
             patience, model.config.patience = model.config.patience, None
             model.fit(seed=seed, kinds=[kind], progress=False, max_epochs=long_epochs)
@@ -211,7 +212,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     p.add_argument("--long-epochs", type=int, help="also fit each network this many epochs without early stopping "
-                   "and report its silhouettes (how close the default budget is to convergence)")
+                   "and report its silhouettes (how close the default budget is to convergence); FE and RE only")
+    p.add_argument("--long-max-cells", type=int, default=100_000, help="skip the long runs above this many cells")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--cache", default="/tmp/amedl-speed-data", help="folder for the simulated .h5ad files")
     p.add_argument("--one-size", help=argparse.SUPPRESS)
@@ -223,7 +225,8 @@ def main(argv=None) -> int:
         simulate_to(Path(args.simulate_only.split(":", 1)[1]), n, args.genes, args.batches, args.seed)
         return 0
     if args.one_size:
-        row = run_size(Path(args.one_size), args.seed, args.kinds.split(","), args.max_epochs, args.device, args.long_epochs)
+        row = run_size(Path(args.one_size), args.seed, args.kinds.split(","), args.max_epochs, args.device, args.long_epochs,
+                       args.long_max_cells)
         print("RESULT " + json.dumps(row))
         return 0
 
@@ -245,7 +248,7 @@ def main(argv=None) -> int:
         if args.max_epochs:
             cmd += ["--max-epochs", str(args.max_epochs)]
         if args.long_epochs:
-            cmd += ["--long-epochs", str(args.long_epochs)]
+            cmd += ["--long-epochs", str(args.long_epochs), "--long-max-cells", str(args.long_max_cells)]
         t0 = time.perf_counter()
         out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         if out.returncode != 0:

@@ -32,6 +32,42 @@ def _as_int(x: Any, default: int | None = None) -> int | None:
     return int(round(float(x)))
 
 
+def config_settings(settings: dict | None) -> dict:
+    """Engine settings from R: names checked against :class:`amedl.AMEDLConfig`,
+    R doubles turned into the integers, tuples or ``None`` the fields expect."""
+    import dataclasses
+
+    from .config import AMEDLConfig
+
+    if not settings:
+        return {}
+    fields = {f.name: str(f.type) for f in dataclasses.fields(AMEDLConfig)}
+    unknown = sorted(set(settings) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown aMEDL setting(s) {unknown}; known settings: {sorted(fields)}")
+    def whole(name, v):
+        if float(v) != int(float(v)):
+            raise ValueError(f"setting {name!r} must be a whole number, got {v!r}")
+        return int(float(v))
+
+    out: dict[str, Any] = {}
+    for name, value in settings.items():
+        kind = fields[name]
+        if value is None:
+            out[name] = None
+        elif kind.startswith("tuple"):
+            out[name] = tuple(whole(name, v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+        elif kind.startswith("int"):
+            out[name] = whole(name, value)
+        elif kind.startswith("float"):
+            out[name] = float(value)
+        elif kind == "bool":
+            out[name] = bool(value)
+        else:
+            out[name] = str(value)
+    return out
+
+
 def make_adata(
     X,
     cells: Sequence[str],
@@ -86,8 +122,13 @@ def fit(
     preset: str = "default",
     model_dir: str | None = None,
     progress: bool = True,
+    settings: dict | None = None,
 ) -> dict:
     """Fit aMEDL on R data and return both latents and the model.
+
+    ``settings`` are further :class:`amedl.AMEDLConfig` fields (e.g. ``lr``,
+    ``batch_size``, ``fe_adv_weight``); R numbers are converted to the
+    field's type.
 
     Returns
     -------
@@ -99,10 +140,11 @@ def fit(
 
     adata = make_adata(X, cells, genes, batch, batch_key=batch_key, batch_levels=batch_levels)
     feats = _as_list(features) if features is not None else None
-    settings: dict[str, Any] = {"n_latent": _as_int(n_latent, 50)}
+    config = config_settings(settings)
+    config["n_latent"] = _as_int(n_latent, 50)
     if feats is None:
-        settings["n_top_genes"] = _as_int(n_top_genes, 2000)
-    model = AMEDL(adata, batch_key, preset=str(preset), genes=feats, **settings)
+        config["n_top_genes"] = _as_int(n_top_genes, 2000)
+    model = AMEDL(adata, batch_key, preset=str(preset), genes=feats, **config)
     model.fit(seed=_as_int(seed, 0), max_epochs=_as_int(epochs), progress=bool(progress))
     saved = save_model(model, model_dir) if model_dir else None
     return {

@@ -24,6 +24,7 @@ from sklearn.utils.sparsefuncs import mean_variance_axis
 logger = logging.getLogger("amedl")
 
 SCALINGS = ("minmax", "zscore")
+_NORMALISE_CHUNK = 50_000
 _CHECK_CHUNK = 1 << 24
 
 
@@ -175,15 +176,35 @@ def validate_adata(
 
 
 def _normalised_log(adata: ad.AnnData, layer: str | None, target_sum: float) -> ad.AnnData:
-    """Library-size normalised log1p expression in a new AnnData (the input is untouched)."""
+    """Library-size normalised log1p expression in a new AnnData (the input is untouched).
+
+    Scanpy normalises blocks of ``_NORMALISE_CHUNK`` cells in turn (each cell is
+    scaled on its own, so the result is the same as in one call), which keeps
+    its temporaries small next to the matrix.
+    """
     X, _ = _counts_matrix(adata, layer)
-    X = sp.csr_matrix(X, dtype=np.float32, copy=True) if not sp.isspmatrix_csr(X) or X.dtype != np.float32 else X.copy()
-    work = ad.AnnData(X=X, obs=pd.DataFrame(index=adata.obs_names.copy()), var=pd.DataFrame(index=adata.var_names.copy()))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sc.pp.normalize_total(work, target_sum=target_sum)
-        sc.pp.log1p(work)
-    return work
+    if sp.isspmatrix_csr(X):
+        out = sp.csr_matrix(
+            (np.empty(X.nnz, dtype=np.float32), X.indices.copy(), X.indptr.copy()), shape=X.shape
+        )
+        source = X
+    else:  # converting already makes a new matrix, which is then normalised in place
+        out = sp.csr_matrix(X, dtype=np.float32)
+        source = out
+    for lo in range(0, X.shape[0], _NORMALISE_CHUNK):
+        hi = min(lo + _NORMALISE_CHUNK, X.shape[0])
+        a, b = source.indptr[lo], source.indptr[hi]
+        block = sp.csr_matrix(
+            (source.data[a:b].astype(np.float32), source.indices[a:b], source.indptr[lo : hi + 1] - a),
+            shape=(hi - lo, X.shape[1]),
+        )
+        part = ad.AnnData(X=block)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sc.pp.normalize_total(part, target_sum=target_sum)
+            sc.pp.log1p(part)
+        out.data[a:b] = part.X.data
+    return ad.AnnData(X=out, obs=pd.DataFrame(index=adata.obs_names.copy()), var=pd.DataFrame(index=adata.var_names.copy()))
 
 
 @dataclass
@@ -246,7 +267,7 @@ class Preprocessor:
             if n_top_genes is None or n_top_genes >= len(candidates):
                 selected = list(candidates)
             else:
-                selected = _highly_variable(work[:, expressed], batch, n_top_genes)
+                selected = _highly_variable(work if expressed.all() else work[:, expressed], batch, n_top_genes)
         if len(selected) != work.n_vars or list(work.var_names) != list(selected):
             work = work[:, selected]
         Xs = sp.csr_matrix(work.X, dtype=np.float32)
@@ -300,8 +321,10 @@ class Preprocessor:
         return x
 
     def unscale(self, x: np.ndarray) -> np.ndarray:
-        """Invert the scaling: model space back to log1p-normalised expression."""
-        return x * self.scale + self.center
+        """Invert the scaling of a dense block (in place): model space back to log1p-normalised expression."""
+        x *= self.scale
+        x += self.center
+        return x
 
     # -- persistence -------------------------------------------------------
     def to_dict(self) -> dict:
@@ -331,9 +354,13 @@ class Preprocessor:
 
 
 def _highly_variable(work: ad.AnnData, batch: pd.Categorical, n_top_genes: int) -> list[str]:
-    """Batch-aware highly variable genes (scanpy, Seurat flavour on log data)."""
-    work = work.copy()
-    work.obs["_batch"] = np.asarray(batch)[: work.n_obs]
+    """Batch-aware highly variable genes (scanpy, Seurat flavour on log data).
+
+    Scanpy reads the matrix without changing it; a fresh AnnData around it
+    (not a copy) carries the batch column.
+    """
+    X = work.X if not work.is_view else work.X.copy()
+    work = ad.AnnData(X=X, obs=pd.DataFrame({"_batch": np.asarray(batch)}, index=work.obs_names), var=pd.DataFrame(index=work.var_names))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -310,8 +310,16 @@ class AMEDL:
 
     @torch.no_grad()
     def _run(self, X, codes, fn, batch_size: int) -> np.ndarray:
+        """``fn`` over minibatches of cells, written into one preallocated float32 array."""
         loader = CSRLoader(self._matrix_for_device(X), codes, self.prep, batch_size=batch_size, device=self.device)
-        return np.concatenate([fn(x, b).float().cpu().numpy() for x, b in loader], axis=0)
+        out, lo = None, 0
+        for x, b in loader:
+            y = fn(x, b).float().cpu().numpy()
+            if out is None:
+                out = np.empty((X.shape[0], y.shape[1]), dtype=np.float32)
+            out[lo : lo + len(y)] = y
+            lo += len(y)
+        return out
 
     def latent(self, adata: ad.AnnData | None = None, kind: str = "fe", *, layer: str | None = None, batch_size: int = 4096) -> np.ndarray:
         """Latent representation of cells, ``(n_cells, n_latent)`` float32.
@@ -362,7 +370,7 @@ class AMEDL:
                 target = self.prep.batches.index(str(batch))
                 fn = lambda x, b: re(x, re.one_hot(b), re.one_hot(torch.full_like(b, target)))[0]  # noqa: E731
             out = self._run(X, codes, fn, batch_size)
-        return self.prep.unscale(out).astype(np.float32)
+        return self.prep.unscale(out)
 
     def batch_effects(self, batch: str) -> pd.DataFrame:
         """The random effects of one batch on the decoder's output, per gene.

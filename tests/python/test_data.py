@@ -177,3 +177,22 @@ def test_simulation_is_seeded_and_independent_of_processes(monkeypatch):
     assert (a.X != c.X).nnz > 0
     assert np.all(np.asarray(a.X.sum(axis=1)).ravel() > 0)
     assert np.array_equal(a.X.data, np.round(a.X.data))
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
+def test_chunked_normalisation_equals_scanpy_in_one_call(sim, monkeypatch, fmt):
+    import scanpy as sc
+
+    from amedl import data
+
+    monkeypatch.setattr(data, "_NORMALISE_CHUNK", 97)
+    a = sim.copy()
+    a.X = {"csr": a.X, "csc": sp.csc_matrix(a.X), "dense": a.X.toarray()}[fmt]
+    before = a.X.copy()
+    got = data._normalised_log(a, None, 1e4).X
+    ref = sim.copy()
+    sc.pp.normalize_total(ref, target_sum=1e4)
+    sc.pp.log1p(ref)
+    assert sp.isspmatrix_csr(got) and got.dtype == np.float32
+    np.testing.assert_allclose(got.toarray(), ref.X.toarray(), rtol=1e-6, atol=1e-6)
+    assert (sp.csr_matrix(a.X) != sp.csr_matrix(before)).nnz == 0  # the input is untouched

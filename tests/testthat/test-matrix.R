@@ -32,3 +32,22 @@ test_that("features restrict the genes and a counterfactual comes back for a mat
   expect_error(AMEDLCounterfactual(s$counts, batch = "b9", model = fit$model, batch_of_cells = s$batch),
                "unknown batch 'b9'; the model knows: b1, b2, b3")
 })
+
+test_that("engine settings pass through `settings`, with clear errors for bad ones", {
+  skip_if_no_engine()
+  s <- sim_counts()
+  fit <- do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(batch_size = 64, lr = 2e-3, patience = NULL)), FAST))
+  cfg <- fit$model$config
+  expect_identical(reticulate::py_to_r(cfg$batch_size), 64L)
+  expect_equal(reticulate::py_to_r(cfg$lr), 2e-3)
+  expect_null(reticulate::py_to_r(cfg$patience))
+  expect_equal(fit$params$settings$batch_size, 64)
+  expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(learning_rate = 1)), FAST)),
+               "unknown aMEDL setting\\(s\\) \\['learning_rate'\\]; known settings:")
+  expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(batch_size = 2.5)), FAST)),
+               "'batch_size' must be a whole number")
+  expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(1e-3)), FAST)),
+               "`settings` must be a named list")
+  expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(n_latent = 4)), FAST)),
+               "set n_latent with the argument of RunAMEDL\\(\\)")
+})
