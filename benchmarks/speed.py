@@ -4,6 +4,10 @@ Run (not a test):
 
     .venv/bin/python benchmarks/speed.py --sizes 10000,100000,1000000 --out docs/performance.json
 
+Options: ``--device cuda`` (default ``auto``: CUDA when available) measures on
+a GPU, ``--max-epochs N`` caps the epochs, ``--long-epochs N`` adds a run
+without early stopping for comparison.
+
 Each size runs in its own subprocess so that its peak resident memory is its
 own. Printed per network (FE, RE, AE): cells per second per training epoch,
 the model's FLOPs per cell per training step, achieved GFLOP/s and its ratio to
@@ -158,9 +162,10 @@ def run_size(path: Path, seed: int, kinds: list[str], max_epochs: int | None, de
               f"batch ASW {k['batch_asw']:+.3f}", file=sys.stderr, flush=True)
         if long_epochs and kind != "ae" and n_cells <= long_max_cells:
             # the same fit without early stopping, for a much larger budget: how far is the default from converged?
-            patience, model.config.patience = model.config.patience, None
+            saved = model.config.patience, model.config.re_patience
+            model.config.patience = model.config.re_patience = None
             model.fit(seed=seed, kinds=[kind], progress=False, max_epochs=long_epochs)
-            model.config.patience = patience
+            model.config.patience, model.config.re_patience = saved
             long = quality(model.latent(kind=kind), adata)
             k.update({f"long_{m}": v for m, v in long.items()}, long_epochs=long_epochs,
                      long_fit_s=model.train_info[kind]["seconds"], long_best_epoch=model.train_info[kind]["best_epoch"])
@@ -257,13 +262,14 @@ def main(argv=None) -> int:
         row["wall_s"] = time.perf_counter() - t0
         rows.append(row)
         print(f"{n:,} cells done in {row['wall_s']:.0f}s", flush=True)
-    table = _fmt_table(rate, rows, device, name)
-    print(table)
-    if args.out:
-        from amedl._files import atomic_path
+        table = _fmt_table(rate, rows, device, name)
+        if args.out:  # after every size, so that a long run keeps what it has measured
+            from amedl._files import atomic_path
 
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(json.dumps({"device": device, "device_name": name, "matmul_gflops": rate, "rows": rows, "table": table}, indent=1))
+            with atomic_path(args.out) as tmp:
+                tmp.write_text(json.dumps({"device": device, "device_name": name, "matmul_gflops": rate, "rows": rows,
+                                           "table": table}, indent=1))
+    print(_fmt_table(rate, rows, device, name))
     return 0
 
 

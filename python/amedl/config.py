@@ -12,6 +12,11 @@ class AMEDLConfig:
 
     Loss weights are relative: each network's loss is a weighted sum and only
     the ratios matter to Adam beyond the step size.
+
+    Early stopping: the FE network and the AE stop after ``patience`` epochs
+    without a better validation loss, the RE network after ``re_patience``
+    (it converges sooner; ``benchmarks/convergence.py``); ``None`` trains the
+    whole budget.
     """
 
     # data
@@ -34,6 +39,7 @@ class AMEDLConfig:
     min_epochs: int = 3
     epoch_cap: int = 400
     patience: int | None = 30
+    re_patience: int | None = 15
     fe_burn_in_steps: int = 250
     restore_best: bool = True
     validation_fraction: float = 0.1
@@ -90,6 +96,7 @@ PAPER = dict(
     lr=1e-4,
     batch_size=512,
     patience=30,
+    re_patience=30,
     max_epochs=None,
     target_steps=100_000,
     epoch_cap=500,
@@ -105,7 +112,8 @@ PAPER = dict(
 
 # The default preset is the AMEDLConfig defaults, tuned by measurement on the
 # shared datasets (docs/tuning.md): z-score scaling, Adam 1e-3, minibatch 256,
-# FE adversary weight 1 after a 250-step burn-in, RE 1 : 0.1 : 1e-5.
+# FE adversary weight 1 after a 250-step burn-in, RE 1 : 0.1 : 1e-5; early
+# stopping patience 30 epochs for FE/AE and 15 for RE (docs/performance.md).
 DEFAULT: dict = dict()
 
 PRESETS = {"default": DEFAULT, "paper": PAPER}

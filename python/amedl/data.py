@@ -175,36 +175,71 @@ def validate_adata(
 # preprocessing
 
 
-def _normalised_log(adata: ad.AnnData, layer: str | None, target_sum: float) -> ad.AnnData:
-    """Library-size normalised log1p expression in a new AnnData (the input is untouched).
+def _normalised_log(adata: ad.AnnData, layer: str | None, target_sum: float, genes: Sequence[str] | None = None) -> sp.csr_matrix:
+    """Library-size normalised log1p expression (float32 CSR) of ``genes``
+    (default: all, in ``adata.var_names`` order); the input is untouched.
 
-    Scanpy normalises blocks of ``_NORMALISE_CHUNK`` cells in turn (each cell is
-    scaled on its own, so the result is the same as in one call), which keeps
-    its temporaries small next to the matrix.
+    Library sizes come from all genes. Scanpy normalises blocks of
+    ``_NORMALISE_CHUNK`` cells in turn (each cell is scaled on its own, so the
+    result is the same as in one call) and only the requested genes of each
+    block are kept: the full normalised matrix is never held, and the
+    temporaries stay small next to the matrix.
     """
     X, _ = _counts_matrix(adata, layer)
-    if sp.isspmatrix_csr(X):
-        out = sp.csr_matrix(
-            (np.empty(X.nnz, dtype=np.float32), X.indices.copy(), X.indptr.copy()), shape=X.shape
-        )
-        source = X
-    else:  # converting already makes a new matrix, which is then normalised in place
-        out = sp.csr_matrix(X, dtype=np.float32)
-        source = out
-    for lo in range(0, X.shape[0], _NORMALISE_CHUNK):
-        hi = min(lo + _NORMALISE_CHUNK, X.shape[0])
+    source = X if sp.isspmatrix_csr(X) else sp.csr_matrix(X, dtype=np.float32)  # a conversion is already a new matrix
+    n_cells, n_genes = source.shape
+    order = None
+    if genes is None:
+        keep = None
+    else:
+        positions = adata.var_names.get_indexer(list(genes))
+        keep = np.zeros(n_genes, dtype=bool)
+        keep[positions] = True
+        if keep.all() and np.array_equal(positions, np.arange(n_genes)):
+            keep = None
+        elif not np.all(np.diff(positions) > 0):
+            order = np.argsort(np.argsort(positions))  # the rank of each requested gene among the kept columns
+
+    if keep is None:
+        indptr = source.indptr.copy()
+        indices = source.indices if source is not X else source.indices.copy()
+    else:
+        row_nnz = np.empty(n_cells, dtype=np.int64)
+        for lo in range(0, n_cells, _NORMALISE_CHUNK):
+            hi = min(lo + _NORMALISE_CHUNK, n_cells)
+            a = source.indptr[lo]
+            kept = np.concatenate([[0], np.cumsum(keep[source.indices[a : source.indptr[hi]]])])
+            row_nnz[lo:hi] = kept[source.indptr[lo + 1 : hi + 1] - a] - kept[source.indptr[lo:hi] - a]
+        indptr = np.zeros(n_cells + 1, dtype=np.int64)
+        np.cumsum(row_nnz, out=indptr[1:])
+        index_dtype = np.int32 if indptr[-1] < np.iinfo(np.int32).max else np.int64
+        indptr = indptr.astype(index_dtype)
+        indices = np.empty(indptr[-1], dtype=index_dtype)
+        new_column = (np.cumsum(keep) - 1).astype(index_dtype)
+    data = np.empty(indptr[-1], dtype=np.float32)
+
+    for lo in range(0, n_cells, _NORMALISE_CHUNK):
+        hi = min(lo + _NORMALISE_CHUNK, n_cells)
         a, b = source.indptr[lo], source.indptr[hi]
         block = sp.csr_matrix(
             (source.data[a:b].astype(np.float32), source.indices[a:b], source.indptr[lo : hi + 1] - a),
-            shape=(hi - lo, X.shape[1]),
+            shape=(hi - lo, n_genes),
         )
         part = ad.AnnData(X=block)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sc.pp.normalize_total(part, target_sum=target_sum)
             sc.pp.log1p(part)
-        out.data[a:b] = part.X.data
-    return ad.AnnData(X=out, obs=pd.DataFrame(index=adata.obs_names.copy()), var=pd.DataFrame(index=adata.var_names.copy()))
+        c, d = indptr[lo], indptr[hi]
+        if keep is None:
+            data[c:d] = part.X.data
+        else:
+            mask = keep[source.indices[a:b]]
+            data[c:d] = part.X.data[mask]
+            indices[c:d] = new_column[source.indices[a:b][mask]]
+    shape = (n_cells, n_genes if keep is None else int(keep.sum()))
+    out = sp.csr_matrix((data, indices, indptr), shape=shape)
+    return out if order is None else out[:, order]
 
 
 @dataclass
@@ -253,24 +288,25 @@ class Preprocessor:
         if dropped:
             logger.info("amedl: ignoring %d gene(s) with zero counts in every cell", dropped)
 
-        work = _normalised_log(adata, layer, target_sum)
         if genes is not None:
             genes = list(dict.fromkeys(str(g) for g in genes))
-            missing = [g for g in genes if g not in work.var_names]
+            known = set(adata.var_names)
+            missing = [g for g in genes if g not in known]
             if missing:
                 raise AMEDLInputError(
                     f"{len(missing)} requested gene(s) are not in adata.var_names (e.g. {missing[:10]})."
                 )
             selected = genes
+            Xs = _normalised_log(adata, layer, target_sum, selected)
         else:
-            candidates = work.var_names[expressed]
+            candidates = list(adata.var_names[expressed])
+            Xs = _normalised_log(adata, layer, target_sum, candidates)
             if n_top_genes is None or n_top_genes >= len(candidates):
-                selected = list(candidates)
+                selected = candidates
             else:
-                selected = _highly_variable(work if expressed.all() else work[:, expressed], batch, n_top_genes)
-        if len(selected) != work.n_vars or list(work.var_names) != list(selected):
-            work = work[:, selected]
-        Xs = sp.csr_matrix(work.X, dtype=np.float32)
+                hv = _highly_variable(Xs, candidates, adata.obs_names, batch, n_top_genes)
+                selected = [g for g, h in zip(candidates, hv) if h]
+                Xs = Xs[:, np.flatnonzero(hv)]
         if scaling == "minmax":
             gmax = float(Xs.max()) if Xs.nnz else 1.0
             center = np.zeros(len(selected), np.float32)
@@ -299,15 +335,15 @@ class Preprocessor:
         Genes are matched by name; a clear error lists any that are missing.
         """
         validate_adata(adata, None, layer, training=False)
-        missing = [g for g in self.genes if g not in set(adata.var_names)] if len(self.genes) else []
+        known = set(adata.var_names)
+        missing = [g for g in self.genes if g not in known]
         if missing:
             raise AMEDLInputError(
                 f"{len(missing)} of the model's {len(self.genes)} genes are missing from adata.var_names "
                 f"(e.g. {missing[:10]}). The input needs every gene the model was trained on, named the same way "
                 "(check gene symbols vs Ensembl IDs); genes may be in any order and extra genes are ignored."
             )
-        work = _normalised_log(adata, layer, self.target_sum)
-        return sp.csr_matrix(work[:, self.genes].X, dtype=np.float32)
+        return _normalised_log(adata, layer, self.target_sum, self.genes)
 
     def encode_batches(self, values: Sequence) -> np.ndarray:
         """Batch labels to integer codes; labels not seen in training get -1."""
@@ -353,14 +389,12 @@ class Preprocessor:
         )
 
 
-def _highly_variable(work: ad.AnnData, batch: pd.Categorical, n_top_genes: int) -> list[str]:
-    """Batch-aware highly variable genes (scanpy, Seurat flavour on log data).
+def _highly_variable(X: sp.csr_matrix, genes: list[str], cells, batch: pd.Categorical, n_top_genes: int) -> np.ndarray:
+    """Batch-aware highly variable genes (scanpy, Seurat flavour on log data): a boolean mask over ``genes``.
 
-    Scanpy reads the matrix without changing it; a fresh AnnData around it
-    (not a copy) carries the batch column.
+    Scanpy reads the matrix without changing it, so it is wrapped, not copied.
     """
-    X = work.X if not work.is_view else work.X.copy()
-    work = ad.AnnData(X=X, obs=pd.DataFrame({"_batch": np.asarray(batch)}, index=work.obs_names), var=pd.DataFrame(index=work.var_names))
+    work = ad.AnnData(X=X, obs=pd.DataFrame({"_batch": np.asarray(batch)}, index=cells), var=pd.DataFrame(index=genes))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -368,7 +402,7 @@ def _highly_variable(work: ad.AnnData, batch: pd.Categorical, n_top_genes: int) 
         except Exception as exc:  # tiny batches can break the per-batch binning
             logger.info("amedl: batch-aware HVG selection failed (%s); selecting without batches", exc)
             sc.pp.highly_variable_genes(work, n_top_genes=n_top_genes, flavor="seurat")
-    return list(work.var_names[work.var["highly_variable"].to_numpy()])
+    return work.var["highly_variable"].to_numpy(dtype=bool)
 
 
 # ---------------------------------------------------------------------------

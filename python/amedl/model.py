@@ -175,7 +175,8 @@ class AMEDL:
         max_epochs
             Epoch budget; default from the preset (scaled with the number of cells).
             Training stops earlier when the validation loss has not improved for
-            ``patience`` epochs, and the best epoch's weights are kept.
+            ``patience`` epochs (``re_patience`` for the RE network), and the best
+            epoch's weights are kept.
         progress
             Show a tqdm progress bar.
         kinds
@@ -209,7 +210,7 @@ class AMEDL:
             val_loader = CSRLoader(X, self._codes, self.prep, rows=val_idx, batch_size=4096, device=self.device)
             trainer = self._trainer(kind, modules, chance_ce)
             settings = LoopSettings(
-                max_epochs=epochs, patience=c.patience, min_epochs=min(c.min_epochs, epochs),
+                max_epochs=epochs, patience=c.re_patience if kind == "re" else c.patience, min_epochs=min(c.min_epochs, epochs),
                 burn_in=c.fe_burn_in_epochs(n_train, epochs) if kind == "fe" else 0, restore_best=c.restore_best,
                 callback=None if callback is None else (lambda e, r, k=kind: callback(self, k, e, r)),
                 progress=progress, desc=f"aMEDL {kind.upper()}",
@@ -333,7 +334,7 @@ class AMEDL:
         X, codes = self._inputs(adata, layer, need_batches=(kind == "re"))
         if kind == "re":
             re = modules["re"]
-            return self._run(X, codes, lambda x, b: re.encode(x, re.one_hot(b)), batch_size)
+            return self._run(X, codes, lambda x, b: re.encode(x, b), batch_size)
         ae = modules["ae"]
         return self._run(X, codes, lambda x, b: ae.encode(x)[0], batch_size)
 
@@ -363,12 +364,12 @@ class AMEDL:
             X, codes = self._inputs(adata, layer, need_batches=True)
             re = modules["re"]
             if batch is None:
-                fn = lambda x, b: re(x, re.one_hot(b))[0]  # noqa: E731
+                fn = lambda x, b: re(x, b)[0]  # noqa: E731
             else:
                 if str(batch) not in self.prep.batches:
                     raise ValueError(f"unknown batch {batch!r}; the model knows {self.prep.batches}")
                 target = self.prep.batches.index(str(batch))
-                fn = lambda x, b: re(x, re.one_hot(b), re.one_hot(torch.full_like(b, target)))[0]  # noqa: E731
+                fn = lambda x, b: re(x, b, torch.full_like(b, target))[0]  # noqa: E731
             out = self._run(X, codes, fn, batch_size)
         return self.prep.unscale(out)
 

@@ -92,8 +92,11 @@ class RandomEffects(nn.Module):
 
     ``W`` (n_batches × n_features) has learned means and softplus scales, and a
     fixed Normal(0, ``prior_scale``) prior. Training samples ``W`` with the
-    reparameterisation trick; evaluation uses the posterior mean. A row of
-    zeros in ``Z`` (a batch not seen in training) gives zero effects.
+    reparameterisation trick; evaluation uses the posterior mean.
+
+    The batches are given either as integer codes (each cell's row of ``W`` is
+    looked up; code -1, a batch not seen in training, gives zero effects) or
+    as a design matrix ``Z`` (cells × n_batches; a zero row gives zero effects).
     """
 
     def __init__(self, n_batches: int, n_features: int, prior_scale: float = 0.25, init_scale: float = 1e-3):
@@ -106,12 +109,15 @@ class RandomEffects(nn.Module):
     def scale(self) -> torch.Tensor:
         return F.softplus(self.raw_scale)
 
-    def forward(self, Z: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.training:
             W = self.mean + self.scale * torch.randn_like(self.mean)
         else:
             W = self.mean
-        return Z @ W
+        if batch.is_floating_point():
+            return batch @ W
+        # a lookup instead of a one-hot product; the appended zero row serves code -1
+        return F.embedding(batch.remainder(W.shape[0] + 1), F.pad(W, (0, 0, 0, 1)))
 
     def kl(self) -> torch.Tensor:
         """KL(posterior ‖ prior), summed over all weights."""
@@ -140,9 +146,10 @@ class REAutoencoder(nn.Module):
     the decoder's output carry per-batch Bayesian scale and shift; a cooperative
     classifier on the latent predicts the batch.
 
-    ``forward(x, Z_enc, Z_dec=None)``: ``Z_enc`` is the one-hot batch of the
-    cells for the encoder; ``Z_dec`` (default ``Z_enc``) the batch to decode
-    as, which gives counterfactual reconstructions.
+    ``forward(x, Z_enc, Z_dec=None)``: ``Z_enc`` is the batch of each cell for
+    the encoder, as integer codes (-1: not seen in training) or a one-hot
+    design matrix (see :class:`RandomEffects`); ``Z_dec`` (default ``Z_enc``)
+    the batch to decode as, which gives counterfactual reconstructions.
     """
 
     def __init__(

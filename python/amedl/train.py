@@ -275,8 +275,7 @@ class RandomEffectsTrainer:
         self.re.train()
         means = _EpochMeans()
         for x, b in loader:
-            Z = self.re.one_hot(b)
-            x_hat, _, logits = self.re(x, Z)
+            x_hat, _, logits = self.re(x, b)
             mse = F.mse_loss(x_hat, x)
             ce = F.cross_entropy(logits, b)
             kl = self.re.kl()
@@ -292,7 +291,7 @@ class RandomEffectsTrainer:
         self.re.eval()
 
         def forward(x, b):
-            x_hat, _, logits = self.re(x, self.re.one_hot(b))
+            x_hat, _, logits = self.re(x, b)
             return x_hat, logits
 
         mse, ce, acc = _evaluate_reconstruction_and_batch(loader, forward, needs_batch=True)

@@ -189,10 +189,17 @@ def test_chunked_normalisation_equals_scanpy_in_one_call(sim, monkeypatch, fmt):
     a = sim.copy()
     a.X = {"csr": a.X, "csc": sp.csc_matrix(a.X), "dense": a.X.toarray()}[fmt]
     before = a.X.copy()
-    got = data._normalised_log(a, None, 1e4).X
+    got = data._normalised_log(a, None, 1e4)
     ref = sim.copy()
     sc.pp.normalize_total(ref, target_sum=1e4)
     sc.pp.log1p(ref)
     assert sp.isspmatrix_csr(got) and got.dtype == np.float32
     np.testing.assert_allclose(got.toarray(), ref.X.toarray(), rtol=1e-6, atol=1e-6)
+    # a subset of genes in any order: library sizes still come from all genes
+    genes = list(sim.var_names[[7, 3, 250, 0, 99, 98]])
+    sub = data._normalised_log(a, None, 1e4, genes)
+    assert sub.shape == (sim.n_obs, len(genes)) and sp.isspmatrix_csr(sub)
+    np.testing.assert_allclose(sub.toarray(), ref[:, genes].X.toarray(), rtol=1e-6, atol=1e-6)
+    in_order = sorted(genes, key=list(sim.var_names).index)
+    np.testing.assert_allclose(data._normalised_log(a, None, 1e4, in_order).toarray(), ref[:, in_order].X.toarray(), rtol=1e-6, atol=1e-6)
     assert (sp.csr_matrix(a.X) != sp.csr_matrix(before)).nnz == 0  # the input is untouched

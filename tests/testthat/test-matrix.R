@@ -38,9 +38,9 @@ test_that("engine settings pass through `settings`, with clear errors for bad on
   s <- sim_counts()
   fit <- do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(batch_size = 64, lr = 2e-3, patience = NULL)), FAST))
   cfg <- fit$model$config
-  expect_identical(reticulate::py_to_r(cfg$batch_size), 64L)
-  expect_equal(reticulate::py_to_r(cfg$lr), 2e-3)
-  expect_null(reticulate::py_to_r(cfg$patience))
+  expect_identical(cfg$batch_size, 64L)
+  expect_equal(cfg$lr, 2e-3)
+  expect_null(cfg$patience)
   expect_equal(fit$params$settings$batch_size, 64)
   expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(learning_rate = 1)), FAST)),
                "unknown aMEDL setting\\(s\\) \\['learning_rate'\\]; known settings:")
