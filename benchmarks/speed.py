@@ -104,12 +104,15 @@ def simulate_to(path: Path, n_cells: int, n_genes: int, n_batches: int, seed: in
 
 def quality(z, adata, max_cells: int = 10_000) -> dict:
     """Batch and cell-type silhouettes of a latent on a seeded subsample (as the paper scores large data)."""
+    from sklearn import config_context
+
     from amedl import metrics
 
-    return {
-        "batch_asw": metrics.silhouette_batch(z, adata.obs["batch"], max_cells=max_cells, seed=0),
-        "label_asw": metrics.silhouette_label(z, adata.obs["cell_type"], max_cells=max_cells, seed=0),
-    }
+    with config_context(working_memory=64):  # bounded temporaries: the peak RSS should be the model's
+        return {
+            "batch_asw": metrics.silhouette_batch(z, adata.obs["batch"], max_cells=max_cells, seed=0),
+            "label_asw": metrics.silhouette_label(z, adata.obs["cell_type"], max_cells=max_cells, seed=0),
+        }
 
 
 def run_size(path: Path, seed: int, kinds: list[str], max_epochs: int | None, device: str,
@@ -149,13 +152,16 @@ def run_size(path: Path, seed: int, kinds: list[str], max_epochs: int | None, de
         t0 = time.perf_counter()
         z = model.latent(kind=kind)
         infer_s = time.perf_counter() - t0
+        peak_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         row["kinds"][kind] = {
             "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"], "stopped_early": info["stopped_early"],
             "fit_s": info["seconds"], "epoch_s": epoch_s, "train_cells_per_s": n_train / epoch_s,
             "flops_per_cell_train": fl["train"], "achieved_gflops": fl["train"] * n_train / epoch_s / 1e9,
             "inference_cells_per_s": n_cells / infer_s, "final_val_mse": float(hist["val_mse"].iloc[-1]),
+            "peak_rss_after_fit_bytes": peak_fit,
             **quality(z, adata),
         }
+        del z
         del model.modules[kind]
         k = row["kinds"][kind]
         print(f"  {kind.upper()}: {k['epochs_run']} epochs, {k['epoch_s']:.2f} s/epoch, fit {k['fit_s']:.0f}s, "
