@@ -24,7 +24,7 @@ from sklearn.utils.sparsefuncs import mean_variance_axis
 logger = logging.getLogger("amedl")
 
 SCALINGS = ("minmax", "zscore")
-_NORMALISE_CHUNK = 50_000
+_NORMALISE_CHUNK = 10_000
 _CHECK_CHUNK = 1 << 24
 
 

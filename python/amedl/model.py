@@ -207,7 +207,7 @@ class AMEDL:
                 rng=np.random.default_rng([seed, _KIND_SEED_OFFSET[kind]]), device=self.device,
                 drop_last=n_train % batch_size == 1,
             )
-            val_loader = CSRLoader(X, self._codes, self.prep, rows=val_idx, batch_size=4096, device=self.device)
+            val_loader = CSRLoader(X, self._codes, self.prep, rows=val_idx, batch_size=1024, device=self.device)
             trainer = self._trainer(kind, modules, chance_ce)
             settings = LoopSettings(
                 max_epochs=epochs, patience=c.re_patience if kind == "re" else c.patience, min_epochs=min(c.min_epochs, epochs),
