@@ -92,7 +92,7 @@ def main(argv=None) -> int:
             ok = [v for s, v in verdicts if s == setting]
             print(f"{setting}: within {args.tolerance} of the long run in {sum(ok)} of {len(ok)} fits")
     if args.out:
-        from amedl._files import atomic_path
+        from amedl._utils import atomic_path
 
         with atomic_path(args.out) as tmp:
             tmp.write_text(json.dumps({"rows": rows, "table": table, "tolerance": args.tolerance}, indent=1))

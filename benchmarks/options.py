@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     print(f"first layer fwd+bwd, 256 cells (density {fl['density']:.3f}): dense {fl['dense_ms']:.2f} ms, "
           f"sparse {fl['sparse_ms']:.2f} ms", flush=True)
     if args.out:
-        from amedl._files import atomic_path
+        from amedl._utils import atomic_path
 
         with atomic_path(args.out) as tmp:
             tmp.write_text(json.dumps(results, indent=1))

@@ -270,7 +270,7 @@ def main(argv=None) -> int:
         print(f"{n:,} cells done in {row['wall_s']:.0f}s", flush=True)
         table = _fmt_table(rate, rows, device, name)
         if args.out:  # after every size, so that a long run keeps what it has measured
-            from amedl._files import atomic_path
+            from amedl._utils import atomic_path
 
             with atomic_path(args.out) as tmp:
                 tmp.write_text(json.dumps({"device": device, "device_name": name, "matmul_gflops": rate, "rows": rows,

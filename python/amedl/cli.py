@@ -24,7 +24,7 @@ def _read(path: Path):
 
 def _write(adata, path: Path) -> None:
     if path.suffix.lower() == ".h5ad":
-        from ._files import write_h5ad_atomic
+        from ._utils import write_h5ad_atomic
 
         write_h5ad_atomic(adata, path)
     elif path.suffix.lower() == ".rds":

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._files import atomic_path
+from ._utils import atomic_path
 
 __all__ = ["read", "write", "read_rds", "write_rds", "RConversionError"]
 

@@ -29,9 +29,8 @@ from .train import (
     RandomEffectsTrainer,
     batch_entropy,
     fit_loop,
-    resolve_device,
-    seed_everything,
 )
+from ._utils import resolve_device, seed_everything
 
 logger = logging.getLogger("amedl")
 

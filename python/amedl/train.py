@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,21 +19,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .nn import Adversary, REAutoencoder, TiedAutoencoder
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch so that a fit is reproducible on the CPU."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def batch_entropy(codes: np.ndarray, n_batches: int) -> tuple[float, float]:

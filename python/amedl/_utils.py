@@ -1,11 +1,31 @@
-"""Atomic file writes: write beside the destination, then rename into place."""
+"""Small shared helpers: seeds, devices, atomic file writes."""
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so that a fit is reproducible on the CPU."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when PyTorch sees a GPU, else the CPU; anything else is passed to ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 @contextlib.contextmanager
