@@ -1,0 +1,256 @@
+"""Preprocessing: library-size normalisation, log1p and HVG selection (scanpy), per-gene scaling.
+
+The user's AnnData is never modified. The fitted state (selected genes,
+scaling constants, batch categories) lives in :class:`Preprocessor` so that
+new cells go through exactly the same transformation.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
+from sklearn.utils.sparsefuncs import mean_variance_axis
+
+from .validate import AMEDLInputError, _counts_matrix, check_batches, validate_adata
+
+logger = logging.getLogger("amedl")
+
+SCALINGS = ("minmax", "zscore")
+_NORMALISE_CHUNK = 10_000
+
+
+def _normalised_log(adata: ad.AnnData, layer: str | None, target_sum: float, genes: Sequence[str] | None = None) -> sp.csr_matrix:
+    """Library-size normalised log1p expression (float32 CSR) of ``genes``
+    (default: all, in ``adata.var_names`` order); the input is untouched.
+
+    Library sizes come from all genes. Scanpy normalises blocks of
+    ``_NORMALISE_CHUNK`` cells in turn (each cell is scaled on its own, so the
+    result is the same as in one call) and only the requested genes of each
+    block are kept: the full normalised matrix is never held, and the
+    temporaries stay small next to the matrix.
+    """
+    X, _ = _counts_matrix(adata, layer)
+    source = X if sp.isspmatrix_csr(X) else sp.csr_matrix(X, dtype=np.float32)  # a conversion is already a new matrix
+    n_cells, n_genes = source.shape
+    order = None
+    if genes is None:
+        keep = None
+    else:
+        positions = adata.var_names.get_indexer(list(genes))
+        keep = np.zeros(n_genes, dtype=bool)
+        keep[positions] = True
+        if keep.all() and np.array_equal(positions, np.arange(n_genes)):
+            keep = None
+        elif not np.all(np.diff(positions) > 0):
+            order = np.argsort(np.argsort(positions))  # the rank of each requested gene among the kept columns
+
+    if keep is None:
+        indptr = source.indptr.copy()
+        indices = source.indices if source is not X else source.indices.copy()
+    else:
+        row_nnz = np.empty(n_cells, dtype=np.int64)
+        for lo in range(0, n_cells, _NORMALISE_CHUNK):
+            hi = min(lo + _NORMALISE_CHUNK, n_cells)
+            a = source.indptr[lo]
+            kept = np.concatenate([[0], np.cumsum(keep[source.indices[a : source.indptr[hi]]])])
+            row_nnz[lo:hi] = kept[source.indptr[lo + 1 : hi + 1] - a] - kept[source.indptr[lo:hi] - a]
+        indptr = np.zeros(n_cells + 1, dtype=np.int64)
+        np.cumsum(row_nnz, out=indptr[1:])
+        index_dtype = np.int32 if indptr[-1] < np.iinfo(np.int32).max else np.int64
+        indptr = indptr.astype(index_dtype)
+        indices = np.empty(indptr[-1], dtype=index_dtype)
+        new_column = (np.cumsum(keep) - 1).astype(index_dtype)
+    data = np.empty(indptr[-1], dtype=np.float32)
+
+    for lo in range(0, n_cells, _NORMALISE_CHUNK):
+        hi = min(lo + _NORMALISE_CHUNK, n_cells)
+        a, b = source.indptr[lo], source.indptr[hi]
+        block = sp.csr_matrix(
+            (source.data[a:b].astype(np.float32), source.indices[a:b], source.indptr[lo : hi + 1] - a),
+            shape=(hi - lo, n_genes),
+        )
+        part = ad.AnnData(X=block)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sc.pp.normalize_total(part, target_sum=target_sum)
+            sc.pp.log1p(part)
+        c, d = indptr[lo], indptr[hi]
+        if keep is None:
+            data[c:d] = part.X.data
+        else:
+            mask = keep[source.indices[a:b]]
+            data[c:d] = part.X.data[mask]
+            indices[c:d] = new_column[source.indices[a:b][mask]]
+    shape = (n_cells, n_genes if keep is None else int(keep.sum()))
+    out = sp.csr_matrix((data, indices, indptr), shape=shape)
+    return out if order is None else out[:, order]
+
+
+@dataclass
+class Preprocessor:
+    """Fitted preprocessing: normalise to ``target_sum``, log1p, select ``genes``, scale.
+
+    The scaling is an affine map per gene, ``(x - center) / scale``, applied to
+    dense minibatches so that the stored matrix stays sparse. ``minmax`` is the
+    paper's global min-max scaling of log1p data (its minimum is 0, so it is a
+    division by the global maximum); ``zscore`` standardises each gene.
+    """
+
+    genes: list[str]
+    scaling: str
+    center: np.ndarray
+    scale: np.ndarray
+    batches: list[str]
+    target_sum: float = 1e4
+    n_cells_fit: int = 0
+    dropped_genes: int = 0
+    extra: dict = field(default_factory=dict)
+
+    # -- fitting -----------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        adata: ad.AnnData,
+        batch_key: str,
+        *,
+        layer: str | None = None,
+        n_top_genes: int | None = 2000,
+        scaling: str = "zscore",
+        genes: Sequence[str] | None = None,
+        target_sum: float = 1e4,
+    ) -> tuple["Preprocessor", sp.csr_matrix, np.ndarray]:
+        """Fit on training data; returns the preprocessor, the log1p matrix on the selected genes, and batch codes."""
+        if scaling not in SCALINGS:
+            raise AMEDLInputError(f"scaling must be one of {SCALINGS}, got {scaling!r}.")
+        validate_adata(adata, batch_key, layer, training=True)
+        batch = check_batches(adata.obs[batch_key], batch_key)
+        X, _ = _counts_matrix(adata, layer)
+
+        gene_totals = np.asarray(X.sum(axis=0)).ravel()
+        expressed = gene_totals > 0
+        dropped = int((~expressed).sum())
+        if dropped:
+            logger.info("amedl: ignoring %d gene(s) with zero counts in every cell", dropped)
+
+        if genes is not None:
+            genes = list(dict.fromkeys(str(g) for g in genes))
+            known = set(adata.var_names)
+            missing = [g for g in genes if g not in known]
+            if missing:
+                raise AMEDLInputError(
+                    f"{len(missing)} requested gene(s) are not in adata.var_names (e.g. {missing[:10]})."
+                )
+            selected = genes
+            Xs = _normalised_log(adata, layer, target_sum, selected)
+        else:
+            candidates = list(adata.var_names[expressed])
+            Xs = _normalised_log(adata, layer, target_sum, candidates)
+            if n_top_genes is None or n_top_genes >= len(candidates):
+                selected = candidates
+            else:
+                hv = _highly_variable(Xs, candidates, adata.obs_names, batch, n_top_genes)
+                selected = [g for g, h in zip(candidates, hv) if h]
+                Xs = Xs[:, np.flatnonzero(hv)]
+        if scaling == "minmax":
+            gmax = float(Xs.max()) if Xs.nnz else 1.0
+            center = np.zeros(len(selected), np.float32)
+            scale = np.full(len(selected), gmax if gmax > 0 else 1.0, np.float32)
+        else:
+            mean, var = mean_variance_axis(Xs, axis=0)
+            std = np.sqrt(np.maximum(var, 0.0))
+            std[std < 1e-6] = 1.0
+            center, scale = mean.astype(np.float32), std.astype(np.float32)
+        prep = cls(
+            genes=[str(g) for g in selected],
+            scaling=scaling,
+            center=center,
+            scale=scale,
+            batches=[str(c) for c in batch.categories],
+            target_sum=target_sum,
+            n_cells_fit=adata.n_obs,
+            dropped_genes=dropped,
+        )
+        return prep, Xs, np.asarray(batch.codes, dtype=np.int64)
+
+    # -- applying ----------------------------------------------------------
+    def transform(self, adata: ad.AnnData, layer: str | None = None) -> sp.csr_matrix:
+        """Normalised log1p expression of ``adata`` on the model's genes (unscaled, sparse).
+
+        Genes are matched by name; a clear error lists any that are missing.
+        """
+        validate_adata(adata, None, layer, training=False)
+        known = set(adata.var_names)
+        missing = [g for g in self.genes if g not in known]
+        if missing:
+            raise AMEDLInputError(
+                f"{len(missing)} of the model's {len(self.genes)} genes are missing from adata.var_names "
+                f"(e.g. {missing[:10]}). The input needs every gene the model was trained on, named the same way "
+                "(check gene symbols vs Ensembl IDs); genes may be in any order and extra genes are ignored."
+            )
+        return _normalised_log(adata, layer, self.target_sum, self.genes)
+
+    def encode_batches(self, values: Sequence) -> np.ndarray:
+        """Batch labels to integer codes; labels not seen in training get -1."""
+        lookup = {b: i for i, b in enumerate(self.batches)}
+        return np.array([lookup.get(str(v), -1) for v in values], dtype=np.int64)
+
+    def scale_dense(self, x: np.ndarray) -> np.ndarray:
+        """Apply the per-gene scaling to a dense block (in place)."""
+        x -= self.center
+        x /= self.scale
+        return x
+
+    def unscale(self, x: np.ndarray) -> np.ndarray:
+        """Invert the scaling of a dense block (in place): model space back to log1p-normalised expression."""
+        x *= self.scale
+        x += self.center
+        return x
+
+    # -- persistence -------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "genes": self.genes,
+            "scaling": self.scaling,
+            "center": self.center.tolist(),
+            "scale": self.scale.tolist(),
+            "batches": self.batches,
+            "target_sum": self.target_sum,
+            "n_cells_fit": self.n_cells_fit,
+            "dropped_genes": self.dropped_genes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessor":
+        return cls(
+            genes=list(d["genes"]),
+            scaling=d["scaling"],
+            center=np.asarray(d["center"], np.float32),
+            scale=np.asarray(d["scale"], np.float32),
+            batches=list(d["batches"]),
+            target_sum=float(d["target_sum"]),
+            n_cells_fit=int(d.get("n_cells_fit", 0)),
+            dropped_genes=int(d.get("dropped_genes", 0)),
+        )
+
+
+def _highly_variable(X: sp.csr_matrix, genes: list[str], cells, batch: pd.Categorical, n_top_genes: int) -> np.ndarray:
+    """Batch-aware highly variable genes (scanpy, Seurat flavour on log data): a boolean mask over ``genes``.
+
+    Scanpy reads the matrix without changing it, so it is wrapped, not copied.
+    """
+    work = ad.AnnData(X=X, obs=pd.DataFrame({"_batch": np.asarray(batch)}, index=cells), var=pd.DataFrame(index=genes))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            sc.pp.highly_variable_genes(work, n_top_genes=n_top_genes, flavor="seurat", batch_key="_batch")
+        except Exception as exc:  # tiny batches can break the per-batch binning
+            logger.info("amedl: batch-aware HVG selection failed (%s); selecting without batches", exc)
+            sc.pp.highly_variable_genes(work, n_top_genes=n_top_genes, flavor="seurat")
+    return work.var["highly_variable"].to_numpy(dtype=bool)
