@@ -24,9 +24,9 @@ def _read(path: Path):
 
 def _write(adata, path: Path) -> None:
     if path.suffix.lower() == ".h5ad":
-        from ._utils import write_h5ad_atomic
+        from . import io
 
-        write_h5ad_atomic(adata, path)
+        io.write(adata, path)
     elif path.suffix.lower() == ".rds":
         from . import io
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -30,7 +28,7 @@ from .train import (
     batch_entropy,
     fit_loop,
 )
-from ._utils import resolve_device, seed_everything
+from ._utils import atomic_path, resolve_device, seed_everything
 
 logger = logging.getLogger("amedl")
 
@@ -418,9 +416,7 @@ class AMEDL:
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_path(path, directory=True) as tmp:
             meta = {
                 "amedl_version": __version__,
                 "preset": self.preset,
@@ -435,16 +431,6 @@ class AMEDL:
             torch.save({k: {n: t.cpu() for n, t in m.state_dict().items()} for k, m in self.modules.items()}, tmp / _WEIGHTS_FILE)
             for kind, hist in self.history.items():
                 hist.to_csv(tmp / f"history_{kind}.csv", index=False)
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
