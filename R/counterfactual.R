@@ -115,7 +115,7 @@ AMEDLCounterfactual.SingleCellExperiment <- function(object, batch, model = NULL
   if (is.null(cell_batch)) .stop("the batch column '%s' used for the fit is no longer in colData", key)
   x <- .run_counterfactual(m, counts, cell_batch, batch)
   if (is.null(name)) name <- .cf_name(batch)
-  object <- .repair_sce(object)
+  object <- .amedl_repair_sce(object)
   if (sce.as == "altExp") {
     alt <- SingleCellExperiment::SingleCellExperiment(assays = list(logcounts = x))
     S4Vectors::metadata(alt)$amedl <- list(counterfactual_batch = as.character(batch), model_id = params$model_id)

@@ -6,49 +6,6 @@
   }
 }
 
-# SingleCellExperiments saved by Bioconductor >= 3.22 keep their Seqinfo in the
-# 'Seqinfo' package and their reducedDims/altExps tables in bare 'DataFrame's;
-# older Bioconductor cannot modify them ("unable to find required package
-# 'Seqinfo'", "unable to find an inherited method for 'replaceCOLS'"). Rebuild
-# those parts with this R's classes; the data are unchanged.
-.repair_sce <- function(x) {
-  if (!methods::is(x, "SummarizedExperiment") || !methods::.hasSlot(x, "rowRanges")) return(x)
-  fix <- function(si) {
-    pkg <- attr(class(si), "package")
-    if (is.null(pkg) || requireNamespace(pkg, quietly = TRUE)) return(NULL)
-    if (!requireNamespace("GenomeInfoDb", quietly = TRUE)) return(NULL)
-    GenomeInfoDb::Seqinfo(seqnames = si@seqnames, seqlengths = si@seqlengths,
-                          isCircular = si@is_circular, genome = si@genome)
-  }
-  rr <- x@rowRanges
-  if (methods::.hasSlot(rr, "unlistData") && methods::.hasSlot(rr@unlistData, "seqinfo")) {
-    new <- fix(rr@unlistData@seqinfo)
-    if (!is.null(new)) {
-      ul <- rr@unlistData
-      ul@seqinfo <- new
-      rr@unlistData <- ul
-      x@rowRanges <- rr
-    }
-  } else if (methods::.hasSlot(rr, "seqinfo")) {
-    new <- fix(rr@seqinfo)
-    if (!is.null(new)) {
-      rr@seqinfo <- new
-      x@rowRanges <- rr
-    }
-  }
-  if (methods::is(x, "SingleCellExperiment")) {
-    bare <- function(d) identical(as.character(class(d)), "DataFrame")
-    ic <- SingleCellExperiment::int_colData(x)
-    if ("reducedDims" %in% names(ic) && bare(ic$reducedDims)) {
-      SingleCellExperiment::reducedDims(x) <- SingleCellExperiment::reducedDims(x)
-    }
-    if ("altExps" %in% names(ic) && bare(ic$altExps)) {
-      SingleCellExperiment::altExps(x) <- SingleCellExperiment::altExps(x)
-    }
-  }
-  x
-}
-
 #' @rdname RunAMEDL
 #' @export
 RunAMEDL.SingleCellExperiment <- function(object, batch, assay = "counts", features = NULL,
@@ -71,7 +28,7 @@ RunAMEDL.SingleCellExperiment <- function(object, batch, assay = "counts", featu
   res <- .amedl_fit(counts, bf, batch_key = b$key, features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
                     model_dir = model_dir, verbose = verbose, settings = settings)
-  object <- .repair_sce(object)
+  object <- .amedl_repair_sce(object)
   SingleCellExperiment::reducedDim(object, "AMEDL_FE") <- res$fe
   SingleCellExperiment::reducedDim(object, "AMEDL_RE") <- res$re
   md <- S4Vectors::metadata(object)

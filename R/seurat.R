@@ -8,11 +8,6 @@
   asNamespace("SeuratObject")
 }
 
-.has_layers <- function() {
-  ns <- .seurat_ns()
-  exists("LayerData", envir = ns, inherits = FALSE) && exists("Layers", envir = ns, inherits = FALSE)
-}
-
 #' Counts (or another layer) of a Seurat assay, for Seurat 4 and 5
 #'
 #' Returns the genes x cells matrix of `layer` in `assay`, columns in the
@@ -32,55 +27,17 @@
 #' }
 #' @export
 SeuratLayerCounts <- function(object, assay = NULL, layer = "counts") {
-  ns <- .seurat_ns()
+  .seurat_ns()
   if (!methods::is(object, "Seurat")) .stop("`object` must be a Seurat object")
   if (is.null(assay)) assay <- SeuratObject::DefaultAssay(object)
   if (!assay %in% names(object@assays)) {
     .stop("the Seurat object has no assay '%s' (assays: %s)", assay, paste(names(object@assays), collapse = ", "))
   }
-  a <- object[[assay]]
-  cells <- colnames(object)
-  split <- NULL
-  if (.has_layers()) {
-    Layers <- get("Layers", envir = ns)
-    LayerData <- get("LayerData", envir = ns)
-    lyrs <- Layers(a)
-    if (layer %in% lyrs) {
-      m <- LayerData(a, layer = layer)
-    } else {
-      parts_names <- lyrs[startsWith(lyrs, paste0(layer, "."))]
-      if (!length(parts_names)) {
-        .stop("assay '%s' has no layer '%s' (layers: %s)", assay, layer, paste(lyrs, collapse = ", "))
-      }
-      parts <- lapply(parts_names, function(l) LayerData(a, layer = l))
-      genes <- unique(unlist(lapply(parts, rownames)))
-      parts <- lapply(parts, function(p) {
-        if (identical(rownames(p), genes)) return(methods::as(p, "CsparseMatrix"))
-        full <- Matrix::sparseMatrix(i = integer(0), j = integer(0), x = numeric(0),
-                                     dims = c(length(genes), ncol(p)), dimnames = list(genes, colnames(p)))
-        full[rownames(p), ] <- p
-        full
-      })
-      split <- factor(rep(substring(parts_names, nchar(layer) + 2L), vapply(parts, ncol, 1L)),
-                      levels = substring(parts_names, nchar(layer) + 2L))
-      m <- do.call(cbind, parts)
-      names(split) <- colnames(m)
-    }
-  } else {
-    if (!layer %in% c("counts", "data", "scale.data")) {
-      .stop("Seurat v3/v4 assays have the slots counts, data and scale.data, not '%s'", layer)
-    }
-    m <- SeuratObject::GetAssayData(a, slot = layer)
-  }
-  if (!length(m) || ncol(m) == 0L) {
-    .stop("layer '%s' of assay '%s' is empty%s", layer, assay,
+  m <- .amedl_seurat_layer(object, assay, layer)
+  if (is.null(m)) {
+    .stop("assay '%s' has no layer '%s' covering all cells, or it is empty%s", assay, layer,
           if (layer == "counts") " (aMEDL needs raw counts; was the object created from normalised data?)" else "")
   }
-  if (is.null(colnames(m))) colnames(m) <- cells
-  if (!all(cells %in% colnames(m))) .stop("layer '%s' of assay '%s' does not cover all cells of the object", layer, assay)
-  m <- m[, cells, drop = FALSE]
-  if (!is.null(split)) split <- droplevels(split[cells])
-  attr(m, "split") <- split
   m
 }
 

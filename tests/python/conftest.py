@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 
 import amedl
-from amedl.datasets import shared_data_dir
 
 warnings.filterwarnings("ignore", category=FutureWarning)
+
+#: The shared test datasets: $AMEDL_DATA_DIR, else ../shared/data beside the checkout.
+DATA_DIR = Path(os.environ.get("AMEDL_DATA_DIR") or Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +29,8 @@ def small_model(sim):
 
 
 @pytest.fixture(scope="session")
-def data_dir():
-    d = shared_data_dir()
-    if d is None:
-        pytest.skip("shared datasets not found (../shared/data beside the checkout, or set AMEDL_DATA_DIR)")
-    return d
+def data_dir() -> Path:
+    """The folder of shared datasets; the test is skipped (with the reason) when it is absent."""
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"shared datasets not found at {DATA_DIR} (../shared/data beside the checkout, or set AMEDL_DATA_DIR)")
+    return DATA_DIR

@@ -12,10 +12,14 @@ import scipy.sparse as sp
 
 from amedl import io
 
-DATA = (Path(__file__).parents[2] / ".." / "shared" / "data").resolve()
-SCE_RDA = DATA / "muscat_example_sce.rda"
 
-pytestmark = pytest.mark.skipif(not SCE_RDA.exists(), reason=f"shared data not found at {DATA} (../shared/data)")
+@pytest.fixture(scope="module")
+def sce_rda(data_dir):
+    """The muscat SingleCellExperiment saved by Bioconductor >= 3.22 (needs the Seqinfo repair)."""
+    path = data_dir / "muscat_example_sce.rda"
+    if not path.exists():
+        pytest.skip(f"{path.name} is not in the shared data")
+    return path
 
 
 def _r():
@@ -37,13 +41,13 @@ def _r_true(code: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def sce_adata():
+def sce_adata(sce_rda):
     _r()
-    return io.read(SCE_RDA)
+    return io.read(sce_rda)
 
 
 @pytest.fixture(scope="module")
-def seurat_rds(tmp_path_factory):
+def seurat_rds(tmp_path_factory, sce_rda):
     """A Seurat object built in R from the muscat counts and metadata, with data, variable features and a PCA."""
     ro = _r()
     path = tmp_path_factory.mktemp("seurat") / "muscat_seurat.rds"
@@ -51,7 +55,7 @@ def seurat_rds(tmp_path_factory):
         f"""
         suppressPackageStartupMessages(requireNamespace("SingleCellExperiment"))
         local({{
-          e <- new.env(); load("{SCE_RDA}", envir = e); sce <- e$example_sce
+          e <- new.env(); load("{sce_rda}", envir = e); sce <- e$example_sce
           obj <- suppressWarnings(SeuratObject::CreateSeuratObject(
             counts = SingleCellExperiment::counts(sce),
             meta.data = as.data.frame(SummarizedExperiment::colData(sce))))
@@ -93,11 +97,11 @@ def test_read_sce_counts_metadata_reductions(sce_adata):
     assert isinstance(a.uns["experiment_info"], pd.DataFrame)
 
 
-def test_read_matches_h5ad_copy(sce_adata):
+def test_read_matches_h5ad_copy(sce_adata, data_dir):
     """The shared .h5ad holds the same cells; the counts read from R must be identical."""
     import anndata as ad
 
-    h5 = DATA / "muscat_kang_example.h5ad"
+    h5 = data_dir / "muscat_kang_example.h5ad"
     if not h5.exists():
         pytest.skip("muscat_kang_example.h5ad not in the shared data")
     ref = ad.read_h5ad(h5)
@@ -111,13 +115,13 @@ def test_read_matches_h5ad_copy(sce_adata):
     assert np.array_equal(x, y)
 
 
-def test_sce_round_trip_is_exact(sce_adata, tmp_path):
+def test_sce_round_trip_is_exact(sce_adata, sce_rda, tmp_path):
     out = tmp_path / "back.rds"
     io.write(sce_adata, out, template=None)
     assert _r_true(
         f"""
         local({{
-          e <- new.env(); load("{SCE_RDA}", envir = e); a <- e$example_sce; b <- readRDS("{out}")
+          e <- new.env(); load("{sce_rda}", envir = e); a <- e$example_sce; b <- readRDS("{out}")
           suppressPackageStartupMessages(requireNamespace("SingleCellExperiment"))
           identical(SingleCellExperiment::counts(a), SingleCellExperiment::counts(b)) &&
           identical(SingleCellExperiment::logcounts(a), SingleCellExperiment::logcounts(b)) &&
@@ -254,33 +258,33 @@ def test_fresh_seurat_from_anndata_and_underscores(tmp_path):
     assert b.uns["amedl_io"]["reduction_keys"]["X_amedl_fe"] == "amedlfe_"
 
 
-def test_errors_are_clear(tmp_path):
+def test_errors_are_clear(sce_adata, tmp_path):
     ro = _r()
     not_sc = tmp_path / "iris.rds"
     ro.r(f'saveRDS(iris, "{not_sc}")')
     with pytest.raises(io.RConversionError, match="not a Seurat object or a SingleCellExperiment"):
         io.read(not_sc)
     with pytest.raises(ValueError, match="unknown suffix"):
-        io.read(DATA / "README.md")
+        io.read(tmp_path / "notes.txt")
     with pytest.raises(FileNotFoundError):
         io.read(tmp_path / "missing.rds")
     with pytest.raises(ValueError, match="kind must be 'seurat' or 'sce'"):
-        io.write(io.read(SCE_RDA), tmp_path / "x.rds", kind="loom")
+        io.write(sce_adata, tmp_path / "x.rds", kind="loom")
 
 
-def test_writes_are_atomic(sce_adata, tmp_path):
+def test_r_writes_are_atomic_with_umask_permissions(sce_adata, tmp_path):
+    import os
+    import stat
+
     target = tmp_path / "out.rds"
-    target.write_bytes(b"old contents")
-    # a failure while writing leaves the old file untouched and no temporary files behind
-    with pytest.raises(Exception):
-        with io._atomic(target) as tmp:
-            tmp.write_bytes(b"partial")
-            raise RuntimeError("interrupted")
-    assert target.read_bytes() == b"old contents"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.rds"]
-    io.write(sce_adata, target, template=None)
+    old = os.umask(0o027)
+    try:
+        io.write(sce_adata, target, template=None)
+    finally:
+        os.umask(old)
     assert target.stat().st_size > 100_000
-    assert [p.name for p in tmp_path.iterdir()] == ["out.rds"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["out.rds"]  # no temporary left behind
 
 
 def test_import_amedl_does_not_start_r():

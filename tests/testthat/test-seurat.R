@@ -62,7 +62,7 @@ test_that("counts come from the counts layer, for Seurat 4 slots and Seurat 5 la
   rownames(ref) <- gsub("_", "-", rownames(ref))
   expect_equal(as.matrix(m), as.matrix(ref))
   expect_null(attr(m, "split"))
-  if (amedl:::.has_layers() && utils::packageVersion("SeuratObject") >= "5.0.0") {
+  if (utils::packageVersion("SeuratObject") >= "5.0.0") {
     obj5 <- obj
     obj5[["RNA"]] <- split(obj5[["RNA"]], f = obj5$sample_id)
     m5 <- SeuratLayerCounts(obj5)
