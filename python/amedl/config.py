@@ -23,6 +23,8 @@ class AMEDLConfig:
     n_top_genes: int | None = 2000
     scaling: str = "zscore"
     # architecture
+    fe_decoder: str = "mixed"
+    likelihood: str = "mse"
     hidden: tuple[int, ...] = (512, 132)
     n_latent: int = 50
     latent_activation: str = "selu"
@@ -46,6 +48,8 @@ class AMEDLConfig:
     # loss weights
     fe_recon_weight: float = 1.0
     fe_adv_weight: float = 1.0
+    fe_latent_kl_weight: float = 0.0
+    fe_re_kl_weight: float = 1.0
     adversarial_loss: str = "ce"
     re_recon_weight: float = 1.0
     re_cls_weight: float = 0.1
@@ -92,6 +96,7 @@ class AMEDLConfig:
 # minibatch 512, early-stopping patience 30, FE reconstruction weight 1000
 # against adversary weight 1, RE reconstruction 110, classifier 0.1, KL 1e-5.
 PAPER = dict(
+    fe_decoder="tied",
     scaling="minmax",
     lr=1e-4,
     batch_size=512,

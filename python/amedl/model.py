@@ -19,22 +19,13 @@ from torch import nn
 from . import __version__
 from .config import AMEDLConfig, make_config
 from .data import AMEDLInputError, CSRLoader, DeviceCSR, Preprocessor
-from .nn import Adversary, REAutoencoder, TiedAutoencoder
-from .train import (
-    AutoencoderTrainer,
-    FixedEffectsTrainer,
-    LoopSettings,
-    RandomEffectsTrainer,
-    batch_entropy,
-    fit_loop,
-)
+from .train import NETWORKS, LoopSettings, PlanContext, batch_entropy, fit_loop
 from ._utils import atomic_path, resolve_device, seed_everything
 
 logger = logging.getLogger("amedl")
 
-KINDS = ("fe", "re", "ae")
-KIND_NAMES = {"fe": "fixed effects", "re": "random effects", "ae": "plain autoencoder"}
-_KIND_SEED_OFFSET = {"fe": 0, "re": 1, "ae": 2}
+KINDS = tuple(NETWORKS)
+KIND_NAMES = {k: n.description for k, n in NETWORKS.items()}
 _CONFIG_FILE, _WEIGHTS_FILE = "amedl.json", "weights.pt"
 
 
@@ -91,6 +82,7 @@ class AMEDL:
             scaling=self.config.scaling,
             genes=genes,
         )
+        self._library = Preprocessor.library_size(adata, layer)
         self._X_on_device: DeviceCSR | None = None
         self.device = resolve_device(self.config.device)
         self.modules: dict[str, nn.Module] = {}
@@ -121,17 +113,7 @@ class AMEDL:
 
     # -------------------------------------------------------------- building
     def _build(self, kind: str) -> nn.Module:
-        c, n_genes, n_batches = self.config, len(self.prep.genes), len(self.prep.batches)
-        if kind in ("fe", "ae"):
-            ae = TiedAutoencoder(n_genes, c.hidden, c.n_latent, c.latent_activation)
-            if kind == "ae":
-                return nn.ModuleDict({"ae": ae})
-            n_in = sum(ae.layer_sizes) if c.adversary_input == "all" else c.n_latent
-            adv = Adversary(n_in, n_batches, c.adversary_hidden)
-            return nn.ModuleDict({"ae": ae, "adversary": adv})
-        return nn.ModuleDict(
-            {"re": REAutoencoder(n_genes, n_batches, c.hidden, c.n_latent, c.prior_scale, c.classifier_hidden)}
-        )
+        return NETWORKS[kind].build(self.config, len(self.prep.genes), len(self.prep.batches), self.prep.target_sum)
 
     def _split(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Validation split stratified by batch (every batch keeps at least one training cell)."""
@@ -195,20 +177,23 @@ class AMEDL:
         epochs = int(max_epochs) if max_epochs is not None else c.epochs_for(n_train)
         batch_size = min(c.batch_size, n_train)
         chance_ce, chance_acc = batch_entropy(self._codes[train_idx], len(self.prep.batches))
+        context = PlanContext(n_train=n_train, n_genes=len(self.prep.genes), chance_ce=chance_ce)
         for kind in kinds:
-            seed_everything(seed + _KIND_SEED_OFFSET[kind])
+            network = NETWORKS[kind]
+            seed_everything(seed + network.seed_offset)
             modules = self._build(kind).to(self.device)
             X = self._matrix_for_device(self._X)
+            library = self._library if network.needs_counts(c) else None
             train_loader = CSRLoader(
                 X, self._codes, self.prep, rows=train_idx, batch_size=batch_size, shuffle=True,
-                rng=np.random.default_rng([seed, _KIND_SEED_OFFSET[kind]]), device=self.device,
-                drop_last=n_train % batch_size == 1,
+                rng=np.random.default_rng([seed, network.seed_offset]), device=self.device,
+                drop_last=n_train % batch_size == 1, library=library,
             )
-            val_loader = CSRLoader(X, self._codes, self.prep, rows=val_idx, batch_size=1024, device=self.device)
-            trainer = self._trainer(kind, modules, chance_ce)
+            val_loader = CSRLoader(X, self._codes, self.prep, rows=val_idx, batch_size=1024, device=self.device, library=library)
+            trainer = network.plan(modules, c, context)
             settings = LoopSettings(
-                max_epochs=epochs, patience=c.re_patience if kind == "re" else c.patience, min_epochs=min(c.min_epochs, epochs),
-                burn_in=c.fe_burn_in_epochs(n_train, epochs) if kind == "fe" else 0, restore_best=c.restore_best,
+                max_epochs=epochs, patience=network.patience(c), min_epochs=min(c.min_epochs, epochs),
+                burn_in=c.fe_burn_in_epochs(n_train, epochs) if network.burn_in else 0, restore_best=c.restore_best,
                 callback=None if callback is None else (lambda e, r, k=kind: callback(self, k, e, r)),
                 progress=progress, desc=f"aMEDL {kind.upper()}",
             )
@@ -243,22 +228,8 @@ class AMEDL:
             logger.info("amedl: trained %s in %.1fs (%d epochs)", KIND_NAMES[kind], seconds, len(history))
         return self
 
-    def _trainer(self, kind: str, modules: nn.ModuleDict, chance_ce: float):
-        c = self.config
-        if kind == "fe":
-            return FixedEffectsTrainer(
-                modules["ae"], modules["adversary"], lr=c.lr, adversary_lr=c.adversary_lr or c.lr,
-                recon_weight=c.fe_recon_weight, adv_weight=c.fe_adv_weight, chance_ce=chance_ce,
-                adversarial_loss=c.adversarial_loss, latent_only=c.adversary_input == "latent",
-            )
-        if kind == "re":
-            return RandomEffectsTrainer(
-                modules["re"], lr=c.lr, recon_weight=c.re_recon_weight, cls_weight=c.re_cls_weight, kl_weight=c.re_kl_weight
-            )
-        return AutoencoderTrainer(modules["ae"], lr=c.lr, recon_weight=c.fe_recon_weight)
-
     # ------------------------------------------------------------- inference
-    def _module(self, kind: str) -> nn.ModuleDict:
+    def _module(self, kind: str) -> nn.Module:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if kind not in self.modules:
@@ -266,13 +237,18 @@ class AMEDL:
             raise RuntimeError(f"the {KIND_NAMES[kind]} network is not trained (trained: {trained}); call fit(kinds=[..., {kind!r}]) first")
         return self.modules[kind]
 
-    def _inputs(self, adata: ad.AnnData | None, layer: str | None, need_batches: bool) -> tuple[sp.csr_matrix, np.ndarray]:
-        """Model-input matrix (unscaled log1p on the model genes) and batch codes (-1: unknown)."""
+    def _inputs(
+        self, adata: ad.AnnData | None, layer: str | None, need_batches: bool
+    ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+        """Model-input matrix (unscaled log1p on the model genes), batch codes (-1: unknown)
+        and library sizes (total counts over all genes) of ``adata`` (default: the training cells)."""
         if adata is None:
             if self._X is None:
                 raise AMEDLInputError("this model was loaded from disk: pass the AnnData to embed (adata=...).")
-            return self._X, self._codes
-        X = self.prep.transform(adata, layer=self.layer if layer is None else layer)
+            return self._X, self._codes, self._library
+        layer = self.layer if layer is None else layer
+        X = self.prep.transform(adata, layer=layer)
+        library = Preprocessor.library_size(adata, layer)
         if self.batch_key in adata.obs.columns:
             batch = adata.obs[self.batch_key]
             if batch.isna().any():
@@ -293,7 +269,7 @@ class AMEDL:
                 UserWarning,
                 stacklevel=3,
             )
-        return X, codes
+        return X, codes, library
 
     def _matrix_for_device(self, X: sp.csr_matrix):
         """``X`` as the loaders should read it: on an accelerator the matrix is
@@ -307,17 +283,26 @@ class AMEDL:
         return DeviceCSR(X, self.device)
 
     @torch.no_grad()
-    def _run(self, X, codes, fn, batch_size: int) -> np.ndarray:
-        """``fn`` over minibatches of cells, written into one preallocated float32 array."""
-        loader = CSRLoader(self._matrix_for_device(X), codes, self.prep, batch_size=batch_size, device=self.device)
+    def _run(self, inputs, fn, batch_size: int, library: bool = False) -> np.ndarray:
+        """``fn(minibatch)`` over minibatches of cells, written into one preallocated float32 array."""
+        X, codes, lib = inputs
+        loader = CSRLoader(
+            self._matrix_for_device(X), codes, self.prep, batch_size=batch_size, device=self.device,
+            library=lib if library else None,
+        )
         out, lo = None, 0
-        for x, b in loader:
-            y = fn(x, b).float().cpu().numpy()
+        for mb in loader:
+            y = fn(mb).float().cpu().numpy()
             if out is None:
                 out = np.empty((X.shape[0], y.shape[1]), dtype=np.float32)
             out[lo : lo + len(y)] = y
             lo += len(y)
         return out
+
+    def _batch_code(self, batch) -> int:
+        if str(batch) not in self.prep.batches:
+            raise ValueError(f"unknown batch {batch!r}; the model knows {self.prep.batches}")
+        return self.prep.batches.index(str(batch))
 
     def latent(self, adata: ad.AnnData | None = None, kind: str = "fe", *, layer: str | None = None, batch_size: int = 4096) -> np.ndarray:
         """Latent representation of cells, ``(n_cells, n_latent)`` float32.
@@ -327,81 +312,81 @@ class AMEDL:
         ``kind="re"`` uses the batch column and gives cells of batches not seen
         in training zero random effects (with a warning).
         """
-        modules = self._module(kind)
-        X, codes = self._inputs(adata, layer, need_batches=(kind == "re"))
-        if kind == "re":
-            re = modules["re"]
-            return self._run(X, codes, lambda x, b: re.encode(x, b), batch_size)
-        ae = modules["ae"]
-        return self._run(X, codes, lambda x, b: ae.encode(x)[0], batch_size)
+        net = self._module(kind)
+        inputs = self._inputs(adata, layer, need_batches=NETWORKS[kind].latent_needs_batch)
+        return self._run(inputs, net.latent, batch_size)
 
     def reconstruct(
         self,
         adata: ad.AnnData | None = None,
-        kind: str = "re",
         batch: str | None = None,
+        kind: str = "fe",
         *,
         layer: str | None = None,
         batch_size: int = 4096,
     ) -> np.ndarray:
-        """Reconstructed expression, ``(n_cells, n_genes)`` in log1p-normalised units (genes: :attr:`genes`).
+        """Reconstructed expression, ``(n_cells, n_genes)`` as log1p of counts per
+        ``target_sum`` (10⁴; genes: :attr:`genes`), never negative.
 
-        With ``kind="re"`` and ``batch=name``, every cell is encoded with its own
-        batch and decoded as if it came from batch ``name``: the counterfactual
-        expression. ``kind="fe"`` (and ``"ae"``) decode without batch information.
+        ``batch=None`` decodes every cell as its own batch. ``batch=name``
+        decodes every cell's latent with batch ``name``'s random effects: the
+        counterfactual expression of the same cells as if measured in that
+        batch. The default fixed-effects network decodes its batch-blind latent
+        with the batch's effects (the mixed-effects model); ``kind="re"`` uses
+        the random-effects network (its encoder sees the cell's own batch).
+        The published tied FE decoder (``preset="paper"``) and the plain
+        autoencoder have no batch input.
         """
-        modules = self._module(kind)
-        if kind != "re":
-            if batch is not None:
-                raise ValueError(f"the {KIND_NAMES[kind]} decoder has no batch input; use kind='re' for counterfactual batches")
-            X, codes = self._inputs(adata, layer, need_batches=False)
-            ae = modules["ae"]
-            out = self._run(X, codes, lambda x, b: ae(x)[0], batch_size)
+        net = self._module(kind)
+        if batch is not None and not net.batch_aware:
+            raise ValueError(
+                f"the {KIND_NAMES[kind]} decoder of this model has no batch input, so it cannot decode "
+                "'as if from batch'; use the default fixed-effects network (mixed-effects decoder) or kind='re'"
+            )
+        need = NETWORKS[kind].latent_needs_batch or (net.batch_aware and batch is None)
+        inputs = self._inputs(adata, layer, need_batches=need)
+        if batch is None:
+            fn = net.reconstruct
         else:
-            X, codes = self._inputs(adata, layer, need_batches=True)
-            re = modules["re"]
-            if batch is None:
-                fn = lambda x, b: re(x, b)[0]  # noqa: E731
-            else:
-                if str(batch) not in self.prep.batches:
-                    raise ValueError(f"unknown batch {batch!r}; the model knows {self.prep.batches}")
-                target = self.prep.batches.index(str(batch))
-                fn = lambda x, b: re(x, b, torch.full_like(b, target))[0]  # noqa: E731
-            out = self._run(X, codes, fn, batch_size)
-        return self.prep.unscale(out)
+            target = self._batch_code(batch)
+            fn = lambda mb: net.reconstruct(mb, torch.full_like(mb.batch, target))  # noqa: E731
+        out = self._run(inputs, fn, batch_size, library=net.output_space == "log1p")
+        if net.output_space == "scaled":
+            self.prep.unscale(out)
+        return np.maximum(out, 0.0, out=out)
 
-    def batch_effects(self, batch: str) -> pd.DataFrame:
-        """The random effects of one batch on the decoder's output, per gene.
+    def batch_effects(self, batch: str, kind: str = "fe") -> pd.DataFrame:
+        """The random effects of one batch on the decoder's output layer, per gene.
 
         Columns ``scale`` and ``shift`` are the posterior means of γ and β in
-        ``x̂ = out·(1+γ) + β`` (in the model's scaled units); ``scale_sd`` and
-        ``shift_sd`` their posterior standard deviations. Sort by ``shift`` to
-        see which genes a batch raises or lowers.
+        ``out·(1+γ) + β``, ``scale_sd`` and ``shift_sd`` their posterior
+        standard deviations. With a count likelihood (``likelihood="nb"``)
+        ``out`` is a gene's log-rate, so ``shift`` is the batch's natural-log
+        fold change of that gene; otherwise it is in the model's scaled units.
+        Sort by ``shift`` to see which genes a batch raises or lowers.
         """
-        re = self._module("re")["re"]
-        if str(batch) not in self.prep.batches:
-            raise ValueError(f"unknown batch {batch!r}; the model knows {self.prep.batches}")
-        b = self.prep.batches.index(str(batch))
+        head = getattr(self._module(kind), "expression_head", None)
+        if head is None:
+            raise ValueError(f"the {KIND_NAMES[kind]} network of this model has no per-batch output effects")
+        b = self._batch_code(batch)
         with torch.no_grad():
-            df = pd.DataFrame(
+            return pd.DataFrame(
                 {
-                    "scale": re.out_gamma.mean[b].cpu().numpy(),
-                    "shift": re.out_beta.mean[b].cpu().numpy(),
-                    "scale_sd": re.out_gamma.scale[b].cpu().numpy(),
-                    "shift_sd": re.out_beta.scale[b].cpu().numpy(),
+                    "scale": head.gamma.mean[b].cpu().numpy(),
+                    "shift": head.beta.mean[b].cpu().numpy(),
+                    "scale_sd": head.gamma.scale[b].cpu().numpy(),
+                    "shift_sd": head.beta.scale[b].cpu().numpy(),
                 },
                 index=pd.Index(self.prep.genes, name="gene"),
             )
-        return df
 
     def transform(self, adata: ad.AnnData | None = None, *, layer: str | None = None) -> np.ndarray:
         """The scaled model-input matrix (dense float32) of ``adata`` (default: the training cells).
 
         Baselines such as PCA use it so that every comparison sees identical preprocessing.
         """
-        X, _ = self._inputs(adata, layer, need_batches=False)
-        x = X.toarray()
-        return self.prep.scale_dense(x)
+        X, _, _ = self._inputs(adata, layer, need_batches=False)
+        return self.prep.scale_dense(X.toarray())
 
     # ------------------------------------------------------------ save / load
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -448,7 +433,7 @@ class AMEDL:
         self.batch_key = meta["batch_key"]
         self.layer = meta["layer"]
         self.prep = Preprocessor.from_dict(meta["preprocessing"])
-        self._X, self._codes, self._X_on_device = None, None, None
+        self._X, self._codes, self._library, self._X_on_device = None, None, None, None
         self.device = resolve_device(device)
         self.train_info = meta.get("train_info", {})
         state = torch.load(path / _WEIGHTS_FILE, map_location=self.device, weights_only=True)

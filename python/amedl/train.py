@@ -1,8 +1,13 @@
-"""Training loops: adversarial fixed effects, random effects, plain autoencoder.
+"""Training: one plan per network, the registry of networks, and the epoch loop.
 
-Each trainer exposes ``train_epoch(loader)`` and ``evaluate(loader)``; the
-shared :func:`fit_loop` runs epochs, keeps the loss history, stops early on a
-validation ``monitor`` loss and restores the best weights.
+A *plan* owns a network's optimisers and losses: ``train_epoch(loader)`` runs
+one pass over the training minibatches, ``evaluate(loader)`` returns the
+validation losses with a ``monitor`` entry. :func:`fit_loop` runs epochs, keeps
+the loss history, stops early on the monitor and restores the best weights.
+
+:data:`NETWORKS` maps each kind (``"fe"``, ``"re"``, ``"ae"``) to how it is
+built from an :class:`~amedl.config.AMEDLConfig`, trained and checkpointed, so
+that the model never branches on the kind.
 """
 from __future__ import annotations
 
@@ -18,7 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .nn import Adversary, REAutoencoder, TiedAutoencoder
+from .config import AMEDLConfig
+from .nn import (
+    FixedEffectsNetwork,
+    MixedEffectsAutoencoder,
+    PlainAutoencoder,
+    REAutoencoder,
+    TiedAutoencoder,
+    _gaussian_kl,
+)
 
 
 def batch_entropy(codes: np.ndarray, n_batches: int) -> tuple[float, float]:
@@ -33,7 +46,6 @@ class LoopSettings:
     max_epochs: int
     patience: int | None
     min_epochs: int = 1
-    min_delta: float = 0.0
     burn_in: int = 0
     restore_best: bool = True
     callback: Callable[[int, dict], None] | None = None
@@ -66,7 +78,7 @@ def fit_loop(
         rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in tr.items()}, **{f"val_{k}": v for k, v in ev.items()}})
         if epoch <= settings.burn_in and epoch < settings.max_epochs:
             pass
-        elif ev["monitor"] < best - settings.min_delta:
+        elif ev["monitor"] < best:
             best, best_epoch, wait = ev["monitor"], epoch, 0
             best_state = copy.deepcopy(modules.state_dict())
         else:
@@ -95,7 +107,7 @@ class _EpochMeans:
         self.steps = 0
 
     def add(self, **values: torch.Tensor) -> None:
-        stacked = torch.stack([v.detach().float() for v in values.values()])
+        stacked = torch.stack([torch.as_tensor(v).detach().float() for v in values.values()])
         self.sums = stacked if self.sums is None else self.sums + stacked
         self.names = list(values)
         self.steps += 1
@@ -106,96 +118,96 @@ class _EpochMeans:
         return dict(zip(self.names, (self.sums.double() / self.steps).tolist()))
 
 
-@torch.no_grad()
-def _evaluate_reconstruction_and_batch(loader, forward, needs_batch: bool = False) -> tuple[float, float, float]:
-    """Reconstruction MSE, batch cross-entropy and batch accuracy over a loader.
+class _ValidationSums:
+    """Cell-weighted means of per-minibatch validation values."""
 
-    ``forward`` maps a minibatch (and its batch codes if ``needs_batch``) to
-    ``(reconstruction, batch logits)``.
-    """
-    se = ce = correct = 0.0
-    n_el = n = 0
-    for x, b in loader:
-        x_hat, logits = forward(x, b) if needs_batch else forward(x)
-        se += F.mse_loss(x_hat, x, reduction="sum").item()
-        ce += F.cross_entropy(logits, b, reduction="sum").item()
-        correct += (logits.argmax(1) == b).sum().item()
-        n_el += x.numel()
-        n += x.shape[0]
-    return se / n_el, ce / n, correct / n
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, n: int, **values: torch.Tensor) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * n
+        self.n += n
+
+    def means(self) -> dict:
+        return {k: v / max(self.n, 1) for k, v in self.sums.items()}
 
 
-class AutoencoderTrainer:
+@dataclass(frozen=True)
+class PlanContext:
+    """What a plan needs to know about the training data."""
+
+    n_train: int
+    n_genes: int
+    chance_ce: float
+
+
+# ---------------------------------------------------------------------------
+# plans
+
+
+class AutoencoderPlan:
     """Plain autoencoder: minimise the reconstruction MSE."""
 
-    def __init__(self, ae: TiedAutoencoder, lr: float, recon_weight: float = 1.0):
-        self.ae = ae
-        self.recon_weight = recon_weight
-        self.opt = torch.optim.Adam(ae.parameters(), lr=lr)
+    def __init__(self, net: PlainAutoencoder, config: AMEDLConfig, ctx: PlanContext):
+        self.ae = net.autoencoder
+        self.recon_weight = config.fe_recon_weight
+        self.opt = torch.optim.Adam(net.parameters(), lr=config.lr)
 
     def train_epoch(self, loader) -> dict:
         self.ae.train()
         means = _EpochMeans()
-        for x, _ in loader:
-            x_hat, _, _ = self.ae(x)
-            mse = F.mse_loss(x_hat, x)
+        for mb in loader:
+            recon = self.ae.recon_loss(self.ae.decode(self.ae.encode(mb.x).z), mb)
             self.opt.zero_grad(set_to_none=True)
-            (self.recon_weight * mse).backward()
+            (self.recon_weight * recon).backward()
             self.opt.step()
-            means.add(mse=mse)
+            means.add(recon=recon)
         return means.means()
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict:
         self.ae.eval()
-        se, n = 0.0, 0
-        for x, _ in loader:
-            x_hat, _, _ = self.ae(x)
-            se += F.mse_loss(x_hat, x, reduction="sum").item()
-            n += x.numel()
-        mse = se / max(n, 1)
-        return {"mse": mse, "monitor": mse}
+        sums = _ValidationSums()
+        for mb in loader:
+            sums.add(len(mb.x), recon=self.ae.recon_loss(self.ae.decode(self.ae.encode(mb.x).z), mb))
+        out = sums.means()
+        out["monitor"] = out["recon"]
+        return out
 
 
-class FixedEffectsTrainer:
-    """Alternating adversarial training of the fixed-effects autoencoder.
+class AdversarialPlan:
+    """Alternating adversarial training of a :class:`~amedl.nn.FixedEffectsNetwork`.
 
     Per minibatch: (1) one Adam step of the adversary on the batch
-    cross-entropy with the autoencoder's outputs detached; (2) one Adam step of
-    the autoencoder on ``recon_weight·MSE − adv_weight·CE(adversary)``.
+    cross-entropy with the encoder's outputs detached; (2) one Adam step of the
+    autoencoder on ``recon_weight·recon − adv_weight·CE(adversary)`` plus, for
+    a variational latent, ``latent_kl_weight·KL(latent)/n_genes`` and, for a
+    mixed-effects decoder, ``re_kl_weight·KL(random effects)/(n_train·n_genes)``
+    (the KL terms scaled so that weight 1 is the evidence lower bound of the
+    per-gene mean likelihood).
 
     ``adversarial_loss="uniform"`` replaces ``−CE`` by the cross-entropy of the
-    adversary's prediction against the uniform distribution (it cannot be
-    lowered by making the adversary confidently wrong).
+    adversary's prediction against the uniform distribution.
 
-    The validation monitor is ``recon_weight·MSE + adv_weight·max(0, H − CE)``:
+    The validation monitor is ``recon_weight·recon + adv_weight·max(0, H − CE)``:
     reconstruction plus how far the adversary beats the chance cross-entropy
     ``H`` on held-out cells, so the best epoch reconstructs well *and* hides
     the batch.
     """
 
-    def __init__(
-        self,
-        ae: TiedAutoencoder,
-        adversary: Adversary,
-        *,
-        lr: float,
-        adversary_lr: float,
-        recon_weight: float,
-        adv_weight: float,
-        chance_ce: float,
-        adversarial_loss: str = "ce",
-        latent_only: bool = False,
-    ):
-        self.ae, self.adv = ae, adversary
-        self.latent_only = latent_only
-        self.recon_weight, self.adv_weight = recon_weight, adv_weight
-        self.chance_ce = chance_ce
-        if adversarial_loss not in ("ce", "uniform"):
+    def __init__(self, net: FixedEffectsNetwork, config: AMEDLConfig, ctx: PlanContext):
+        if config.adversarial_loss not in ("ce", "uniform"):
             raise ValueError("adversarial_loss must be 'ce' or 'uniform'")
-        self.adversarial_loss = adversarial_loss
-        self.opt_ae = torch.optim.Adam(ae.parameters(), lr=lr)
-        self.opt_adv = torch.optim.Adam(adversary.parameters(), lr=adversary_lr)
+        self.net, self.ae, self.adv = net, net.autoencoder, net.adversary
+        self.recon_weight, self.adv_weight = config.fe_recon_weight, config.fe_adv_weight
+        self.latent_kl = config.fe_latent_kl_weight / ctx.n_genes
+        self.re_kl = config.fe_re_kl_weight / (ctx.n_train * ctx.n_genes)
+        self.chance_ce = ctx.chance_ce
+        self.adversarial_loss = config.adversarial_loss
+        self.opt_ae = torch.optim.Adam(self.ae.parameters(), lr=config.lr)
+        self.opt_adv = torch.optim.Adam(self.adv.parameters(), lr=config.adversary_lr or config.lr)
 
     def _fooling_loss(self, logits: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.adversarial_loss == "ce":
@@ -203,80 +215,137 @@ class FixedEffectsTrainer:
         return -F.log_softmax(logits, dim=1).mean(dim=1).mean()
 
     def train_epoch(self, loader) -> dict:
-        self.ae.train()
-        self.adv.train()
+        self.net.train()
         means = _EpochMeans()
-        for x, b in loader:
-            z, outputs = self.ae.encode(x)
-            if self.latent_only:
-                outputs = [z]
+        for mb in loader:
+            enc = self.ae.encode(mb.x)
+            view = self.net.adversary_view(enc)
             # (1) adversary step on detached encoder outputs
-            adv_logits = self.adv([o.detach() for o in outputs])
-            adv_ce = F.cross_entropy(adv_logits, b)
+            adv_logits = self.adv([o.detach() for o in view])
+            adv_ce = F.cross_entropy(adv_logits, mb.batch)
             self.opt_adv.zero_grad(set_to_none=True)
             adv_ce.backward()
             self.opt_adv.step()
             # (2) autoencoder step against the updated, frozen adversary
             self.adv.requires_grad_(False)
-            x_hat = self.ae.decode(z)
-            mse = F.mse_loss(x_hat, x)
-            fool = self._fooling_loss(self.adv(outputs), b)
-            loss = self.recon_weight * mse + self.adv_weight * fool
+            recon = self.ae.recon_loss(self.ae.decode(enc.z, mb.batch), mb)
+            fool = self._fooling_loss(self.adv(view), mb.batch)
+            kl_latent = _gaussian_kl(enc.mean, enc.logvar)
+            kl_re = self.ae.kl()
+            loss = self.recon_weight * recon + self.adv_weight * fool + self.latent_kl * kl_latent + self.re_kl * kl_re
             self.opt_ae.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_ae.step()
             self.adv.requires_grad_(True)
-            means.add(mse=mse, adv_ce=adv_ce, adv_acc=(adv_logits.argmax(1) == b).float().mean())
+            means.add(recon=recon, adv_ce=adv_ce, adv_acc=(adv_logits.argmax(1) == mb.batch).float().mean(),
+                      kl_latent=kl_latent, kl_re=kl_re)
         return means.means()
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict:
-        self.ae.eval()
-        self.adv.eval()
+        self.net.eval()
+        sums = _ValidationSums()
+        for mb in loader:
+            enc = self.ae.encode(mb.x)
+            logits = self.adv(self.net.adversary_view(enc))
+            sums.add(
+                len(mb.x),
+                recon=self.ae.recon_loss(self.ae.decode(enc.z, mb.batch), mb),
+                adv_ce=F.cross_entropy(logits, mb.batch),
+                adv_acc=(logits.argmax(1) == mb.batch).float().mean(),
+            )
+        out = sums.means()
+        out["monitor"] = self.recon_weight * out["recon"] + self.adv_weight * max(0.0, self.chance_ce - out["adv_ce"])
+        return out
 
-        def forward(x):
-            z, outputs = self.ae.encode(x)
-            return self.ae.decode(z), self.adv([z] if self.latent_only else outputs)
 
-        mse, ce, acc = _evaluate_reconstruction_and_batch(loader, forward)
-        monitor = self.recon_weight * mse + self.adv_weight * max(0.0, self.chance_ce - ce)
-        return {"mse": mse, "adv_ce": ce, "adv_acc": acc, "monitor": monitor}
-
-
-class RandomEffectsTrainer:
+class RandomEffectsPlan:
     """Random-effects autoencoder: ``recon_weight·MSE + cls_weight·CE(classifier) + kl_weight·KL``, one Adam optimiser.
 
     The validation monitor is the same loss without the KL term, computed with
     the posterior means of the random effects.
     """
 
-    def __init__(self, re: REAutoencoder, *, lr: float, recon_weight: float, cls_weight: float, kl_weight: float):
+    def __init__(self, re: REAutoencoder, config: AMEDLConfig, ctx: PlanContext):
         self.re = re
-        self.recon_weight, self.cls_weight, self.kl_weight = recon_weight, cls_weight, kl_weight
-        self.opt = torch.optim.Adam(re.parameters(), lr=lr)
+        self.recon_weight, self.cls_weight, self.kl_weight = config.re_recon_weight, config.re_cls_weight, config.re_kl_weight
+        self.opt = torch.optim.Adam(re.parameters(), lr=config.lr)
 
     def train_epoch(self, loader) -> dict:
         self.re.train()
         means = _EpochMeans()
-        for x, b in loader:
-            x_hat, _, logits = self.re(x, b)
-            mse = F.mse_loss(x_hat, x)
-            ce = F.cross_entropy(logits, b)
+        for mb in loader:
+            x_hat, _, logits = self.re(mb.x, mb.batch)
+            recon = F.mse_loss(x_hat, mb.x)
+            ce = F.cross_entropy(logits, mb.batch)
             kl = self.re.kl()
-            loss = self.recon_weight * mse + self.cls_weight * ce + self.kl_weight * kl
+            loss = self.recon_weight * recon + self.cls_weight * ce + self.kl_weight * kl
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            means.add(mse=mse, cls_ce=ce, kl=kl, cls_acc=(logits.argmax(1) == b).float().mean())
+            means.add(recon=recon, cls_ce=ce, kl=kl, cls_acc=(logits.argmax(1) == mb.batch).float().mean())
         return means.means()
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict:
         self.re.eval()
+        sums = _ValidationSums()
+        for mb in loader:
+            x_hat, _, logits = self.re(mb.x, mb.batch)
+            sums.add(
+                len(mb.x),
+                recon=F.mse_loss(x_hat, mb.x),
+                cls_ce=F.cross_entropy(logits, mb.batch),
+                cls_acc=(logits.argmax(1) == mb.batch).float().mean(),
+            )
+        out = sums.means()
+        out["monitor"] = self.recon_weight * out["recon"] + self.cls_weight * out["cls_ce"]
+        return out
 
-        def forward(x, b):
-            x_hat, _, logits = self.re(x, b)
-            return x_hat, logits
 
-        mse, ce, acc = _evaluate_reconstruction_and_batch(loader, forward, needs_batch=True)
-        return {"mse": mse, "cls_ce": ce, "cls_acc": acc, "monitor": self.recon_weight * mse + self.cls_weight * ce}
+# ---------------------------------------------------------------------------
+# the registry of networks
+
+
+def _build_fe(c: AMEDLConfig, n_genes: int, n_batches: int, target_sum: float) -> FixedEffectsNetwork:
+    if c.fe_decoder == "tied":
+        ae = TiedAutoencoder(n_genes, c.hidden, c.n_latent, c.latent_activation)
+    else:
+        ae = MixedEffectsAutoencoder(
+            n_genes, n_batches, c.hidden, c.n_latent, c.prior_scale, likelihood=c.likelihood,
+            latent_activation=c.latent_activation, variational=c.fe_latent_kl_weight > 0, target_sum=target_sum,
+        )
+    return FixedEffectsNetwork(ae, n_batches, c.adversary_hidden, c.adversary_input)
+
+
+def _build_re(c: AMEDLConfig, n_genes: int, n_batches: int, target_sum: float) -> REAutoencoder:
+    return REAutoencoder(n_genes, n_batches, c.hidden, c.n_latent, c.prior_scale, c.classifier_hidden)
+
+
+def _build_ae(c: AMEDLConfig, n_genes: int, n_batches: int, target_sum: float) -> PlainAutoencoder:
+    return PlainAutoencoder(TiedAutoencoder(n_genes, c.hidden, c.n_latent, c.latent_activation))
+
+
+@dataclass(frozen=True)
+class Network:
+    """How one kind of network is built, trained and checkpointed."""
+
+    kind: str
+    description: str
+    seed_offset: int
+    build: Callable[[AMEDLConfig, int, int, float], nn.Module]
+    plan: Callable[[nn.Module, AMEDLConfig, PlanContext], object]
+    patience: Callable[[AMEDLConfig], int | None]
+    burn_in: bool = False  # no checkpoint before the adversary has learned
+    latent_needs_batch: bool = False
+
+    def needs_counts(self, c: AMEDLConfig) -> bool:
+        """Whether its minibatches must carry raw counts (a count likelihood)."""
+        return self.kind == "fe" and c.fe_decoder == "mixed" and c.likelihood == "nb"
+
+
+NETWORKS: dict[str, Network] = {
+    "fe": Network("fe", "fixed effects", 0, _build_fe, AdversarialPlan, lambda c: c.patience, burn_in=True),
+    "re": Network("re", "random effects", 1, _build_re, RandomEffectsPlan, lambda c: c.re_patience, latent_needs_batch=True),
+    "ae": Network("ae", "plain autoencoder", 2, _build_ae, AutoencoderPlan, lambda c: c.patience),
+}

@@ -124,7 +124,7 @@ def test_loader_covers_every_row_once(sim):
     prep, X, codes = Preprocessor.fit(sim, "batch", n_top_genes=50)
     loader = CSRLoader(X, codes, prep, batch_size=64, shuffle=True, rng=np.random.default_rng(3))
     seen_codes, rows, sizes = [], [], []
-    for x, b in loader:
+    for x, b, *_ in loader:
         sizes.append(x.shape[0])
         rows.append(x.numpy())
         seen_codes.append(b.numpy())
@@ -153,7 +153,7 @@ def test_device_csr_gathers_the_same_rows_as_scipy(sim):
     host = CSRLoader(X, codes, prep, batch_size=64, shuffle=True, rng=np.random.default_rng(3))
     on_dev = CSRLoader(dev, codes, prep, batch_size=64, shuffle=True, rng=np.random.default_rng(3))
     n = 0
-    for (x1, b1), (x2, b2) in zip(host, on_dev):
+    for (x1, b1, *_), (x2, b2, *_) in zip(host, on_dev):
         # the host loader sorts each minibatch's rows; compare as sets of rows
         o1, o2 = np.lexsort(x1.numpy().T[::-1]), np.lexsort(x2.numpy().T[::-1])
         assert np.allclose(x1.numpy()[o1], x2.numpy()[o2]) and sorted(b1.tolist()) == sorted(b2.tolist())

@@ -38,7 +38,7 @@ def test_latent_shapes_and_history(small_model, sim):
         assert np.isfinite(z).all()
         h = small_model.history[kind]
         assert len(h) == small_model.train_info[kind]["epochs_run"] <= 8
-        assert "val_monitor" in h and "train_mse" in h
+        assert "val_monitor" in h and "train_recon" in h
     assert {"val_adv_acc", "val_adv_ce"} <= set(small_model.history["fe"].columns)
     assert {"val_cls_acc", "train_kl"} <= set(small_model.history["re"].columns)
 
@@ -46,7 +46,7 @@ def test_latent_shapes_and_history(small_model, sim):
 def test_training_reduces_reconstruction_error(small_model):
     for kind in ("fe", "re", "ae"):
         h = small_model.history[kind]
-        assert h["val_mse"].min() < h["val_mse"].iloc[0]
+        assert h["val_recon"].min() < h["val_recon"].iloc[0]
 
 
 def test_same_seed_same_latents_different_seed_differs(sim):
@@ -118,25 +118,56 @@ def test_new_batch_gets_zero_random_effects(small_model, sim):
         small_model.latent(new, kind="re")
 
 
-def test_counterfactual(small_model, sim):
-    own = small_model.reconstruct(kind="re")
+@pytest.mark.parametrize("kind", ["fe", "re"])
+def test_counterfactual(small_model, sim, kind):
+    own = small_model.reconstruct(kind=kind)
     assert own.shape == (sim.n_obs, len(small_model.genes))
+    assert (own >= 0).all()  # valid log1p expression
     in_b1 = (sim.obs["batch"] == "batch_1").to_numpy()
-    as_b1 = small_model.reconstruct(kind="re", batch="batch_1")
+    as_b1 = small_model.reconstruct(batch="batch_1", kind=kind)
     # decoding a cell as its own batch is the ordinary reconstruction
     assert np.allclose(as_b1[in_b1], own[in_b1], atol=1e-5)
     assert not np.allclose(as_b1[~in_b1], own[~in_b1], atol=1e-3)
     with pytest.raises(ValueError, match="unknown batch 'nope'"):
-        small_model.reconstruct(batch="nope")
+        small_model.reconstruct(batch="nope", kind=kind)
+
+
+def test_counterfactual_needs_no_batch_column_with_the_fe_decoder(small_model, sim):
+    """The FE latent is batch-blind, so "as if from batch b" needs no batch label."""
+    new = sim[:40].copy()
+    del new.obs["batch"]
+    np.testing.assert_allclose(
+        small_model.reconstruct(new, batch="batch_2"), small_model.reconstruct(batch="batch_2")[:40], atol=1e-5
+    )
+
+
+def test_batch_blind_decoders_refuse_counterfactuals(small_model, sim):
     with pytest.raises(ValueError, match="no batch input"):
-        small_model.reconstruct(kind="fe", batch="batch_1")
+        small_model.reconstruct(batch="batch_1", kind="ae")
+    paper = amedl.AMEDL(sim, "batch", preset="paper", **SMALL).fit(seed=0, max_epochs=1, progress=False, kinds=["fe"])
+    with pytest.raises(ValueError, match="no batch input"):
+        paper.reconstruct(batch="batch_1")
+    assert paper.reconstruct().shape == (sim.n_obs, len(paper.genes))
 
 
-def test_batch_effects_table(small_model):
-    df = small_model.batch_effects("batch_2")
+def test_count_likelihood_reconstructs_counts_per_10k(sim):
+    """With the negative binomial likelihood the decoder gives expected counts: the
+    reconstruction is log1p of counts per 10^4, close to the data on average."""
+    m = amedl.AMEDL(sim, "batch", likelihood="nb", **SMALL).fit(seed=0, max_epochs=60, progress=False, kinds=["fe"])
+    rec = m.reconstruct()
+    real = m.prep.transform(sim).toarray()
+    assert rec.shape == real.shape and (rec >= 0).all()
+    assert np.corrcoef(rec.mean(0), real.mean(0))[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("kind", ["fe", "re"])
+def test_batch_effects_table(small_model, kind):
+    df = small_model.batch_effects("batch_2", kind=kind)
     assert list(df.columns) == ["scale", "shift", "scale_sd", "shift_sd"]
     assert list(df.index) == small_model.genes
     assert (df["scale_sd"] > 0).all()
+    with pytest.raises(ValueError, match="no per-batch output effects"):
+        small_model.batch_effects("batch_2", kind="ae")
 
 
 def test_errors_before_fit(sim):
@@ -184,7 +215,7 @@ def test_device_matrix_path_trains_like_the_host_path(sim, monkeypatch):
     dev = amedl.AMEDL(sim, "batch", **SMALL)
     monkeypatch.setattr(dev, "_matrix_for_device", lambda X: DeviceCSR(X, "cpu"))
     dev.fit(seed=0, max_epochs=1, progress=False, kinds=("re",))
-    for col in ("train_mse", "val_mse", "val_cls_ce"):
+    for col in ("train_recon", "val_recon", "val_cls_ce"):
         assert dev.history["re"][col].iloc[0] == pytest.approx(host.history["re"][col].iloc[0], rel=1e-4)
     np.testing.assert_allclose(dev.latent(sim, kind="re"), host.latent(sim, kind="re"), atol=1e-3)
 

@@ -4,7 +4,7 @@
 normalises and selects genes (scanpy) into a fitted :class:`Preprocessor`,
 ``loader`` yields scaled dense minibatches on the host or on a device.
 """
-from .loader import CSRLoader, DeviceCSR
+from .loader import CSRLoader, DeviceCSR, Minibatch
 from .preprocess import SCALINGS, Preprocessor, _highly_variable, _normalised_log
 from .validate import AMEDLInputError, check_batches, check_counts, validate_adata
 
@@ -12,6 +12,7 @@ __all__ = [
     "AMEDLInputError",
     "CSRLoader",
     "DeviceCSR",
+    "Minibatch",
     "Preprocessor",
     "SCALINGS",
     "check_batches",

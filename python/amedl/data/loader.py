@@ -1,7 +1,7 @@
 """Minibatches: CSR rows sliced and densified one minibatch at a time, on the host or on a device."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,14 +40,32 @@ class DeviceCSR:
         return out
 
 
+class Minibatch(NamedTuple):
+    """One minibatch: ``x`` the scaled model input (cells x genes, float32),
+    ``batch`` the integer batch codes (-1: a batch not seen in training),
+    ``counts`` the raw counts of the model genes (float32) and ``library`` each
+    cell's total counts over all genes, when the loader was given library
+    sizes, else ``None``."""
+
+    x: torch.Tensor
+    batch: torch.Tensor
+    counts: torch.Tensor | None = None
+    library: torch.Tensor | None = None
+
+
 class CSRLoader:
     """Minibatches of a CSR matrix: rows are sliced and densified one minibatch at a time.
 
     ``X`` is a SciPy CSR matrix (sliced on the host) or a :class:`DeviceCSR`
-    (sliced on its device). ``rows`` selects the cells to iterate over
-    (default: all) without copying the matrix. Yields ``(x, codes)`` torch
-    tensors: ``x`` is the scaled dense block (float32, on ``device``),
-    ``codes`` the integer batch codes.
+    (sliced on its device) of log1p-normalised expression. ``rows`` selects the
+    cells to iterate over (default: all) without copying the matrix. Yields
+    :class:`Minibatch` tuples of torch tensors on ``device``.
+
+    ``library`` (each cell's total counts over all genes, the size factor of the
+    normalisation) makes the loader also yield the raw counts of the model
+    genes, recovered exactly from the normalised values
+    (``round(expm1(x) * library / target_sum)``), so that count likelihoods need
+    no second copy of the data.
     """
 
     def __init__(
@@ -62,6 +80,7 @@ class CSRLoader:
         rng: np.random.Generator | None = None,
         device: torch.device | str = "cpu",
         drop_last: bool = False,
+        library: np.ndarray | None = None,
     ):
         if not isinstance(X, DeviceCSR) and not sp.isspmatrix_csr(X):
             X = sp.csr_matrix(X)
@@ -76,6 +95,13 @@ class CSRLoader:
         self.drop_last = drop_last
         self._center = torch.as_tensor(prep.center, device=self.device)
         self._inv_scale = torch.as_tensor(1.0 / prep.scale, device=self.device)
+        self._library = None
+        self._target_sum = float(prep.target_sum)
+        if library is not None:
+            library = np.asarray(library, dtype=np.float32)
+            if library.shape != (X.shape[0],):
+                raise ValueError(f"library has shape {library.shape}; expected one value per cell ({X.shape[0]})")
+            self._library = torch.as_tensor(library, device=X.device if isinstance(X, DeviceCSR) else "cpu")
 
     def __len__(self) -> int:
         n = len(self.rows)
@@ -83,7 +109,15 @@ class CSRLoader:
             return n // self.batch_size
         return -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _minibatch(self, x_log: torch.Tensor, codes: torch.Tensor, library: torch.Tensor | None) -> Minibatch:
+        counts = None
+        if library is not None:
+            library = library.to(self.device)
+            counts = torch.round(torch.expm1(x_log) * (library / self._target_sum)[:, None])
+        x = (x_log - self._center) * self._inv_scale
+        return Minibatch(x, codes, counts, library)
+
+    def __iter__(self) -> Iterator[Minibatch]:
         n = len(self.rows)
         rows = self.rows[self.rng.permutation(n)] if self.shuffle else self.rows
         if isinstance(self.X, DeviceCSR):
@@ -92,19 +126,15 @@ class CSRLoader:
         contiguous = not self.shuffle and n == self.X.shape[0]
         for i in range(len(self)):
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
-            if contiguous:
-                block, codes = self.X[lo:hi], self.codes[lo:hi]
-            else:
-                idx = np.sort(rows[lo:hi])
-                block, codes = self.X[idx], self.codes[idx]
-            x = torch.from_numpy(block.toarray()).to(self.device, non_blocking=True)
-            x = (x - self._center) * self._inv_scale
-            yield x, torch.from_numpy(codes).to(self.device)
+            idx = slice(lo, hi) if contiguous else np.sort(rows[lo:hi])
+            x = torch.from_numpy(self.X[idx].toarray()).to(self.device, non_blocking=True)
+            library = None if self._library is None else self._library[torch.from_numpy(np.arange(lo, hi) if contiguous else idx)]
+            yield self._minibatch(x, torch.from_numpy(self.codes[idx]).to(self.device), library)
 
-    def _iter_on_device(self, rows: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _iter_on_device(self, rows: np.ndarray) -> Iterator[Minibatch]:
         rows = torch.as_tensor(rows, device=self.X.device)
         for i in range(len(self)):
             idx = rows[i * self.batch_size : (i + 1) * self.batch_size]
             x = self.X.dense_rows(idx).to(self.device)
-            x = (x - self._center) * self._inv_scale
-            yield x, self._codes_on_device[idx].to(self.device)
+            library = None if self._library is None else self._library[idx]
+            yield self._minibatch(x, self._codes_on_device[idx].to(self.device), library)

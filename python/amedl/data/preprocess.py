@@ -196,6 +196,12 @@ class Preprocessor:
             )
         return _normalised_log(adata, layer, self.target_sum, self.genes)
 
+    @staticmethod
+    def library_size(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
+        """Each cell's total counts over all genes (the size factor of the normalisation), float64."""
+        X, _ = _counts_matrix(adata, layer)
+        return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+
     def encode_batches(self, values: Sequence) -> np.ndarray:
         """Batch labels to integer codes; labels not seen in training get -1."""
         lookup = {b: i for i, b in enumerate(self.batches)}
