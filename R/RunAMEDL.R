@@ -43,10 +43,9 @@
 #'   memory for this session only).
 #' @param preset Engine preset: `"default"` or `"paper"` (the published configuration).
 #' @param verbose Show the engine's progress bars.
-#' @param settings A named list of further engine settings (fields of the
-#'   Python `amedl.AMEDLConfig`), e.g. `list(lr = 1e-3, batch_size = 512,
-#'   fe_adv_weight = 2)`; they override the preset. Unknown names are an
-#'   error that lists the known ones.
+#' @param settings Further engine settings: [amedl_options()] (or a named
+#'   list of its arguments), e.g. `amedl_options(lr = 1e-3, batch_size = 512)`;
+#'   they override the preset.
 #' @param ... Arguments passed to methods.
 #' @return The object with the latents added (see Details), or for a matrix a
 #'   list with `fe` and `re` (cells x `n_latent` matrices with cell names),
@@ -81,7 +80,6 @@ RunAMEDL.default <- function(object, batch, features = NULL, n_latent = 50, n_to
   res <- .amedl_fit(counts, b, batch_key = "batch", features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
                     model_dir = model_dir, verbose = verbose, settings = settings)
-  res$params$batch <- NULL
   res
 }
 

@@ -62,16 +62,6 @@
   features
 }
 
-.check_settings <- function(settings) {
-  if (is.null(settings)) return(list())
-  if (!is.list(settings) || (length(settings) && (is.null(names(settings)) || any(!nzchar(names(settings)))))) {
-    .stop("`settings` must be a named list of engine settings, e.g. list(lr = 1e-3, batch_size = 512)")
-  }
-  clash <- intersect(names(settings), c("n_latent", "n_top_genes", "max_epochs"))
-  if (length(clash)) .stop("set %s with the argument of RunAMEDL() of that name, not in `settings`", paste(clash, collapse = ", "))
-  settings
-}
-
 .py_error <- function(e) {
   msg <- conditionMessage(e)
   # reticulate wraps Python exceptions; keep the Python message, drop the traceback noise
@@ -102,26 +92,17 @@
       epochs = epochs, seed = seed, preset = preset,
       model_dir = if (is.null(model_dir)) NULL else path.expand(model_dir),
       progress = isTRUE(verbose),
-      settings = settings
+      settings = if (length(settings)) unclass(settings) else NULL
     ),
     error = .py_error
   )
   fe <- .latent_matrix(res$fe, colnames(counts), "amedlfe_")
   re <- .latent_matrix(res$re, colnames(counts), "amedlre_")
-  id <- .cache_model(res$model)
-  params <- list(
-    batch = batch_key, n_latent = n_latent, epochs = epochs, seed = seed, preset = preset,
-    settings = if (length(settings)) settings else NULL,
-    features = if (is.null(features)) "highly variable genes (engine)" else sprintf("%d given", length(features)),
-    n_top_genes = if (is.null(features)) n_top_genes else NULL,
-    genes = unlist(res$genes), batches = unlist(res$batches),
-    epochs_run = unlist(res$epochs),
-    model_dir = if (is.null(res$model_dir)) NULL else res$model_dir,
-    model_id = id,
-    engine_version = tryCatch(bridge$engine_info()$amedl, error = function(e) NA_character_),
-    date = format(Sys.time(), "%Y-%m-%d %H:%M:%S")
-  )
-  list(fe = fe, re = re, model = res$model, params = params)
+  # the engine's record (the same uns['amedl'] that `amedl fit` and amedl.tl.amedl write), and
+  # where this R session finds the model again
+  record <- lapply(res$record, function(v) if (is.list(v) && is.null(names(v))) unlist(v) else v)
+  params <- c(record, list(model_id = .cache_model(res$model), model_dir = res$model_dir))
+  list(fe = fe, re = re, model = res$model, params = params[!vapply(params, is.null, logical(1))])
 }
 
 .latent_matrix <- function(x, cells, key) {

@@ -85,7 +85,7 @@ AMEDLCounterfactual.Seurat <- function(object, batch, model = NULL, name = NULL,
   split <- attr(counts, "split")
   attr(counts, "split") <- NULL
   counts <- .check_counts(counts)
-  key <- if (!is.null(params$batch)) params$batch else "batch"
+  key <- if (!is.null(params$batch_key)) params$batch_key else "batch"
   cell_batch <- if (identical(key, "layer_split") && !is.null(split)) split else object@meta.data[[key]]
   if (is.null(cell_batch)) .stop("the batch column '%s' used for the fit is no longer in the meta.data", key)
   x <- .run_counterfactual(m, counts, cell_batch, batch)
@@ -110,7 +110,7 @@ AMEDLCounterfactual.SingleCellExperiment <- function(object, batch, model = NULL
   m <- .find_model(params, model)
   assay <- if (!is.null(params$assay)) params$assay else "counts"
   counts <- .check_counts(SummarizedExperiment::assay(object, assay, withDimnames = TRUE))
-  key <- if (!is.null(params$batch)) params$batch else "batch"
+  key <- if (!is.null(params$batch_key)) params$batch_key else "batch"
   cell_batch <- SummarizedExperiment::colData(object)[[key]]
   if (is.null(cell_batch)) .stop("the batch column '%s' used for the fit is no longer in colData", key)
   x <- .run_counterfactual(m, counts, cell_batch, batch)

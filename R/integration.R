@@ -131,11 +131,9 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
   # the parameters as RunAMEDL() records them (so AMEDLModel(obj, reduction =
   # new.reduction) finds the fitted model), plus how the batches were made
   params <- fit$params
-  params$batch <- if (is.null(groups)) "layer_split" else "groups"
-  params$batches <- .amedl_or(params$batches, sort(unique(batch)))
-  params <- c(params, list(assay = assay, layer = counts.layer,
-                           object_kind = "Seurat",
-                           method = "IntegrateLayers(method = AMEDLIntegration)"))
+  params$batch_key <- if (is.null(groups)) "layer_split" else "groups"
+  params <- utils::modifyList(params, list(assay = assay, layer = counts.layer, object_kind = "Seurat",
+                                           method = "IntegrateLayers(method = AMEDLIntegration)"))
   make_dr <- function(emb, key, kind) {
     emb <- as.matrix(emb)
     if (nrow(emb) != length(cells)) {

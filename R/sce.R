@@ -32,7 +32,7 @@ RunAMEDL.SingleCellExperiment <- function(object, batch, assay = "counts", featu
   SingleCellExperiment::reducedDim(object, "AMEDL_FE") <- res$fe
   SingleCellExperiment::reducedDim(object, "AMEDL_RE") <- res$re
   md <- S4Vectors::metadata(object)
-  md$amedl <- c(res$params, list(assay = assay, object_kind = "SingleCellExperiment"))
+  md$amedl <- utils::modifyList(res$params, list(layer = assay, assay = assay, object_kind = "SingleCellExperiment"))
   S4Vectors::metadata(object) <- md
   object
 }

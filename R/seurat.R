@@ -87,7 +87,7 @@ RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts"
   res <- .amedl_fit(counts, bf, batch_key = b$key, features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
                     model_dir = model_dir, verbose = verbose, settings = settings)
-  params <- c(res$params, list(assay = assay, layer = layer, object_kind = "Seurat"))
+  params <- utils::modifyList(res$params, list(assay = assay, layer = layer, object_kind = "Seurat"))
   keyroot <- gsub("[^A-Za-z0-9]", "", reduction.prefix)
   if (!nzchar(keyroot) || !grepl("^[A-Za-z]", keyroot)) .stop("`reduction.prefix` must start with a letter")
   for (kind in c("fe", "re")) {
@@ -107,7 +107,7 @@ RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts"
   cmd <- tryCatch({
     methods::new("SeuratCommand",
       name = "RunAMEDL", time.stamp = Sys.time(), assay.used = params$assay,
-      call.string = "RunAMEDL", params = params[c("batch", "assay", "layer", "features", "n_latent", "epochs", "seed", "preset", "model_dir", "model_id")])
+      call.string = "RunAMEDL", params = params[intersect(c("batch_key", "assay", "layer", "n_latent", "epochs", "seed", "preset", "model_dir", "model_id"), names(params))])
   }, error = function(e) NULL)
   if (!is.null(cmd)) object@commands[[paste0("RunAMEDL.", params$assay)]] <- cmd
   object

@@ -26,6 +26,7 @@ import warnings
 
 import amedl
 from amedl.metrics import silhouette_batch, silhouette_label
+from _shared import load_shared
 
 
 def fit_and_score(adata, batch_key, label_key, kind, seed, **settings) -> dict:
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     }
     rows = []
     for name in args.datasets.split(","):
-        adata, batch_key, label_key = amedl.datasets.load_shared(name)
+        adata, batch_key, label_key = load_shared(name)
         for kind in args.kinds.split(","):
             for label, overrides in settings.items():
                 r = fit_and_score(adata, batch_key, label_key, kind, args.seed, **overrides)

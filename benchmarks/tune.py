@@ -16,6 +16,7 @@ from sklearn.metrics import silhouette_score
 
 import amedl
 from amedl.baselines import pca_latent
+from _shared import load_shared
 
 
 def main(argv=None) -> int:
@@ -27,7 +28,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
 
-    adata, batch_key, label_key = amedl.datasets.load_shared(args.dataset)
+    adata, batch_key, label_key = load_shared(args.dataset)
     settings = json.loads(args.settings)
     kinds = args.kinds.split(",")
     m = amedl.AMEDL(adata, batch_key, **settings)

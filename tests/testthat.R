@@ -1,5 +1,5 @@
 # R tests of the amedl package: `cd tests && Rscript testthat.R` (scripts/run-tests
-# sets AMEDL_PYTHON to the checkout's .venv) or R CMD check.
+# sets RETICULATE_PYTHON to the checkout's .venv) or R CMD check.
 library(testthat)
 library(amedl)
 

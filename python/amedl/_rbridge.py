@@ -32,42 +32,6 @@ def _as_int(x: Any, default: int | None = None) -> int | None:
     return int(round(float(x)))
 
 
-def config_settings(settings: dict | None) -> dict:
-    """Engine settings from R: names checked against :class:`amedl.AMEDLConfig`,
-    R doubles turned into the integers, tuples or ``None`` the fields expect."""
-    import dataclasses
-
-    from .config import AMEDLConfig
-
-    if not settings:
-        return {}
-    fields = {f.name: str(f.type) for f in dataclasses.fields(AMEDLConfig)}
-    unknown = sorted(set(settings) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown aMEDL setting(s) {unknown}; known settings: {sorted(fields)}")
-    def whole(name, v):
-        if float(v) != int(float(v)):
-            raise ValueError(f"setting {name!r} must be a whole number, got {v!r}")
-        return int(float(v))
-
-    out: dict[str, Any] = {}
-    for name, value in settings.items():
-        kind = fields[name]
-        if value is None:
-            out[name] = None
-        elif kind.startswith("tuple"):
-            out[name] = tuple(whole(name, v) for v in (value if isinstance(value, (list, tuple)) else [value]))
-        elif kind.startswith("int"):
-            out[name] = whole(name, value)
-        elif kind.startswith("float"):
-            out[name] = float(value)
-        elif kind == "bool":
-            out[name] = bool(value)
-        else:
-            out[name] = str(value)
-    return out
-
-
 def make_adata(
     X,
     cells: Sequence[str],
@@ -124,37 +88,36 @@ def fit(
     progress: bool = True,
     settings: dict | None = None,
 ) -> dict:
-    """Fit aMEDL on R data and return both latents and the model.
+    """Fit aMEDL on R data and return both latents, the model and its record.
 
-    ``settings`` are further :class:`amedl.AMEDLConfig` fields (e.g. ``lr``,
-    ``batch_size``, ``fe_adv_weight``); R numbers are converted to the
-    field's type.
+    ``settings`` are further :class:`amedl.AMEDLConfig` fields, already
+    checked and typed by the R package's ``amedl_options()``.
 
     Returns
     -------
     dict with ``fe`` and ``re`` (cells × n_latent float32 arrays), ``model``
-    (the fitted :class:`amedl.AMEDL`), ``genes`` and ``batches`` (lists),
-    ``epochs`` (epochs run per network) and ``model_dir`` (where it was saved, or None).
+    (the fitted :class:`amedl.AMEDL`), ``record`` (:func:`amedl.tl.record`,
+    what every output stores as ``uns['amedl']``) and ``model_dir`` (where it
+    was saved, or None).
     """
+    from . import tl
     from .model import AMEDL
 
     adata = make_adata(X, cells, genes, batch, batch_key=batch_key, batch_levels=batch_levels)
-    feats = _as_list(features) if features is not None else None
-    config = config_settings(settings)
+    config = dict(settings or {})
     config["n_latent"] = _as_int(n_latent, 50)
-    if feats is None:
+    if features is None:
         config["n_top_genes"] = _as_int(n_top_genes, 2000)
-    model = AMEDL(adata, batch_key, preset=str(preset), genes=feats, **config)
+    model = AMEDL(adata, batch_key, preset=str(preset), genes=_as_list(features) if features is not None else None,
+                  **config)
     model.fit(seed=_as_int(seed, 0), max_epochs=_as_int(epochs), progress=bool(progress))
-    saved = save_model(model, model_dir) if model_dir else None
+    rec = tl.add_latents(adata, model)
     return {
-        "fe": model.latent(kind="fe"),
-        "re": model.latent(kind="re"),
+        "fe": adata.obsm["X_amedl_fe"],
+        "re": adata.obsm["X_amedl_re"],
         "model": model,
-        "genes": list(model.genes),
-        "batches": list(model.batches),
-        "epochs": {k: int(v.get("epochs_run", -1)) for k, v in getattr(model, "train_info", {}).items()},
-        "model_dir": saved,
+        "record": rec,
+        "model_dir": save_model(model, model_dir) if model_dir else None,
     }
 
 

@@ -1,8 +1,7 @@
-"""Baselines on the identical preprocessing: PCA and the plain autoencoder.
+"""The PCA baseline on the model's own preprocessing.
 
-The plain autoencoder is the fixed-effects architecture without the adversary;
-it is trained by :meth:`amedl.AMEDL.fit` with ``kinds=[..., "ae"]`` so that it
-sees the same genes, scaling, validation split and training loop.
+(The other baseline, the plain autoencoder, is a network of the model:
+``AMEDL.fit(kinds=[..., "ae"])`` then ``AMEDL.latent(kind="ae")``.)
 """
 from __future__ import annotations
 
@@ -25,10 +24,3 @@ def pca_latent(model: AMEDL, adata: ad.AnnData | None = None, n_comps: int | Non
     pca = PCA(n_components=n_comps, svd_solver="randomized", random_state=seed).fit(train)
     target = train if adata is None else model.transform(adata)
     return pca.transform(target).astype(np.float32)
-
-
-def autoencoder_latent(model: AMEDL, adata: ad.AnnData | None = None, seed: int = 0, **fit_kwargs) -> np.ndarray:
-    """Latent of the plain autoencoder baseline, training it first if needed."""
-    if "ae" not in model.modules:
-        model.fit(seed=seed, kinds=["ae"], **fit_kwargs)
-    return model.latent(adata, kind="ae")

@@ -1,8 +1,6 @@
-"""Datasets: a simulator with known cell types and batch effects, and the shared real datasets."""
+"""Datasets: a simulator with known cell types and batch effects (the demo's data), and the names of the
+real datasets the benchmarks use."""
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -131,36 +129,10 @@ def _simulate_chunk(args) -> sp.csr_matrix:
     return sp.csr_matrix(counts)
 
 
-#: The shared real datasets: file name, batch column, label column.
+#: The real datasets of the benchmarks and tests (files in the shared data folder): file name, batch
+#: column, label column. Finding the folder is the job of the tests and benchmark scripts.
 SHARED = {
     "cellbench": ("cellbench_celseq2_dropseq.h5ad", "batch", "cell_line"),
     "symphony": ("symphony_pbmcs_small.h5ad", "donor", "cell_type"),
     "kang": ("muscat_kang_example.h5ad", "sample_id", "cluster_id"),
 }
-
-
-def shared_data_dir() -> Path | None:
-    """The folder of shared datasets: ``$AMEDL_DATA_DIR`` or ``../shared/data`` beside the checkout."""
-    env = os.environ.get("AMEDL_DATA_DIR")
-    candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve()
-    candidates += [p / "shared" / "data" for p in here.parents]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return None
-
-
-def load_shared(name: str) -> tuple[ad.AnnData, str, str]:
-    """Load a shared real dataset by short name (``cellbench``, ``symphony``, ``kang``).
-
-    Returns ``(adata, batch_key, label_key)``. Raises ``FileNotFoundError`` with
-    a hint when the data folder is not found (set ``AMEDL_DATA_DIR``).
-    """
-    if name not in SHARED:
-        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(SHARED)}")
-    folder = shared_data_dir()
-    fname, batch_key, label_key = SHARED[name]
-    if folder is None or not (folder / fname).exists():
-        raise FileNotFoundError(f"{fname} not found; set AMEDL_DATA_DIR to the folder holding the shared datasets")
-    return ad.read_h5ad(folder / fname), batch_key, label_key

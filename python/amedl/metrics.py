@@ -235,12 +235,12 @@ def _neighbors(x: np.ndarray, k: int):
     return NeighborsResults(indices=ind, distances=dist)
 
 
-def _safe(name, fn, *args, **kwargs) -> float:
-    try:
-        return float(fn(*args, **kwargs))
-    except Exception as err:  # degenerate inputs (tiny groups, one batch per label, ...)
-        log.warning("scIB metric %s failed (%s: %s); reporting NaN", name, type(err).__name__, err)
-        return float("nan")
+#: scib-metrics' Benchmarker names of the metrics it computes for us.
+_BENCHMARKER_NAMES = {
+    "iLISI": "ilisi", "KBET": "kbet", "Graph connectivity": "graph_connectivity", "PCR comparison": "pcr_comparison",
+    "cLISI": "clisi", "KMeans NMI": "nmi", "KMeans ARI": "ari", "Silhouette label": "scaled_label_asw",
+    "Isolated labels": "isolated_labels",
+}
 
 
 def scib_metrics(
@@ -254,19 +254,21 @@ def scib_metrics(
 ) -> dict[str, float]:
     """The scIB metric set on one latent (needs the optional ``scib-metrics``).
 
-    Computed with scib-metrics' functions and the neighbourhood sizes of its
-    ``Benchmarker`` (90 neighbours for LISI, 50 for kBET, 15 for graph
-    connectivity; exact neighbours from scikit-learn):
+    scib-metrics' ``Benchmarker`` computes the metrics with its neighbourhood
+    sizes (90 neighbours for LISI, 50 for kBET, 15 for graph connectivity;
+    exact neighbours from scikit-learn here) and no min-max scaling:
 
     * batch correction: ``ilisi`` (scaled iLISI), ``kbet`` (kBET acceptance
       rate per label), ``graph_connectivity``, ``scaled_batch_asw``
-      (``1 - |ASW_batch|`` within each label), ``pcr_comparison`` (only when
+      (``1 - |ASW_batch|`` within each label: scib-metrics' ``silhouette_batch``,
+      which newer Benchmarkers replace by BRAS; it is computed beside them so
+      that scores stay comparable), ``pcr_comparison`` (only when
       ``unintegrated`` is given);
     * bio conservation: ``clisi`` (scaled cLISI), ``nmi`` and ``ari`` (k-means
       with as many clusters as labels), ``scaled_label_asw``
       ((ASW + 1) / 2), ``isolated_labels`` (ASW of the labels present in the
       fewest batches);
-    * aggregates as scIB / scib-metrics define them: ``batch_correction`` and
+    * aggregates as scIB defines them: ``batch_correction`` and
       ``bio_conservation`` are the means of the available metrics of each
       group, ``scib_total = 0.4 * batch_correction + 0.6 * bio_conservation``.
 
@@ -281,7 +283,7 @@ def scib_metrics(
         One batch and one cell-type label per cell.
     unintegrated
         Optional ``(n_cells, n_features)`` matrix before integration (for PCR
-        comparison), e.g. the scaled model input or its PCA.
+        comparison), e.g. the PCA of the model input.
     max_cells
         Score a seeded subsample of at most this many cells (stratified by batch).
     seed
@@ -294,44 +296,53 @@ def scib_metrics(
     """
     if not scib_available():
         raise ImportError("scib-metrics is not installed; install the optional extra: pip install 'amedl[benchmark]'")
+    import anndata as ad
+    import pandas as pd
     import scib_metrics as sm
+    from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
 
     x = _as_2d(latent)
     b = _as_codes(batch, x.shape[0], "batch")
     lab = _as_codes(labels, x.shape[0], "labels")
     idx = subsample_indices(x.shape[0], max_cells, seed=seed, strata=b)
     x, b, lab = x[idx].astype(np.float32), b[idx], lab[idx]
-
-    nb90 = _neighbors(x, 90)
-    nb50 = nb90.subset_neighbors(min(50, nb90.n_neighbors))
-    nb15 = nb90.subset_neighbors(min(15, nb90.n_neighbors))
-    out: dict[str, float] = {}
-    out["ilisi"] = _safe("ilisi", sm.ilisi_knn, nb90, b)
-    out["kbet"] = _safe("kbet", sm.kbet_per_label, nb50, b, lab)
-    out["graph_connectivity"] = _safe("graph_connectivity", sm.graph_connectivity, nb15, lab)
-    out["scaled_batch_asw"] = _safe("scaled_batch_asw", sm.silhouette_batch, x, lab, b)
+    cells = ad.AnnData(obs=pd.DataFrame({"batch": b, "label": lab}, index=[str(i) for i in range(len(b))]))
+    cells.obsm["latent"] = x
     if unintegrated is not None:
         u = unintegrated[idx]
-        u = np.asarray(u.toarray() if hasattr(u, "toarray") else u, dtype=np.float32)
+        cells.obsm["unintegrated"] = np.asarray(u.toarray() if hasattr(u, "toarray") else u, dtype=np.float32)
+    bench = Benchmarker(
+        cells, batch_key="batch", label_key="label", embedding_obsm_keys=["latent"],
+        bio_conservation_metrics=BioConservation(),
+        batch_correction_metrics=BatchCorrection(bras=False, pcr_comparison=unintegrated is not None),
+        pre_integrated_embedding_obsm_key="unintegrated" if unintegrated is not None else "latent",
+        progress_bar=False,
+    )
+    out: dict[str, float] = {}
+    try:
         with warnings.catch_warnings():
             # scib-metrics warns when batch explains more variance after integration (score clipped to 0)
             warnings.filterwarnings("ignore", message="PCR comparison score is negative")
-            out["pcr_comparison"] = _safe("pcr_comparison", sm.pcr_comparison, u, x, b, categorical=True)
-    out["clisi"] = _safe("clisi", sm.clisi_knn, nb90, lab)
+            bench.prepare(neighbor_computer=_neighbors)
+            bench.benchmark()
+        res = bench.get_results(min_max_scale=False).loc["latent"]
+        out.update({name: float(res[col]) for col, name in _BENCHMARKER_NAMES.items() if col in res.index})
+    except Exception as err:  # degenerate inputs (tiny groups, one batch per label, ...)
+        log.warning("scIB metrics failed (%s: %s); reporting NaN", type(err).__name__, err)
     try:
-        nmi_ari = sm.nmi_ari_cluster_labels_kmeans(x, lab)
-        out["nmi"], out["ari"] = float(nmi_ari["nmi"]), float(nmi_ari["ari"])
+        out["scaled_batch_asw"] = float(sm.silhouette_batch(x, lab, b))
     except Exception as err:
-        log.warning("scIB metric nmi/ari failed (%s); reporting NaN", err)
-        out["nmi"] = out["ari"] = float("nan")
-    out["scaled_label_asw"] = _safe("scaled_label_asw", sm.silhouette_label, x, lab)
-    out["isolated_labels"] = _safe("isolated_labels", sm.isolated_labels, x, lab, b)
+        log.warning("scIB metric scaled_batch_asw failed (%s: %s); reporting NaN", type(err).__name__, err)
+    for name in SCIB_BATCH_METRICS + SCIB_BIO_METRICS:
+        if name != "pcr_comparison" or unintegrated is not None:
+            out.setdefault(name, float("nan"))
     batch_vals = [out[k] for k in SCIB_BATCH_METRICS if k in out and np.isfinite(out[k])]
-    bio_vals = [out[k] for k in SCIB_BIO_METRICS if k in out and np.isfinite(out[k])]
+    bio_vals = [out[k] for k in SCIB_BIO_METRICS if np.isfinite(out[k])]
     out["batch_correction"] = float(np.mean(batch_vals)) if batch_vals else float("nan")
     out["bio_conservation"] = float(np.mean(bio_vals)) if bio_vals else float("nan")
     out["scib_total"] = 0.4 * out["batch_correction"] + 0.6 * out["bio_conservation"]
-    return out
+    return {k: out[k] for k in (*SCIB_BATCH_METRICS, *SCIB_BIO_METRICS, "batch_correction", "bio_conservation",
+                                "scib_total") if k in out}
 
 
 def evaluate_latent(

@@ -1,9 +1,59 @@
-"""Scanpy-style tools: one call that fits aMEDL and writes the latents into the AnnData."""
+"""Scanpy-style tools, and the one writer of aMEDL outputs into an AnnData.
+
+:func:`amedl` fits and writes; :func:`add_latents` writes the latents of a
+fitted model with its :func:`record`. ``amedl fit`` (the command line) and the
+R package (``RunAMEDL()``, through :mod:`amedl._rbridge`) write their outputs
+through these functions, so every output carries the same ``uns['amedl']``.
+"""
 from __future__ import annotations
 
 import anndata as ad
 
+from . import __version__
+from .config import make_config
 from .model import AMEDL
+
+__all__ = ["amedl", "add_latents", "record"]
+
+
+def record(model: AMEDL) -> dict:
+    """What was fitted, as stored in ``uns['amedl']``: batch key, counts layer,
+    seed, preset, latent size, genes, batches, epochs run per network, the
+    settings that differ from the preset, the engine version.
+
+    Only plain values (strings, integers, lists, dicts), so that the record
+    survives ``.h5ad``, ``.rds`` and reticulate unchanged.
+    """
+    info = model.train_info
+    if not info:
+        raise RuntimeError("the model is not fitted: call fit() first")
+    preset, config = make_config(model.preset).to_dict(), model.config.to_dict()
+    return {
+        "batch_key": str(model.batch_key),
+        "layer": "" if model.layer is None else str(model.layer),
+        "seed": int(next(iter(info.values()))["seed"]),
+        "preset": str(model.preset),
+        "n_latent": int(model.config.n_latent),
+        "genes": [str(g) for g in model.genes],
+        "batches": [str(b) for b in model.batches],
+        "epochs": {kind: int(v["epochs_run"]) for kind, v in info.items()},
+        # settings that differ from the preset's (None, i.e. "no limit", cannot be stored in .h5ad)
+        "settings": {k: v for k, v in config.items() if v != preset.get(k) and v is not None
+                     and k not in ("n_latent", "device")},
+        "amedl_version": __version__,
+    }
+
+
+def add_latents(adata: ad.AnnData, model: AMEDL, *, key_added: str = "amedl") -> dict:
+    """Write a fitted model's latents of ``adata`` and its record into ``adata``.
+
+    Adds ``obsm['X_{key_added}_fe']`` (batch-invariant), ``obsm['X_{key_added}_re']``
+    (batch-specific) and ``uns[key_added]`` (:func:`record`); returns the record.
+    """
+    adata.obsm[f"X_{key_added}_fe"] = model.latent(adata, kind="fe")
+    adata.obsm[f"X_{key_added}_re"] = model.latent(adata, kind="re")
+    adata.uns[key_added] = rec = record(model)
+    return rec
 
 
 def amedl(
@@ -18,25 +68,29 @@ def amedl(
     copy: bool = False,
     **settings,
 ) -> AMEDL | tuple[ad.AnnData, AMEDL]:
-    """Fit aMEDL and store the latents (like scanpy's ``tl`` functions, this writes into ``adata``).
+    """Fit aMEDL and store both latents in ``adata`` (like scanpy's ``tl`` functions, this writes into it).
 
-    Adds ``adata.obsm['X_{key_added}_fe']`` (batch-invariant) and
-    ``adata.obsm['X_{key_added}_re']`` (batch-specific) and the parameters in
-    ``adata.uns[key_added]``. With ``copy=True`` the input is left alone and
-    ``(new_adata, model)`` is returned; otherwise the fitted model is returned.
+    Parameters
+    ----------
+    adata
+        Raw counts in ``X`` or ``layer``, the batch in ``obs[batch_key]``.
+    batch_key, layer
+        Passed to :class:`amedl.AMEDL`.
+    seed, max_epochs, progress
+        Passed to :meth:`amedl.AMEDL.fit`.
+    key_added
+        Writes ``obsm['X_{key_added}_fe']``, ``obsm['X_{key_added}_re']`` and ``uns[key_added]``.
+    copy
+        Leave ``adata`` alone and return ``(new_adata, model)``.
+    **settings
+        Further :class:`amedl.AMEDLConfig` settings (``preset``, ``n_latent``, ``lr``, ...).
+
+    Returns
+    -------
+    The fitted model, or ``(new_adata, model)`` with ``copy=True``.
     """
     target = adata.copy() if copy else adata
     model = AMEDL(target, batch_key, layer=layer, **settings)
     model.fit(seed=seed, max_epochs=max_epochs, progress=progress)
-    target.obsm[f"X_{key_added}_fe"] = model.latent(kind="fe")
-    target.obsm[f"X_{key_added}_re"] = model.latent(kind="re")
-    target.uns[key_added] = {
-        "batch_key": batch_key,
-        "layer": layer if layer is not None else "",
-        "seed": seed,
-        "preset": model.preset,
-        "n_latent": model.config.n_latent,
-        "n_genes": len(model.genes),
-        "epochs": {k: v["epochs_run"] for k, v in model.train_info.items()},
-    }
+    add_latents(target, model, key_added=key_added)
     return (target, model) if copy else model

@@ -1,6 +1,10 @@
-"""Folds, summaries, report files, the demo and the `amedl benchmark` command (amedl.benchmark, amedl.demo)."""
+"""Folds, summaries, report files, the demo and the `amedl benchmark` command (amedl.benchmark, amedl.pl, amedl.demo)."""
+import argparse
 import base64
+import importlib.util
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +13,7 @@ import pytest
 
 import amedl
 from amedl import benchmark as B
-from amedl.plotting import umap_grid
+from amedl.pl import umap_grid
 
 FAST_METHODS = ["pca", "ae", "fe", "re"]
 
@@ -85,18 +89,6 @@ def test_summary_mean_and_confidence_interval_by_hand():
     assert np.isnan(s.loc[("Y", "batch_asw"), "ci95"])  # one fold: no interval
 
 
-def test_atomic_write_keeps_old_file_on_error(tmp_path):
-    p = tmp_path / "f.txt"
-    with B.atomic_write(p) as fh:
-        fh.write("first")
-    with pytest.raises(RuntimeError):
-        with B.atomic_write(p) as fh:
-            fh.write("partial")
-            raise RuntimeError("boom")
-    assert p.read_text() == "first"
-    assert [x.name for x in tmp_path.iterdir()] == ["f.txt"]  # no temporary left behind
-
-
 def test_missing_keys_and_labels_raise(small_adata, tmp_path):
     with pytest.raises(KeyError, match="label column 'nope'"):
         B.run_benchmark(small_adata, "batch", "nope", tmp_path, folds=1, progress=False)
@@ -113,9 +105,11 @@ def test_missing_keys_and_labels_raise(small_adata, tmp_path):
 def test_run_benchmark_writes_report_files(small_adata, tmp_path):
     before = small_adata.copy()
     out = tmp_path / "bench"
+    harmony = importlib.util.find_spec("harmonypy") is not None
     res = B.run_benchmark(small_adata, "batch", "cell_type", out, methods=FAST_METHODS + ["harmony"],
                           folds=2, seed=0, progress=False, scib=False, max_epochs=3)
-    methods = ["PCA", "AE", "aMEDL-FE", "aMEDL-RE"] + (["Harmony"] if "Harmony" in set(res["method"]) else [])
+    # the expected list comes from what is installed, not from the result
+    methods = ["PCA", "AE", "aMEDL-FE", "aMEDL-RE"] + (["Harmony"] if harmony else [])
     assert list(pd.unique(res["method"])) == methods
     assert len(res) == 2 * len(methods)
     # each fold scores its held-out cells; together they are every cell once
@@ -140,6 +134,7 @@ def test_run_benchmark_writes_report_files(small_adata, tmp_path):
     assert "<table" in html and "aMEDL-RE" in html
     # the input is untouched
     assert (small_adata.X != before.X).nnz == 0 and small_adata.obs.equals(before.obs)
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "results.csv", "summary.md", "umap.png"]
 
 
 def test_umap_grid_shapes_and_file(tmp_path):
@@ -169,16 +164,48 @@ def test_demo_prints_table_and_writes_figure(tmp_path, capsys):
 
 
 def test_benchmark_command_line(small_adata, tmp_path, capsys):
-    import argparse
+    from amedl.cli import build_parser
 
     path = tmp_path / "in.h5ad"
     small_adata.write_h5ad(path)
-    parser = B.add_benchmark_arguments(argparse.ArgumentParser())
-    args = parser.parse_args([str(path), "--batch-key", "batch", "--label-key", "cell_type",
-                              "--out-dir", str(tmp_path / "cli"), "--methods", "pca,fe", "--folds", "2",
-                              "--epochs", "2", "--no-scib", "--quiet"])
-    assert B.benchmark_command(args) == 0
+    args = build_parser().parse_args(["benchmark", str(path), "--batch-key", "batch", "--label-key", "cell_type",
+                                      "--out-dir", str(tmp_path / "cli"), "--methods", "pca,fe", "--folds", "2",
+                                      "--epochs", "2", "--no-scib", "--quiet"])
+    old = os.umask(0o077)
+    try:
+        assert args.func(args) == 0
+    finally:
+        os.umask(old)
     res = pd.read_csv(tmp_path / "cli" / "results.csv")
     assert list(pd.unique(res["method"])) == ["PCA", "aMEDL-FE"] and len(res) == 4
+    assert {stat.S_IMODE((tmp_path / "cli" / n).stat().st_mode) for n in ("results.csv", "umap.png")} == {0o600}
     out = capsys.readouterr().out
     assert "amedl benchmark" in out and "--folds 2" in out  # the summary, with the command that made it
+    with pytest.raises(SystemExit, match="unknown method 'tsne'"):
+        args = build_parser().parse_args(["benchmark", str(path), "--batch-key", "batch", "--label-key", "cell_type",
+                                          "--out-dir", str(tmp_path / "x"), "--methods", "tsne"])
+        args.func(args)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("scvi") is None, reason="scvi-tools is not installed")
+def test_scvi_uses_the_model_genes_and_latent_size(small_adata, tmp_path):
+    res = B.run_benchmark(small_adata, "batch", "cell_type", tmp_path, methods=["scvi"], folds=1, progress=False,
+                          scib=False, max_epochs=2, umap=False, report=False, model_kwargs={"n_latent": 6,
+                                                                                          "n_top_genes": 100})
+    assert list(res["method"]) == ["scVI"] and res["batch_asw"].notna().all()
+    ctx = B.FoldContext(small_adata, np.arange(small_adata.n_obs), np.arange(40), "batch", max_epochs=2,
+                        progress=False, model_kwargs={"n_latent": 6, "n_top_genes": 100}, kinds=())
+    (z,) = B.METHODS["scVI"].embed(ctx, [np.arange(40)])
+    assert z.shape == (40, 6)
+    model = ctx.cache["scVI"]
+    assert list(model.adata.var_names) == list(ctx.model.genes)  # the genes the aMEDL model selected
+    assert (model.adata.X != small_adata[:, ctx.model.genes].X).nnz == 0  # raw counts, not normalised
+
+
+def test_a_method_whose_package_is_missing_is_skipped_with_a_note(small_adata, tmp_path, monkeypatch):
+    monkeypatch.setitem(B.METHODS, "Harmony", B.Method("Harmony", None, "x", requires=("no_such_module_xyz",),
+                                                         note="pip install it"))
+    res = B.run_benchmark(small_adata, "batch", "cell_type", tmp_path, methods=["pca", "harmony"], folds=1,
+                          progress=False, scib=False, max_epochs=1, umap=False, report=False)
+    assert list(res["method"]) == ["PCA"]
+    assert "Harmony skipped: no_such_module_xyz not installed (pip install it)" in (tmp_path / "summary.md").read_text()

@@ -9,21 +9,15 @@ skip_if_no_engine <- function() {
   if (!isTRUE(ok)) skip(paste("the amedl Python engine is not available:", attr(ok, "reason")))
 }
 
-# ../shared/data next to the repository root (CI has it), or $AMEDL_SHARED_DATA.
+# The shared test datasets: $AMEDL_DATA_DIR, else ../shared/data beside the checkout (CI has it).
 shared_data_dir <- function() {
-  cands <- c(
-    Sys.getenv("AMEDL_SHARED_DATA", ""),
-    file.path(getwd(), "..", "..", "..", "shared", "data"),             # tests/testthat in the checkout
-    if (nzchar(amedl:::.amedl_install_checkout)) file.path(amedl:::.amedl_install_checkout, "..", "shared", "data") else ""
-  )
-  for (d in cands) {
-    if (nzchar(d) && file.exists(file.path(d, "muscat_example_sce.rda"))) return(normalizePath(d))
-  }
-  ""
+  d <- Sys.getenv("AMEDL_DATA_DIR", "")
+  if (!nzchar(d)) d <- file.path(testthat::test_path(), "..", "..", "..", "shared", "data")
+  if (file.exists(file.path(d, "muscat_example_sce.rda"))) normalizePath(d) else ""
 }
 
 skip_if_no_shared_data <- function() {
-  if (!nzchar(shared_data_dir())) skip("../shared/data (the shared datasets) is not present; set AMEDL_SHARED_DATA")
+  if (!nzchar(shared_data_dir())) skip("the shared datasets are not found: set AMEDL_DATA_DIR (default ../shared/data beside the checkout)")
 }
 
 skip_if_no_pkg <- function(pkg) {
@@ -70,9 +64,8 @@ sim_counts <- function(n_cells = 240, n_genes = 150, n_batches = 3, seed = 1) {
 
 # Python of the engine (for the conversion tests that run amedl.io in a subprocess).
 engine_python <- function() {
-  cfg <- amedl_python_config()
-  ch <- attr(cfg, "chosen")
-  if (is.na(ch)) "" else cfg$python[ch]
+  cfg <- tryCatch(amedl_python_config(), error = function(e) NULL)
+  if (is.null(cfg) || is.null(cfg$required_module_path)) "" else cfg$python
 }
 
 # Settings that keep test fits small.

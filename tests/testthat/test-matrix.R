@@ -36,18 +36,18 @@ test_that("features restrict the genes and a counterfactual comes back for a mat
 test_that("engine settings pass through `settings`, with clear errors for bad ones", {
   skip_if_no_engine()
   s <- sim_counts()
-  fit <- do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(batch_size = 64, lr = 2e-3, patience = NULL)), FAST))
+  fit <- do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = amedl_options(batch_size = 64, lr = 2e-3, patience = Inf)), FAST))
   cfg <- fit$model$config
   expect_identical(cfg$batch_size, 64L)
   expect_equal(cfg$lr, 2e-3)
   expect_null(cfg$patience)
   expect_equal(fit$params$settings$batch_size, 64)
   expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(learning_rate = 1)), FAST)),
-               "unknown aMEDL setting\\(s\\) \\['learning_rate'\\]; known settings:")
+               "unknown aMEDL setting\\(s\\): \\['learning_rate'\\]; known settings:")
   expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(batch_size = 2.5)), FAST)),
-               "'batch_size' must be a whole number")
+               "`batch_size` must be a whole number >= 2")
   expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(1e-3)), FAST)),
-               "`settings` must be a named list")
+               "`settings` must be amedl_options\\(\\.\\.\\.\\) or a named list")
   expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(n_latent = 4)), FAST)),
                "set n_latent with the argument of RunAMEDL\\(\\)")
 })

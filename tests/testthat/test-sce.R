@@ -15,7 +15,7 @@ test_that("RunAMEDL on the muscat SingleCellExperiment adds AMEDL_FE and AMEDL_R
   expect_identical(SingleCellExperiment::counts(out), SingleCellExperiment::counts(sce))
   expect_identical(SummarizedExperiment::colData(out), SummarizedExperiment::colData(sce))
   p <- S4Vectors::metadata(out)$amedl
-  expect_equal(p$batch, "sample_id")
+  expect_equal(p$batch_key, "sample_id")
   expect_equal(p$assay, "counts")
   expect_equal(p$n_latent, 8L)
   expect_setequal(p$batches, levels(sce$sample_id))

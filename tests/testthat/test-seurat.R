@@ -14,12 +14,12 @@ test_that("RunAMEDL on a Seurat object adds amedl_fe and amedl_re, usable by Run
   expect_equal(SeuratObject::Key(out[["amedl_fe"]]), "amedlfe_")
   expect_equal(SeuratObject::Key(out[["amedl_re"]]), "amedlre_")
   p <- SeuratObject::Misc(out[["amedl_fe"]])$amedl
-  expect_equal(p$batch, "sample_id")
+  expect_equal(p$batch_key, "sample_id")
   expect_equal(p$latent, "fe")
   expect_equal(p$layer, "counts")
   if (length(vf)) expect_setequal(p$genes, vf)   # the variable features are the default genes
   expect_true("RunAMEDL.RNA" %in% names(out@commands))
-  expect_equal(out@commands[["RunAMEDL.RNA"]]@params$batch, "sample_id")
+  expect_equal(out@commands[["RunAMEDL.RNA"]]@params$batch_key, "sample_id")
 
   skip_if_no_pkg("Seurat")
   out <- suppressWarnings(Seurat::RunUMAP(out, reduction = "amedl_fe", dims = 1:8, verbose = FALSE))

@@ -13,37 +13,20 @@ s5_skip <- function() {
   skip_if_not_installed("SingleCellExperiment")
 }
 
-# ../shared/data/muscat_example_sce.rda next to the checkout, found from the
-# working directory upwards (tests/testthat, tests, the checkout, ...) or
-# from $AMEDL_SHARED_DATA / $AMEDL_CHECKOUT.
+# The muscat SingleCellExperiment from the shared data (helper-amedl.R), or NULL.
 s5_muscat_path <- function() {
-  f <- "muscat_example_sce.rda"
-  cands <- character()
-  if (nzchar(Sys.getenv("AMEDL_SHARED_DATA"))) {
-    cands <- c(cands, file.path(Sys.getenv("AMEDL_SHARED_DATA"), f))
-  }
-  if (nzchar(Sys.getenv("AMEDL_CHECKOUT"))) {
-    cands <- c(cands, file.path(Sys.getenv("AMEDL_CHECKOUT"), "..", "shared", "data", f))
-  }
-  d <- normalizePath(getwd(), mustWork = FALSE)
-  repeat {
-    cands <- c(cands, file.path(d, "shared", "data", f))
-    up <- dirname(d)
-    if (identical(up, d)) break
-    d <- up
-  }
-  hit <- cands[file.exists(cands)]
-  if (length(hit)) normalizePath(hit[[1]]) else NULL
+  d <- shared_data_dir()
+  if (nzchar(d)) file.path(d, "muscat_example_sce.rda") else NULL
 }
 
-# The engine must be there in the lanes (AMEDL_PYTHON set by scripts/run-tests
+# The engine must be there in the lanes (RETICULATE_PYTHON set by scripts/run-tests
 # and scripts/seurat5-lane): then a missing engine fails loudly; elsewhere it skips.
 s5_skip_if_no_engine <- function() {
-  if (nzchar(Sys.getenv("AMEDL_PYTHON"))) return(invisible(TRUE))
+  if (nzchar(Sys.getenv("RETICULATE_PYTHON"))) return(invisible(TRUE))
   ok <- tryCatch({
     reticulate::py_module_available("amedl")
   }, error = function(e) FALSE)
-  if (!isTRUE(ok)) skip("the amedl Python engine is not available (set AMEDL_PYTHON)")
+  if (!isTRUE(ok)) skip("the amedl Python engine is not available (set RETICULATE_PYTHON)")
 }
 
 # A Seurat 5 object from the muscat SingleCellExperiment, RNA split by sample,
@@ -53,7 +36,7 @@ s5_object <- function() {
   if (!is.null(s5_env$obj)) return(s5_env$obj)
   path <- s5_muscat_path()
   if (is.null(path)) {
-    skip("shared data muscat_example_sce.rda not found (expected in ../shared/data next to the checkout, or set AMEDL_SHARED_DATA)")
+    skip("shared data muscat_example_sce.rda not found (../shared/data beside the checkout, or set AMEDL_DATA_DIR)")
   }
   e <- new.env()
   load(path, envir = e)
@@ -203,7 +186,7 @@ test_that("AMEDLIntegration takes groups for an unsplit assay and explains a mis
   emb <- s5_expect_reduction(out, "integrated.amedl", 8)
   expect_identical(SeuratObject::Misc(out[["integrated.amedl"]])$amedl$batches,
                    sort(unique(as.character(obj$sample_id))))
-  expect_identical(SeuratObject::Misc(out[["integrated.amedl"]])$amedl$batch, "groups")
+  expect_identical(SeuratObject::Misc(out[["integrated.amedl"]])$amedl$batch_key, "groups")
   # same cells in the same order, same counts and batches: the same fit as on the split layers
   if (!is.null(s5_env$fe_batch_col) && identical(SeuratObject::Cells(joined), SeuratObject::Cells(obj))) {
     expect_equal(unname(emb), unname(s5_env$fe_batch_col), tolerance = 1e-5)

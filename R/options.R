@@ -1,0 +1,101 @@
+#' Engine settings for RunAMEDL()
+#'
+#' Collects and checks settings of the aMEDL engine (fields of the Python
+#' `amedl.AMEDLConfig`) for the `settings` argument of [RunAMEDL()] and
+#' [AMEDLIntegration()]. Settings left `NULL` keep the preset's value. The
+#' common ones are arguments; any other field of `AMEDLConfig` can be given
+#' by name in `...` (the engine rejects unknown names with the list of known
+#' ones).
+#'
+#' @param lr Learning rate of Adam (a positive number).
+#' @param batch_size Minibatch size (a whole number >= 2).
+#' @param hidden Sizes of the hidden layers of the encoders (whole numbers >= 1),
+#'   e.g. `c(512, 132)`.
+#' @param patience Epochs without a better validation loss before the FE and
+#'   AE networks stop (a whole number >= 1, or `Inf`: no early stopping);
+#'   `re_patience` in `...` for RE.
+#' @param prior_scale Scale of the Normal prior of the random effects (a positive number).
+#' @param scaling Per-gene scaling of the model input: `"zscore"` or `"minmax"` (the paper's).
+#' @param device `"auto"` (a GPU when PyTorch sees one), `"cpu"`, `"cuda"`, `"cuda:1"`, ...
+#' @param ... Further engine settings by name: numbers, strings or logicals
+#'   (a vector of several numbers for tuple settings such as `adversary_hidden`;
+#'   `Inf` for "no limit", the engine's `None`).
+#' @return A list of class `amedl_options` with the settings that are set,
+#'   typed for the engine (whole numbers as integers).
+#' @seealso [RunAMEDL()]
+#' @examples
+#' amedl_options(lr = 1e-3, batch_size = 512)
+#' amedl_options(hidden = c(256, 64), fe_adv_weight = 2)
+#' @export
+amedl_options <- function(lr = NULL, batch_size = NULL, hidden = NULL, patience = NULL, prior_scale = NULL,
+                          scaling = NULL, device = NULL, ...) {
+  extra <- list(...)
+  if (length(extra) && (is.null(names(extra)) || any(!nzchar(names(extra))))) {
+    .stop("every setting in amedl_options(...) needs a name, e.g. amedl_options(re_patience = 10)")
+  }
+  clash <- intersect(names(extra), c("n_latent", "n_top_genes", "max_epochs"))
+  if (length(clash)) .stop("set %s with the argument of RunAMEDL() of that name, not as a setting", paste(clash, collapse = ", "))
+  positive <- function(x, name) {
+    if (!is.null(x) && (!is.numeric(x) || length(x) != 1L || is.na(x) || x <= 0)) .stop("`%s` must be a positive number", name)
+    x
+  }
+  whole <- function(x, name, min, scalar = TRUE) {
+    if (is.null(x) || identical(x, Inf)) return(x)
+    if (!is.numeric(x) || !length(x) || (scalar && length(x) != 1L) || anyNA(x) || any(x != round(x)) || any(x < min)) {
+      .stop("`%s` must be %s whole number%s >= %d", name, if (scalar) "a" else "one or more", if (scalar) "" else "s", min)
+    }
+    as.integer(x)
+  }
+  choice <- function(x, name, choices = NULL) {
+    if (is.null(x)) return(NULL)
+    if (!is.character(x) || length(x) != 1L || is.na(x) || (!is.null(choices) && !x %in% choices)) {
+      .stop("`%s` must be %s", name, if (is.null(choices)) "a single string" else paste0("one of \"", paste(choices, collapse = "\", \""), "\""))
+    }
+    x
+  }
+  known <- list(
+    lr = positive(lr, "lr"),
+    batch_size = whole(batch_size, "batch_size", 2L),
+    hidden = if (!is.null(hidden)) as.list(whole(hidden, "hidden", 1L, scalar = FALSE)),
+    patience = whole(patience, "patience", 1L),
+    prior_scale = positive(prior_scale, "prior_scale"),
+    scaling = choice(scaling, "scaling", c("zscore", "minmax")),
+    device = choice(device, "device")
+  )
+  extra <- lapply(names(extra), function(n) {
+    v <- extra[[n]]
+    if (is.null(v)) return(NULL)
+    if (!is.atomic(v) || !length(v) || anyNA(v) || !(is.numeric(v) || is.character(v) || is.logical(v))) {
+      .stop("setting `%s` must be a number, string or logical without NA", n)
+    }
+    if (identical(v, Inf)) return(Inf)
+    if (is.numeric(v) && all(is.finite(v)) && all(v == round(v)) && all(abs(v) < .Machine$integer.max)) v <- as.integer(v)
+    if (length(v) > 1L) as.list(v) else v
+  })
+  names(extra) <- names(list(...))
+  out <- c(known, extra)
+  out <- out[!vapply(out, is.null, logical(1))]
+  out[vapply(out, identical, logical(1), Inf)] <- list(NULL)  # no limit: None in the engine
+  structure(out, class = "amedl_options")
+}
+
+#' @export
+print.amedl_options <- function(x, ...) {
+  if (!length(x)) {
+    cat("aMEDL engine settings: none (the preset's values)\n")
+  } else {
+    cat("aMEDL engine settings:\n")
+    for (n in names(x)) cat(sprintf("  %s = %s\n", n, if (is.null(x[[n]])) "Inf (no limit)" else paste(unlist(x[[n]]), collapse = ", ")))
+  }
+  invisible(x)
+}
+
+# `settings` of RunAMEDL(): amedl_options(), or a named list checked by it.
+.check_settings <- function(settings) {
+  if (inherits(settings, "amedl_options")) return(settings)
+  if (is.null(settings)) return(amedl_options())
+  if (!is.list(settings) || (length(settings) && (is.null(names(settings)) || any(!nzchar(names(settings)))))) {
+    .stop("`settings` must be amedl_options(...) or a named list of engine settings, e.g. list(lr = 1e-3, batch_size = 512)")
+  }
+  do.call(amedl_options, settings)
+}

@@ -1,0 +1,243 @@
+"""Benchmark aMEDL against baselines on held-out cells: tables, UMAPs, a report.
+
+=========  ==========================================================================
+PCA        PCA of the model input (fitted on the training cells)
+AE         the plain autoencoder (FE architecture, no adversary)
+aMEDL-FE   the batch-invariant fixed-effects latent
+aMEDL-RE   the batch-specific random-effects latent
+Harmony    harmonypy on the PCA above (optional; transductive)
+scVI       scvi-tools SCVI on the raw counts of the model's genes (optional)
+=========  ==========================================================================
+
+With ``folds=k > 1`` the cells are split into k folds stratified on
+batch x label; each fold's methods are fitted on the other k-1 folds and
+scored on its held-out cells (the aMEDL paper's protocol); ``folds=1`` fits
+and scores on all cells. :func:`run_benchmark` writes, atomically, into
+``out_dir``: ``results.csv`` (one row per method x fold), ``summary.md``
+(means ± 95% confidence intervals over folds), ``umap.png`` (the first
+fold's models applied to all cells) and ``report.html`` (one page).
+
+Rooms: :mod:`.methods` (the methods and the fold's shared model),
+:mod:`.folds`, :mod:`.report` (summaries; one HTML template); the run loop is here.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .. import metrics as _metrics
+from .._utils import atomic_open
+from .folds import stratified_folds
+from .methods import DEFAULT_METHODS, METHODS, FoldContext, Method, resolve_methods
+from .report import pattern_check, sections, summarize, summary_markdown, training_table, write_report
+
+__all__ = ["METHODS", "DEFAULT_METHODS", "Method", "FoldContext", "resolve_methods", "stratified_folds",
+           "run_benchmark", "summarize", "pattern_check", "training_table", "sections", "summary_markdown",
+           "write_report"]
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[amedl benchmark] {msg}", file=sys.stderr, flush=True)
+
+
+def _check_input(adata, batch_key: str, label_key: str, layer, progress: bool):
+    """Check the keys; leave out cells without counts. Returns ``(adata, notes)``."""
+    notes = []
+    for what, key in (("batch", batch_key), ("label", label_key)):
+        if key not in adata.obs.columns:
+            raise KeyError(f"{what} column {key!r} is not in adata.obs (columns: {list(adata.obs.columns)})")
+        missing = int(adata.obs[key].isna().sum())
+        if missing:
+            raise ValueError(f"{what} column {key!r} has {missing} missing value(s); drop those cells or fill them in first")
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers)})")
+    X = adata.X if layer is None else adata.layers[layer]
+    empty = np.asarray(X.sum(axis=1)).ravel() == 0
+    if empty.any():
+        notes.append(f"{int(empty.sum())} cell(s) without counts were left out")
+        _say(progress, notes[-1])
+        adata = adata[~empty]
+    if not adata.obs_names.is_unique:
+        adata = adata.copy()
+        adata.obs_names_make_unique()
+        notes.append("cell names were made unique")
+    return adata, notes
+
+
+def _history_summary(model) -> dict:
+    """The fold model's training record: epochs run, and at the kept epoch the validation
+    reconstruction error and the batch adversary / classifier accuracy."""
+    out = {}
+    wanted = {"fe": ("val_mse", "val_adv_acc"), "re": ("val_mse", "val_cls_acc"), "ae": ("val_mse",)}
+    for kind, cols in wanted.items():
+        df = (getattr(model, "history", None) or {}).get(kind)
+        if df is None or not len(df):
+            continue
+        info = (getattr(model, "train_info", None) or {}).get(kind) or {}
+        row = df[df["epoch"] == info.get("best_epoch")] if "epoch" in df.columns else df.iloc[:0]
+        row = row if len(row) else df.iloc[[-1]]
+        out[f"{kind}_epochs"] = float(len(df))
+        out.update({f"{kind}_{c}": float(row[c].iloc[0]) for c in cols if c in df.columns})
+        if info.get("chance_accuracy") is not None:
+            out.setdefault("chance_acc", float(info["chance_accuracy"]))
+    return out
+
+
+def run_benchmark(
+    adata,
+    batch_key: str,
+    label_key: str,
+    out_dir,
+    methods: Sequence[str] | str | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    progress: bool = True,
+    scib: bool = True,
+    max_epochs: int | None = None,
+    *,
+    layer: str | None = None,
+    preset: str = "default",
+    model_kwargs: dict | None = None,
+    max_cells: int | None = 10_000,
+    umap: bool = True,
+    report: bool = True,
+    title: str | None = None,
+    command: str | None = None,
+) -> pd.DataFrame:
+    """Fit every method on each fold, score the held-out cells, write the report.
+
+    Parameters
+    ----------
+    adata
+        AnnData with raw counts in ``X`` (or ``layer``); not modified.
+    batch_key, label_key
+        ``adata.obs`` columns with the batch and the cell type.
+    out_dir
+        Folder for ``results.csv``, ``summary.md``, ``umap.png``, ``report.html``
+        (created if needed; files are replaced atomically).
+    methods
+        Names from :data:`METHODS` (or ``pca, ae, fe, re, harmony, scvi``);
+        default all. Methods whose optional package is missing are skipped
+        with a note.
+    folds
+        k of the k-fold split stratified on batch x label; 1: fit and score on all cells.
+    seed
+        Seed of the folds, the models (fold f uses ``seed + f``), the subsamples and the UMAPs.
+    progress
+        Print progress lines and model progress bars (stderr).
+    scib
+        Also compute the scIB metrics (needs ``scib-metrics``; a note says when it is missing).
+    max_epochs
+        Epoch cap for the aMEDL networks and scVI; ``None``: each model's own budget.
+    layer, preset, model_kwargs
+        Passed to :class:`amedl.AMEDL` (``model_kwargs`` for anything else, e.g. ``n_latent``).
+    max_cells
+        Score a seeded subsample of at most this many held-out cells per fold
+        (10,000 as in the paper; ``None``: all).
+    umap, report
+        Write ``umap.png`` / ``report.html``.
+    title, command
+        Shown in ``summary.md`` and the report.
+
+    Returns
+    -------
+    The results table (also ``results.csv``): one row per method x fold.
+    """
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    out_dir = Path(out_dir)
+    names = resolve_methods(methods)
+    adata, notes = _check_input(adata, batch_key, label_key, layer, progress)
+    chosen: list[Method] = []
+    for name in names:
+        ok, why = METHODS[name].available()
+        chosen += [METHODS[name]] if ok else []
+        if not ok:
+            notes.append(why)
+            _say(progress, why)
+    if not chosen:
+        raise RuntimeError("none of the requested methods can run: " + "; ".join(notes))
+    use_scib = bool(scib) and _metrics.scib_available()
+    if scib and not use_scib:
+        notes.append("scIB metrics skipped: scib-metrics not installed (pip install 'amedl[benchmark]')")
+        _say(progress, notes[-1])
+
+    kinds = tuple(k for k in ("ae", "fe", "re") if any(k in m.kinds for m in chosen))
+    mkw = {"preset": preset, **({"layer": layer} if layer is not None else {}), **(model_kwargs or {})}
+    batch = adata.obs[batch_key].astype(str).to_numpy()
+    labels = adata.obs[label_key].astype(str).to_numpy()
+    splits = stratified_folds(batch, labels, folds, seed)
+    _say(progress, f"{adata.n_obs} cells x {adata.n_vars} genes, {len(set(batch))} batches, {len(set(labels))} "
+                   f"labels; {len(splits)} fold(s); methods: {', '.join(m.name for m in chosen)}"
+                   + ("; scIB metrics on" if use_scib else ""))
+    all_idx = np.arange(adata.n_obs)
+    want_all = umap and len(splits) > 1  # the first fold's models also embed all cells, for the figure
+    rows, umap_latents = [], {}
+    for f, (tr, te) in enumerate(splits):
+        ctx = FoldContext(adata, tr, te, batch_key, seed=seed + f, max_epochs=max_epochs, progress=progress,
+                          model_kwargs=mkw, kinds=kinds)
+        _say(progress, f"fold {f + 1}/{len(splits)}: fitting aMEDL ({', '.join(kinds) or 'preprocessing'}) "
+                       f"on {len(tr)} cells")
+        ctx.get_model()  # every method uses the fold's preprocessing: fit it before timing the embeddings
+        hist = _history_summary(ctx.model)
+        unintegrated = ctx.pca(te).astype(np.float32) if use_scib else None  # for PCR comparison, as scIB does
+        for meth in chosen:
+            t0 = time.perf_counter()
+            lat = meth.embed(ctx, [te, all_idx] if want_all and f == 0 else [te])
+            embed_s = time.perf_counter() - t0
+            if umap and f == 0:
+                umap_latents[meth.name] = lat[-1]
+            t0 = time.perf_counter()
+            scores = _metrics.evaluate_latent(lat[0], batch[te], labels[te], scib=use_scib,
+                                              unintegrated=unintegrated, max_cells=max_cells, seed=seed)
+            rows.append({"method": meth.name, "fold": f + 1, "n_train": len(tr), "n_test": len(te),
+                         "fit_s": meth.fit_seconds(ctx), "embed_s": embed_s, "score_s": time.perf_counter() - t0,
+                         **scores, **hist})
+            _say(progress, f"fold {f + 1}/{len(splits)} {meth.name:9s} batch ASW {scores['batch_asw']:+.3f}  "
+                           f"label ASW {scores['label_asw']:+.3f}"
+                           + (f"  scIB total {scores['scib_total']:.3f}" if "scib_total" in scores else ""))
+        if f + 1 < len(splits):  # a long run that is stopped keeps its finished folds
+            with atomic_open(out_dir / "results.partial.csv") as fh:
+                pd.DataFrame(rows).to_csv(fh, index=False)
+    results = pd.DataFrame(rows)
+    with atomic_open(out_dir / "results.csv") as fh:
+        results.to_csv(fh, index=False)
+    with contextlib.suppress(FileNotFoundError):
+        (out_dir / "results.partial.csv").unlink()
+
+    meta = {"title": title or "amedl benchmark", "command": command, "n_cells": adata.n_obs, "n_genes": adata.n_vars,
+            "batch_key": batch_key, "label_key": label_key, "n_batches": len(set(batch)),
+            "n_labels": len(set(labels)), "folds": len(splits), "seed": seed, "methods": [m.name for m in chosen],
+            "descriptions": {m.name: m.description for m in chosen}, "notes": notes, "scib": use_scib,
+            "max_epochs": max_epochs, "preset": mkw.get("preset"),
+            "umap_caption": "UMAPs of all cells embedded by the first fold's models (fitted on its training cells)"
+            if len(splits) > 1 else "UMAPs of all cells (models fitted on all cells)"}
+    umap_path = None
+    if umap_latents:
+        import matplotlib.pyplot as plt
+
+        from ..pl import umap_grid
+
+        _say(progress, "UMAP panels")
+        first = results[results["fold"] == 1].set_index("method")
+        titles = {m: {"batch": f"batch ASW {first.loc[m, 'batch_asw']:+.2f}",
+                      "label": f"label ASW {first.loc[m, 'label_asw']:+.2f}"} for m in umap_latents}
+        cells = all_idx if want_all else splits[0][1]
+        umap_path = out_dir / "umap.png"
+        fig, _ = umap_grid(umap_latents, {"batch": batch[cells], "label": labels[cells]}, umap_path,
+                           titles=titles, seed=seed)
+        plt.close(fig)
+    meta["wall_s"], meta["cpu_s"] = time.perf_counter() - t_start, time.process_time() - cpu_start
+    with atomic_open(out_dir / "summary.md") as fh:
+        fh.write(summary_markdown(results, meta))
+    if report:
+        write_report(out_dir / "report.html", results, meta, umap_path)
+    _say(progress, f"done in {meta['wall_s']:.0f} s: {out_dir}/results.csv, summary.md"
+                   + (", umap.png" if umap_path else "") + (", report.html" if report else ""))
+    return results
