@@ -180,12 +180,11 @@ def test_simulation_is_seeded_and_independent_of_processes(monkeypatch):
 
 
 @pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
-def test_chunked_normalisation_equals_scanpy_in_one_call(sim, monkeypatch, fmt):
+def test_normalisation_equals_scanpy(sim, fmt):
     import scanpy as sc
 
     from amedl import data
 
-    monkeypatch.setattr(data, "_NORMALISE_CHUNK", 97)
     a = sim.copy()
     a.X = {"csr": a.X, "csc": sp.csc_matrix(a.X), "dense": a.X.toarray()}[fmt]
     before = a.X.copy()

@@ -96,6 +96,16 @@ test_that("amedl fit x.rds --out y.rds works for a SingleCellExperiment and a Se
       expect_equal(dim(SingleCellExperiment::reducedDim(res, "AMEDL_FE")), c(ncol(sce), 6L))
       expect_identical(rownames(SingleCellExperiment::reducedDim(res, "AMEDL_RE")), colnames(sce))
       expect_identical(SingleCellExperiment::counts(res), SingleCellExperiment::counts(sce))
+      # `amedl fit` and RunAMEDL() record the same fit the same way (uns['amedl'] / metadata()$amedl)
+      if (isTRUE(amedl_available())) {
+        fit <- RunAMEDL(sce, batch = "sample_id", epochs = 1, n_latent = 6, n_top_genes = 150, verbose = FALSE)
+        cli_rec <- S4Vectors::metadata(res)$amedl
+        r_rec <- S4Vectors::metadata(fit)$amedl
+        expect_setequal(setdiff(names(r_rec), c("model_id", "model_dir", "assay", "object_kind")), names(cli_rec))
+        shared <- setdiff(names(cli_rec), "layer")  # the CLI reads X, RunAMEDL the counts assay
+        expect_identical(r_rec[shared], cli_rec[shared])
+        expect_identical(cli_rec$epochs, list(fe = 1L, re = 1L))
+      }
     } else {
       expect_s4_class(res, "Seurat")
       expect_true(all(c("amedl_fe", "amedl_re") %in% SeuratObject::Reductions(res)))

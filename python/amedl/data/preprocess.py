@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import anndata as ad
@@ -23,74 +23,27 @@ from .validate import AMEDLInputError, _counts_matrix, check_batches, validate_a
 logger = logging.getLogger("amedl")
 
 SCALINGS = ("minmax", "zscore")
-_NORMALISE_CHUNK = 10_000
+_BLOCK = 16_384  # cells scaled at a time
 
 
 def _normalised_log(adata: ad.AnnData, layer: str | None, target_sum: float, genes: Sequence[str] | None = None) -> sp.csr_matrix:
-    """Library-size normalised log1p expression (float32 CSR) of ``genes``
-    (default: all, in ``adata.var_names`` order); the input is untouched.
+    """Library-size normalised log1p expression (float32 CSR) of ``genes`` (default all, in
+    ``adata.var_names`` order), as scanpy's ``normalize_total`` + ``log1p``; the input is untouched.
 
-    Library sizes come from all genes. Scanpy normalises blocks of
-    ``_NORMALISE_CHUNK`` cells in turn (each cell is scaled on its own, so the
-    result is the same as in one call) and only the requested genes of each
-    block are kept: the full normalised matrix is never held, and the
-    temporaries stay small next to the matrix.
+    Library sizes come from all genes; only the requested genes are copied,
+    scaled in place and logged, so the normalised matrix of all genes is never held.
     """
     X, _ = _counts_matrix(adata, layer)
-    source = X if sp.isspmatrix_csr(X) else sp.csr_matrix(X, dtype=np.float32)  # a conversion is already a new matrix
-    n_cells, n_genes = source.shape
-    order = None
-    if genes is None:
-        keep = None
-    else:
-        positions = adata.var_names.get_indexer(list(genes))
-        keep = np.zeros(n_genes, dtype=bool)
-        keep[positions] = True
-        if keep.all() and np.array_equal(positions, np.arange(n_genes)):
-            keep = None
-        elif not np.all(np.diff(positions) > 0):
-            order = np.argsort(np.argsort(positions))  # the rank of each requested gene among the kept columns
-
-    if keep is None:
-        indptr = source.indptr.copy()
-        indices = source.indices if source is not X else source.indices.copy()
-    else:
-        row_nnz = np.empty(n_cells, dtype=np.int64)
-        for lo in range(0, n_cells, _NORMALISE_CHUNK):
-            hi = min(lo + _NORMALISE_CHUNK, n_cells)
-            a = source.indptr[lo]
-            kept = np.concatenate([[0], np.cumsum(keep[source.indices[a : source.indptr[hi]]])])
-            row_nnz[lo:hi] = kept[source.indptr[lo + 1 : hi + 1] - a] - kept[source.indptr[lo:hi] - a]
-        indptr = np.zeros(n_cells + 1, dtype=np.int64)
-        np.cumsum(row_nnz, out=indptr[1:])
-        index_dtype = np.int32 if indptr[-1] < np.iinfo(np.int32).max else np.int64
-        indptr = indptr.astype(index_dtype)
-        indices = np.empty(indptr[-1], dtype=index_dtype)
-        new_column = (np.cumsum(keep) - 1).astype(index_dtype)
-    data = np.empty(indptr[-1], dtype=np.float32)
-
-    for lo in range(0, n_cells, _NORMALISE_CHUNK):
-        hi = min(lo + _NORMALISE_CHUNK, n_cells)
-        a, b = source.indptr[lo], source.indptr[hi]
-        block = sp.csr_matrix(
-            (source.data[a:b].astype(np.float32), source.indices[a:b], source.indptr[lo : hi + 1] - a),
-            shape=(hi - lo, n_genes),
-        )
-        part = ad.AnnData(X=block)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sc.pp.normalize_total(part, target_sum=target_sum)
-            sc.pp.log1p(part)
-        c, d = indptr[lo], indptr[hi]
-        if keep is None:
-            data[c:d] = part.X.data
-        else:
-            mask = keep[source.indices[a:b]]
-            data[c:d] = part.X.data[mask]
-            indices[c:d] = new_column[source.indices[a:b][mask]]
-    shape = (n_cells, n_genes if keep is None else int(keep.sum()))
-    out = sp.csr_matrix((data, indices, indptr), shape=shape)
-    return out if order is None else out[:, order]
+    size = np.asarray(X.sum(axis=1), dtype=np.float64).ravel() / target_sum
+    cols = None if genes is None else adata.var_names.get_indexer(list(genes))
+    out = sp.csr_matrix(X if cols is None else X[:, cols], dtype=np.float32, copy=cols is None)  # never the input
+    inv, ptr = (1.0 / size).astype(np.float32), out.indptr
+    for lo in range(0, out.shape[0], _BLOCK):  # in blocks of cells: no temporary the size of the matrix
+        hi = min(lo + _BLOCK, out.shape[0])
+        block = out.data[ptr[lo] : ptr[hi]]
+        block *= np.repeat(inv[lo:hi], np.diff(ptr[lo : hi + 1]))
+        np.log1p(block, out=block)
+    return out
 
 
 @dataclass
@@ -111,7 +64,6 @@ class Preprocessor:
     target_sum: float = 1e4
     n_cells_fit: int = 0
     dropped_genes: int = 0
-    extra: dict = field(default_factory=dict)
 
     # -- fitting -----------------------------------------------------------
     @classmethod

@@ -140,13 +140,19 @@ def _to_r(x, where: str = "uns"):
         if not all(isinstance(v, (str, bool, int, float, np.generic)) for v in x):
             return ro.r["list"](*[_to_r(v, f"{where}[]") for v in x])
         x = np.asarray(x)
-    if isinstance(x, np.ndarray):
-        if x.dtype.kind in "OUS":
-            return ro.StrVector([ro.NA_Character if v is None else str(v) for v in x.ravel()])
-        if x.dtype.kind == "i" and x.size and np.abs(x).max() >= 2**31 - 1:
-            x = x.astype(np.float64)
+    if isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype.kind in "biuf":
         with localconverter(default_converter + numpy2ri.converter):
-            return numpy2ri.py2rpy(x if x.dtype.kind != "u" else x.astype(np.float64))
+            return numpy2ri.py2rpy(x.astype(np.float64) if x.dtype.kind in "iu" else x)
+    if isinstance(x, np.ndarray) and x.ndim == 1:
+        kind = x.dtype.kind
+        if kind in "OUS":
+            return ro.StrVector([ro.NA_Character if v is None else str(v) for v in x])
+        if kind == "b":
+            return ro.BoolVector(x.tolist())
+        if kind in "iu" and (not x.size or np.abs(x).max() < 2**31 - 1):
+            return ro.IntVector(x.tolist())
+        if kind in "iuf":
+            return ro.FloatVector(x.astype(np.float64).tolist())
     raise TypeError(f"cannot convert a {type(x).__name__} to R")
 
 
