@@ -29,7 +29,7 @@ def _check_output(path: str) -> None:
     from .io import SUFFIXES
 
     if Path(path).suffix.lower() not in SUFFIXES:
-        raise _fail(f"cannot write {path}: the output must be {_FILES}")
+        raise _fail(f"cannot write {path}: unknown suffix {Path(path).suffix!r}; the output must be {_FILES}")
 
 
 def cmd_fit(args) -> int:

@@ -291,3 +291,20 @@ def test_import_amedl_does_not_start_r():
     code = "import sys, amedl, amedl.io; print('rpy2' in sys.modules, 'anndata2ri' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_amedl_fit_reads_and_writes_rda_like_rds(sce_adata, tmp_path):
+    """.rda works wherever .rds does: the dispatcher is the one of amedl.io, for the CLI too."""
+    from amedl.cli import main
+
+    small = sce_adata[::6].copy()  # ~260 cells, all four samples
+    src, out = tmp_path / "in.rda", tmp_path / "out.RData"
+    io.write(small, src, template=None, object_name="cells")
+    assert main(["fit", str(src), "--batch-key", "sample_id", "--out", str(out), "--epochs", "1",
+                 "--n-latent", "4", "--n-top-genes", "50", "--quiet"]) == 0
+    back = io.read(out)
+    assert back.uns["amedl_io"]["object_name"] == "cells" and back.uns["amedl"]["batch_key"] == "sample_id"
+    assert back.obsm["X_amedl_fe"].shape == (small.n_obs, 4)
+    assert (back.X != small.X).nnz == 0
+    with pytest.raises(SystemExit, match="unknown suffix '.loom'"):
+        main(["fit", str(src), "--batch-key", "sample_id", "--out", str(tmp_path / "x.loom")])
