@@ -125,6 +125,16 @@
 
 # ---- used by the Python package (amedl.io) --------------------------------
 
+# Where raw counts are looked for, in this order: assays of a SingleCellExperiment,
+# layers (slots) of a Seurat assay.
+.amedl_count_slots <- c("counts", "raw", "raw_counts")
+
+# TRUE when a matrix holds raw counts: finite, non-negative whole numbers.
+.amedl_whole <- function(m) {
+  v <- if (methods::is(m, "sparseMatrix")) methods::as(methods::as(m, "CsparseMatrix"), "dMatrix")@x else tryCatch(as.vector(as.matrix(m)), error = function(e) NULL)
+  is.numeric(v) && length(v) > 0L && !anyNA(v) && all(is.finite(v)) && all(v >= 0) && all(v == round(v))
+}
+
 # Runs `fun(...)` with package start-up messages dropped and R warnings
 # collected (the caller turns them into Python warnings).
 .amedl_call <- function(fun, ...) {
@@ -247,7 +257,11 @@
     an <- SummarizedExperiment::assayNames(obj)
     if (!length(an)) stop(sprintf("the SingleCellExperiment in %s has no assays", path))
     if (any(!nzchar(an))) stop("the SingleCellExperiment has unnamed assays; name them first")
-    info$x_name <- if ("counts" %in% an) "counts" else an[1]
+    looked <- intersect(.amedl_count_slots, an)
+    whole <- looked[vapply(looked, function(n) .amedl_whole(SummarizedExperiment::assay(obj, n, withDimnames = FALSE)), NA)]
+    info$x_name <- if (length(whole)) whole[1] else if (length(looked)) looked[1] else an[1]
+    info$counts_found <- length(whole) > 0L
+    info$counts_looked <- sprintf("assay '%s'", .amedl_count_slots)
     assays <- list()
     for (n in c(info$x_name, setdiff(an, info$x_name))) {
       m <- .amedl_as_matrix(SummarizedExperiment::assay(obj, n, withDimnames = TRUE))
@@ -282,7 +296,12 @@
       warning(sprintf("only assay '%s' is converted; left out: %s (read them with assay=)", assay,
                       paste(others, collapse = ", ")), call. = FALSE)
     }
-    cnt <- .amedl_seurat_layer(obj, assay, "counts")
+    present <- list()
+    for (slot in .amedl_count_slots) present[[slot]] <- .amedl_seurat_layer(obj, assay, slot)
+    whole <- names(present)[vapply(present, .amedl_whole, NA)]
+    cnt <- if (length(whole)) present[[whole[1]]] else if (length(present)) present[[1]] else NULL
+    info$counts_found <- length(whole) > 0L
+    info$counts_looked <- sprintf("layer '%s' of assay '%s'", .amedl_count_slots, assay)
     dat <- .amedl_seurat_layer(obj, assay, "data")
     attr(cnt, "split") <- NULL
     attr(dat, "split") <- NULL

@@ -1,70 +1,210 @@
-"""The ``amedl`` command: ``fit``, ``benchmark``, ``demo`` (every command's arguments are here)."""
+"""The ``amedl`` command: ``fit``, ``embed``, ``benchmark``, ``demo`` (every command's arguments are here).
+
+Every setting, input and output path is checked before any work starts, and
+before the numerical libraries are imported (``amedl --version`` and argument
+or file errors answer in about a second). A user's error ends the command
+with exit status 1 (2 for a usage error) and one line ``amedl: <what to
+fix>``; ``--debug`` adds the traceback. Outputs are written beside their
+targets and moved into place at the end (``fit``: the output and the model
+folder together, both or neither).
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import shlex
+import signal
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
-_FILES = ".h5ad, or .rds / .rda / .RData holding a Seurat object or a SingleCellExperiment"
+from .errors import AMEDLError, AMEDLInputError, AMEDLPathError
+from .io._formats import FORMATS_TEXT, SUFFIXES
+
+_MAX_MESSAGE = 900
+#: Libraries whose INFO/WARNING logging is hidden unless --verbose.
+_NOISY_LOGGERS = ("scib_metrics", "jax", "jax._src", "absl", "numba", "anndata", "scanpy", "scvi", "lightning",
+                  "lightning.pytorch", "pytorch_lightning", "harmonypy", "h5py", "matplotlib", "PIL", "rpy2")
 
 
-def _fail(msg: str) -> SystemExit:
-    return SystemExit(f"amedl: {msg}")
+class UsageError(Exception):
+    """A command line that argparse cannot parse."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _whole(low: int):
+    """An argparse type: a whole number >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"whole number >= {low}"
+    return parse
+
+
+# ------------------------------------------------------------------------------ checks before work
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Fail now, not after training, if nothing can be created in ``folder`` (its nearest existing ancestor)."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    if not existing.is_dir():
+        raise AMEDLPathError(f"cannot write {what}: {existing} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".amedl-probe-", dir=existing)
+    except OSError as exc:
+        raise AMEDLPathError(f"cannot write {what}: {existing} is not writable ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(name)
+
+
+def _check_output(path: str, *, inputs: tuple = ()) -> Path:
+    """An output file path: a known suffix, not a folder, in a writable place."""
+    out = Path(os.path.expanduser(path))
+    if out.suffix.lower() not in SUFFIXES:
+        raise AMEDLPathError(f"cannot write {path}: unknown suffix {out.suffix!r}; the output must be {FORMATS_TEXT}")
+    if out.is_dir():
+        raise AMEDLPathError(f"--out {path} is a folder; give a file name such as {out / ('result' + out.suffix)}")
+    _probe_writable(out.parent, path)
+    return out
+
+
+def _check_input(path: str, columns: dict, layer: str | None = None) -> dict | None:
+    """The input exists, is readable, has a known suffix and (``.h5ad``, without reading it whole) the columns."""
+    from . import io
+
+    info = io.peek(path)
+    io.check_columns(info, path, columns, layer)
+    return info
+
+
+def _check_model_dir(path: str | None, overwrite: bool, out: Path | None) -> None:
+    if not path:
+        return
+    from . import modelfile
+
+    folder = Path(os.path.expanduser(path)).absolute()
+    if out is not None and folder in out.absolute().parents:
+        raise AMEDLPathError(f"--out {out} is inside --model-dir {path}; put the output elsewhere")
+    modelfile.check_target(folder, overwrite, flag="--overwrite")
+    _probe_writable(folder.parent, f"the model folder {path}")
+
+
+def _settings(args) -> dict:
+    """The engine settings given on the command line, checked now (amedl.config's rules)."""
+    from .config import make_config
+
+    names = {"n_latent": "n_latent", "n_top_genes": "n_top_genes", "device": "device", "threads": "threads"}
+    settings = {k: getattr(args, a) for k, a in names.items() if getattr(args, a, None) is not None}
+    make_config(args.preset, **settings)
+    if settings.get("device") not in (None, "auto", "cpu"):
+        from ._utils import resolve_device
+
+        resolve_device(settings["device"])  # a GPU that is not there is an error now, not after preprocessing
+    return settings
 
 
 def _read(path: str):
-    """:func:`amedl.io.read`, with its errors as one clear line."""
     from . import io
 
-    try:
-        return io.read(path)
-    except (FileNotFoundError, ValueError, ImportError) as exc:
-        raise _fail(str(exc)) from None
+    return io.read(path)
 
 
-def _check_output(path: str) -> None:
-    from .io import SUFFIXES
+def _require_columns(adata, path: str, columns: dict) -> None:
+    """The columns' check for inputs :func:`amedl.io.peek` cannot look into (R files)."""
+    from .errors import preview
 
-    if Path(path).suffix.lower() not in SUFFIXES:
-        raise _fail(f"cannot write {path}: unknown suffix {Path(path).suffix!r}; the output must be {_FILES}")
+    for option, name in columns.items():
+        if name is not None and name not in adata.obs.columns:
+            raise AMEDLInputError(f"{option} {name!r} is not a column of the cell metadata of {path}; "
+                                  f"its columns are {preview(adata.obs.columns, 10) or 'none'}")
+
+
+# ------------------------------------------------------------------------------ commands
 
 
 def cmd_fit(args) -> int:
+    columns = {"--batch-key": args.batch_key, "--label-key": args.label_key}
+    _check_input(args.input, columns, args.layer)
+    settings = _settings(args)
+    out = _check_output(args.out)
+    _check_model_dir(args.model_dir, args.overwrite, out)
+
     from . import io, tl
-    from .data import AMEDLInputError
+    from ._utils import Staging
     from .model import AMEDL
 
-    _check_output(args.out)
     t0 = time.perf_counter()
     adata = _read(args.input)
-    print(f"read {args.input}: {adata.n_obs} cells × {adata.n_vars} genes")
-    if args.label_key and args.label_key not in adata.obs:
-        raise _fail(f"--label-key {args.label_key!r} is not a column of the input's cell metadata")
-    settings = {k: v for k, v in (("n_latent", args.n_latent), ("n_top_genes", args.n_top_genes)) if v is not None}
-    try:
-        model = AMEDL(adata, args.batch_key, layer=args.layer, preset=args.preset, **settings)
-        model.fit(seed=args.seed, max_epochs=args.epochs, progress=not args.quiet)
-    except AMEDLInputError as exc:
-        raise _fail(str(exc)) from None
+    _require_columns(adata, args.input, columns)
+    _say(args, f"read {args.input}: {adata.n_obs} cells × {adata.n_vars} genes")
+    model = AMEDL(adata, args.batch_key, layer=args.layer, preset=args.preset, **settings)
+    model.fit(seed=args.seed, max_epochs=args.epochs, progress=not args.quiet)
     tl.add_latents(adata, model)
     for kind, info in model.train_info.items():
-        print(f"{kind.upper()}: {info['epochs_run']} epochs (best {info['best_epoch']}, "
-              f"{'early stop' if info['stopped_early'] else 'budget'}) in {info['seconds']:.1f}s")
+        _say(args, f"{kind.upper()}: {info['epochs_run']} epochs (best {info['best_epoch']}, "
+                   f"{'early stop' if info['stopped_early'] else 'budget'}) in {info['seconds']:.1f}s")
     if args.label_key:
         from .metrics import silhouette_batch, silhouette_label
 
         for kind in ("fe", "re"):
             z = adata.obsm[f"X_amedl_{kind}"]
-            print(f"{kind.upper()} latent: batch ASW {silhouette_batch(z, adata.obs[args.batch_key].astype(str)):+.3f}, "
-                  f"{args.label_key} ASW {silhouette_label(z, adata.obs[args.label_key].astype(str)):+.3f}")
+            _say(args, f"{kind.upper()} latent: batch ASW {silhouette_batch(z, adata.obs[args.batch_key].astype(str)):+.3f}, "
+                       f"{args.label_key} ASW {silhouette_label(z, adata.obs[args.label_key].astype(str)):+.3f}")
+    with Staging() as stage:  # the model and the output are moved into place together, at the end
+        if args.model_dir:
+            model.save(args.model_dir, overwrite=args.overwrite, staging=stage)
+        io.write(adata, stage.add(out))
     if args.model_dir:
-        model.save(args.model_dir, overwrite=True)
-        print(f"model saved to {args.model_dir}")
-    io.write(adata, args.out)
-    print(f"wrote {args.out} (obsm X_amedl_fe, X_amedl_re; uns amedl) in {time.perf_counter() - t0:.1f}s total")
+        _say(args, f"model saved to {args.model_dir}")
+    _say(args, f"wrote {args.out} (obsm X_amedl_fe, X_amedl_re; uns amedl) in {time.perf_counter() - t0:.1f}s total")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from . import modelfile
+
+    meta = modelfile.read_meta(os.path.expanduser(args.model_dir))
+    modelfile.verify_weights(os.path.expanduser(args.model_dir), meta)
+    _check_input(args.input, {}, args.layer)
+    from .config import make_config
+
+    make_config(**{k: v for k, v in {"device": args.device, "threads": args.threads}.items() if v is not None})
+    out = _check_output(args.out)
+
+    from . import io, tl
+    from ._utils import Staging
+    from .model import AMEDL
+
+    t0 = time.perf_counter()
+    model = AMEDL.load(args.model_dir, device=args.device or "auto", threads=args.threads)
+    adata = _read(args.input)
+    _say(args, f"read {args.input}: {adata.n_obs} cells × {adata.n_vars} genes")
+    kinds = [k for k in ("fe", "re") if k in model.modules]
+    if "re" in kinds and model.batch_key not in adata.obs.columns:
+        kinds.remove("re")
+        _say(args, f"no {model.batch_key!r} column in the cell metadata: writing the FE latent only "
+                   "(the RE latent needs each cell's batch)")
+    if args.layer is not None:
+        model.layer = args.layer
+    tl.add_latents(adata, model, kinds=kinds)
+    with Staging() as stage:
+        io.write(adata, stage.add(out))
+    _say(args, f"wrote {args.out} (obsm {', '.join(f'X_amedl_{k}' for k in kinds)}; model {args.model_dir}, "
+               f"written by amedl {meta.get('amedl_version', '?')}) in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
@@ -76,100 +216,243 @@ def _benchmark_command_line(args) -> str:
         parts += ["--methods", *args.methods]
     parts += ["--folds", str(args.folds), "--seed", str(args.seed)]
     for flag, value, default in (("--epochs", args.epochs, None), ("--layer", args.layer, None),
-                                 ("--preset", args.preset, "default"), ("--max-cells", args.max_cells, 10_000)):
+                                 ("--preset", args.preset, "default"), ("--max-cells", args.max_cells, 10_000),
+                                 ("--threads", args.threads, None)):
         if value != default:
             parts += [flag, str(value)]
     return " ".join(shlex.quote(str(p)) for p in parts + (["--no-scib"] if args.no_scib else []))
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import run_benchmark, resolve_methods
+    out_dir = Path(os.path.expanduser(args.out_dir))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AMEDLPathError(f"--out-dir {args.out_dir} is a file, not a folder")
+    _probe_writable(out_dir, f"--out-dir {args.out_dir}")
+    settings = _settings(args)
+    _check_input(args.input, {"--batch-key": args.batch_key, "--label-key": args.label_key}, args.layer)
+    from .benchmark.methods import resolve_methods
 
     try:
         resolve_methods(args.methods)
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise AMEDLInputError(str(exc)) from None
+    from .benchmark import run_benchmark
+
+    if not getattr(args, "verbose", False):
+        _quiet_scib()
     adata = _read(args.input)
+    _require_columns(adata, args.input, {"--batch-key": args.batch_key, "--label-key": args.label_key})
     run_benchmark(
-        adata, args.batch_key, args.label_key, args.out_dir, methods=args.methods, folds=args.folds, seed=args.seed,
+        adata, args.batch_key, args.label_key, out_dir, methods=args.methods, folds=args.folds, seed=args.seed,
         progress=not args.quiet, scib=not args.no_scib, max_epochs=args.epochs, layer=args.layer,
         preset=args.preset, max_cells=args.max_cells, title=f"amedl benchmark: {Path(args.input).name}",
-        command=_benchmark_command_line(args),
+        command=_benchmark_command_line(args), model_kwargs={k: v for k, v in settings.items() if k != "device"} or None,
     )
-    print(Path(args.out_dir, "summary.md").read_text())
+    print(Path(out_dir, "summary.md").read_text())
     return 0
 
 
 def cmd_demo(args) -> int:
+    out_dir = Path(os.path.expanduser(args.out_dir))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AMEDLPathError(f"--out-dir {args.out_dir} is a file, not a folder")
+    _probe_writable(out_dir, f"--out-dir {args.out_dir}")
+    from ._utils import apply_threads
     from .demo import run_demo
 
+    apply_threads(args.threads)
     run_demo(out_dir=args.out_dir, seed=args.seed, progress=not args.quiet)
     return 0
 
 
+def _say(args, msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ------------------------------------------------------------------------------ parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``amedl`` command."""
-    p = argparse.ArgumentParser(prog="amedl", description="aMEDL: fixed- and random-effects latents for single-cell RNA-seq")
-    p.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = p.add_subparsers(dest="command")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show the logging and warnings of the libraries amedl uses")
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument("--threads", type=_whole(1), default=None,
+                         help="CPU threads of torch, numba and BLAS for the whole run (default: the libraries' own; "
+                              "results are bit-identical for a fixed seed and thread count)")
 
-    f = sub.add_parser("fit", help="fit aMEDL and write both latents")
-    f.add_argument("input", help=f"{_FILES} (raw counts)")
+    p = _Parser(prog="amedl", parents=[common],
+                description="aMEDL: fixed- and random-effects latents for single-cell RNA-seq")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    f = sub.add_parser("fit", parents=[common, threads], help="fit aMEDL and write both latents")
+    f.add_argument("input", help=f"{FORMATS_TEXT} (raw counts)")
     f.add_argument("--batch-key", required=True, help="cell metadata column naming the batch")
-    f.add_argument("--out", required=True, help=f"output ({_FILES}) with obsm X_amedl_fe / X_amedl_re")
+    f.add_argument("--out", required=True, help=f"output ({FORMATS_TEXT}) with obsm X_amedl_fe / X_amedl_re; "
+                                                "it may be the input")
     f.add_argument("--label-key", help="cell-type column: also print batch and label silhouettes")
     f.add_argument("--layer", help="layer holding raw counts (default: X)")
-    f.add_argument("--model-dir", help="save the fitted model to this folder")
-    f.add_argument("--epochs", type=int, help="epoch budget (default: from the number of cells)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--model-dir", help="save the fitted model to this folder (new, empty, or an amedl model "
+                                       "folder with --overwrite)")
+    f.add_argument("--overwrite", action="store_true", help="replace the amedl model already in --model-dir")
+    f.add_argument("--epochs", type=_whole(1), help="epoch budget (default: from the number of cells; "
+                                                    "early stopping usually ends sooner)")
+    f.add_argument("--seed", type=_whole(0), default=0)
     f.add_argument("--preset", default="default", choices=["default", "paper"])
-    f.add_argument("--n-latent", type=int)
-    f.add_argument("--n-top-genes", type=int)
+    f.add_argument("--n-latent", type=_whole(1))
+    f.add_argument("--n-top-genes", type=_whole(2))
+    f.add_argument("--device", help="'auto' (default: a GPU when PyTorch sees one), 'cpu', 'cuda', 'cuda:N', 'mps'")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_fit)
 
-    b = sub.add_parser("benchmark", help="compare PCA, AE, aMEDL FE/RE, Harmony and scVI on held-out cells")
-    b.add_argument("input", help=f"{_FILES} (raw counts in X or --layer)")
+    e = sub.add_parser("embed", parents=[common, threads], help="latents of new cells from a saved model")
+    e.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder saved by amedl fit --model-dir")
+    e.add_argument("input", help=f"{FORMATS_TEXT} (raw counts; the model's genes by name)")
+    e.add_argument("--out", required=True, help=f"output ({FORMATS_TEXT}) with obsm X_amedl_fe (and X_amedl_re "
+                                                "when the input has the model's batch column)")
+    e.add_argument("--layer", help="layer holding raw counts (default: the model's)")
+    e.add_argument("--device", help="'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
+    e.add_argument("--quiet", action="store_true", help="no progress output")
+    e.set_defaults(func=cmd_embed)
+
+    b = sub.add_parser("benchmark", parents=[common, threads],
+                       help="compare PCA, AE, aMEDL FE/RE, Harmony and scVI on held-out cells")
+    b.add_argument("input", help=f"{FORMATS_TEXT} (raw counts in X or --layer)")
     b.add_argument("--batch-key", required=True, help="obs column with the batch")
     b.add_argument("--label-key", required=True, help="obs column with the cell type")
     b.add_argument("--out-dir", required=True, help="folder for results.csv, summary.md, umap.png, report.html")
     b.add_argument("--methods", nargs="+", default=None,
                    help="methods to run (default all available): PCA AE aMEDL-FE aMEDL-RE Harmony scVI; "
                         "aliases pca ae fe re harmony scvi")
-    b.add_argument("--folds", type=int, default=5,
+    b.add_argument("--folds", type=_whole(1), default=5,
                    help="k-fold cross-validation stratified on batch x label (1: fit and score on all cells)")
-    b.add_argument("--seed", type=int, default=0, help="random seed")
-    b.add_argument("--epochs", "--max-epochs", dest="epochs", type=int, default=None,
+    b.add_argument("--seed", type=_whole(0), default=0, help="random seed")
+    b.add_argument("--epochs", "--max-epochs", dest="epochs", type=_whole(1), default=None,
                    help="epoch budget per network and for scVI (default: each model's own)")
     b.add_argument("--preset", default="default", choices=["default", "paper"], help="amedl preset")
     b.add_argument("--layer", default=None, help="AnnData layer holding the raw counts")
-    b.add_argument("--max-cells", type=int, default=10_000,
+    b.add_argument("--max-cells", type=_whole(2), default=10_000,
                    help="score a seeded subsample of at most this many held-out cells per fold")
     b.add_argument("--no-scib", action="store_true", help="skip the scIB metrics")
     b.add_argument("--quiet", action="store_true", help="no progress output")
     b.set_defaults(func=cmd_benchmark)
 
-    d = sub.add_parser("demo", help="run aMEDL on simulated data and write a report")
+    d = sub.add_parser("demo", parents=[common, threads], help="run aMEDL on simulated data and write a report")
     d.add_argument("--out-dir", default="amedl-demo")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=_whole(0), default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.version:
-        from . import __version__
+# ------------------------------------------------------------------------------ running
 
-        print(__version__)
-        return 0
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    return args.func(args)
+
+def _quiet_libraries(verbose: bool) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if verbose:
+        return
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")  # the libraries' deprecation notes ...
+    warnings.filterwarnings("default", module=r"amedl(\.|$)")  # ... but amedl's own warnings are shown
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    warnings.showwarning = show
+
+
+def _quiet_scib() -> None:
+    """scib-metrics sets its own logging level on import: turn its INFO lines off."""
+    try:
+        import scib_metrics
+    except ImportError:
+        return
+    scib_metrics.settings.verbosity = logging.WARNING
+
+
+def _one_line(msg: str) -> str:
+    msg = " ".join(str(msg).split())
+    return msg if len(msg) <= _MAX_MESSAGE else msg[: _MAX_MESSAGE - 3] + "..."
+
+
+def _message(exc: BaseException) -> tuple[str, int]:
+    """The ``amedl:`` line and exit status of an error."""
+    if isinstance(exc, UsageError):
+        return str(exc), 2
+    if isinstance(exc, AMEDLError):
+        return str(exc), 1
+    if isinstance(exc, OSError):  # files: not found, permission, disk full, ...
+        text = str(exc) if not exc.strerror else f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+        return text, 1
+    if isinstance(exc, ImportError):
+        return f"{exc} (a package amedl needs for this is missing)", 1
+    if isinstance(exc, MemoryError):
+        return "out of memory; try a machine with more memory, or fewer cells or genes (--n-top-genes)", 1
+    return (f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for the traceback and "
+            "please report it"), 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``amedl`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        debug = getattr(args, "debug", False)
+        args.verbose = getattr(args, "verbose", False)
+        if args.version:
+            from . import __version__
+
+            print(__version__)
+            return 0
+        if not getattr(args, "func", None):
+            build_parser().print_help()
+            return 2
+        if getattr(args, "threads", None):
+            from ._utils import thread_environment
+
+            thread_environment(args.threads)  # before numpy, torch and numba are imported
+        with warnings.catch_warnings(), _terminate_as_interrupt():
+            _quiet_libraries(args.verbose)
+            return args.func(args)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # every error ends in one line; --debug adds the traceback
+        if isinstance(exc, KeyboardInterrupt):
+            msg, status = "interrupted; nothing was written", 130
+        else:
+            msg, status = _message(exc)
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"amedl: {_one_line(msg)}", file=sys.stderr, flush=True)
+        return status
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """``kill`` (SIGTERM) unwinds like Ctrl-C, so that temporaries are removed."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

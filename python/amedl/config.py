@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import re
+import typing
 from dataclasses import dataclass, field
+
+from .errors import AMEDLConfigError
 
 
 @dataclass
@@ -17,6 +22,12 @@ class AMEDLConfig:
     without a better validation loss, the RE network after ``re_patience``
     (it converges sooner; ``benchmarks/convergence.py``); ``None`` trains the
     whole budget.
+
+    Every field is checked on construction (type and range, see ``RULES``);
+    an invalid value raises :class:`amedl.errors.AMEDLConfigError` naming the
+    valid range. ``threads`` (``None``: the libraries' defaults) is the number
+    of CPU threads of torch, numba and BLAS for the whole run; results are
+    bit-identical for a fixed seed *and* thread count.
     """
 
     # data
@@ -56,6 +67,10 @@ class AMEDLConfig:
     re_kl_weight: float = 1e-5
     # runtime
     device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self):
+        _validate(self)
 
     def epochs_for(self, n_train: int) -> int:
         """Epoch budget: ``max_epochs`` if set, else enough epochs for about
@@ -80,15 +95,182 @@ class AMEDLConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AMEDLConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(known))
         if unknown:
-            raise ValueError(f"unknown aMEDL setting(s): {sorted(unknown)}; known settings: {sorted(known)}")
-        d = dict(d)
-        for k in ("hidden", "adversary_hidden"):
-            if k in d:
-                d[k] = tuple(int(v) for v in d[k])
-        return cls(**d)
+            import difflib
+
+            close = {u: difflib.get_close_matches(u, known, n=1) for u in unknown}
+            hints = "; ".join(f"{u!r} (did you mean {c[0]!r}?)" if c else repr(u) for u, c in list(close.items())[:5])
+            raise AMEDLConfigError(
+                f"unknown aMEDL setting(s): {hints}{' ...' if len(unknown) > 5 else ''}; "
+                "the settings are the fields of amedl.AMEDLConfig"
+            )
+        return cls(**d)  # values are coerced and checked by the rules (RULES)
+
+
+# ---------------------------------------------------------------------------
+# validation: one rule per field (type, range, choices); a field without a rule
+# is still type-checked from its annotation (tests/python/test_config.py asks
+# for a rule for every field)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a setting may be: ``kind`` ``"int"``, ``"float"``, ``"bool"``, ``"str"`` or
+    ``"ints"`` (a tuple of whole numbers); bounds ``low``/``high`` (``open_low``/``open_high``
+    exclude them), ``choices``, ``none`` (``None`` allowed, and what it means), ``pattern``
+    (a regular expression a string must match)."""
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    choices: tuple = ()
+    none: str | None = None
+    pattern: str | None = None
+    min_len: int = 0
+    text: str | None = None
+
+    def describe(self) -> str:
+        """The valid values in words, e.g. ``a whole number >= 1 (or None: no limit)``."""
+        if self.text:
+            text = self.text
+        elif self.choices:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            text = {"int": "a whole number", "float": "a finite number", "bool": "True or False",
+                    "str": "a non-empty string", "ints": "a sequence of whole numbers"}[self.kind]
+            if self.kind == "ints" and self.min_len:
+                text = f"{self.min_len} or more whole numbers"
+            lo = None if self.low is None else f"{'>' if self.open_low else '>='} {self.low:g}"
+            hi = None if self.high is None else f"{'<' if self.open_high else '<='} {self.high:g}"
+            if lo and hi:
+                text += f" in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+            elif lo or hi:
+                text += " " + (lo or hi)
+            if self.kind == "ints" and (lo or hi):
+                text = text.replace("whole numbers ", "whole numbers, each ")
+        return text + (f" (or None: {self.none})" if self.none else "")
+
+    def check(self, name: str, value):
+        """``value`` coerced to the setting's type (a whole float to int, a list to a tuple,
+        NumPy scalars to Python); an :class:`~amedl.errors.AMEDLConfigError` if it is not valid."""
+        if value is None:
+            if self.none:
+                return None
+            self._fail(name, value)
+        if self.kind == "ints":
+            seq = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+            if isinstance(seq, (str, bytes, dict)) or not hasattr(seq, "__iter__"):
+                self._fail(name, value)
+            out = tuple(self._number(name, v, value, integral=True) for v in seq)
+            if len(out) < self.min_len:
+                self._fail(name, value)
+            return out
+        if self.kind == "bool":
+            if isinstance(value, bool) or type(value).__name__ == "bool_":
+                return bool(value)
+            self._fail(name, value)
+        if self.kind == "str":
+            if not isinstance(value, str) or not value or (self.choices and value not in self.choices) \
+                    or (self.pattern and not re.fullmatch(self.pattern, value)):
+                self._fail(name, value)
+            return value
+        return self._number(name, value, value, integral=self.kind == "int")
+
+    def _number(self, name: str, v, whole, integral: bool):
+        if isinstance(v, bool) or type(v).__name__ == "bool_" or not isinstance(v, numbers.Real):
+            self._fail(name, whole)
+        f = float(v)
+        if not math.isfinite(f) or (integral and f != int(f)):
+            self._fail(name, whole)
+        if self.low is not None and (f < self.low or (self.open_low and f == self.low)):
+            self._fail(name, whole)
+        if self.high is not None and (f > self.high or (self.open_high and f == self.high)):
+            self._fail(name, whole)
+        return int(f) if integral else f
+
+    def _fail(self, name: str, value):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise AMEDLConfigError(f"setting {name} must be {self.describe()}, got {shown}")
+
+
+def _int(low=None, **kw) -> Rule:
+    return Rule("int", low=low, **kw)
+
+
+def _float(low=None, **kw) -> Rule:
+    return Rule("float", low=low, **kw)
+
+
+def _choice(*choices) -> Rule:
+    return Rule("str", choices=tuple(choices))
+
+
+_WEIGHT = _float(0.0)
+
+#: The rule of every field of :class:`AMEDLConfig`. A new field needs one here.
+RULES: dict[str, Rule] = {
+    "n_top_genes": _int(2, none="every expressed gene"),
+    "scaling": _choice("zscore", "minmax"),
+    "fe_decoder": _choice("mixed", "tied"),
+    "likelihood": _choice("mse", "nb"),
+    "hidden": Rule("ints", low=1, min_len=1),
+    "n_latent": _int(1),
+    "latent_activation": _choice("selu", "linear"),
+    "adversary_hidden": Rule("ints", low=1),
+    "adversary_input": _choice("all", "latent"),
+    "classifier_hidden": _int(1),
+    "prior_scale": _float(0.0, open_low=True),
+    "lr": _float(0.0, open_low=True),
+    "adversary_lr": _float(0.0, open_low=True, none="the same as lr"),
+    "batch_size": _int(2),
+    "max_epochs": _int(1, none="from the number of cells"),
+    "target_steps": _int(1),
+    "min_epochs": _int(1),
+    "epoch_cap": _int(1),
+    "patience": _int(1, none="no early stopping"),
+    "re_patience": _int(1, none="no early stopping"),
+    "fe_burn_in_steps": _int(0),
+    "restore_best": Rule("bool"),
+    "validation_fraction": _float(0.0, high=1.0, open_high=True),
+    "fe_recon_weight": _WEIGHT,
+    "fe_adv_weight": _WEIGHT,
+    "fe_latent_kl_weight": _WEIGHT,
+    "fe_re_kl_weight": _WEIGHT,
+    "fe_cycle_weight": _WEIGHT,
+    "fe_ema_decay": _float(0.0, high=1.0, open_low=True, open_high=True, none="no weight averaging"),
+    "adversarial_loss": _choice("ce", "uniform"),
+    "re_recon_weight": _WEIGHT,
+    "re_cls_weight": _WEIGHT,
+    "re_kl_weight": _WEIGHT,
+    # which devices exist is checked when a model is created (amedl._utils.resolve_device)
+    "device": Rule("str", pattern=r"auto|cpu|mps|[a-z]+(:\d+)?", text="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
+    "threads": _int(1, none="the libraries' defaults"),
+}
+
+
+def _rule_from_annotation(hint) -> Rule:
+    """The type check of a field that has no rule yet, from its annotation."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    none = "allowed" if type(None) in typing.get_args(hint) else None
+    base = args[0] if none and len(args) == 1 else hint
+    if typing.get_origin(base) is tuple:
+        return Rule("ints", none=none)
+    kind = {int: "int", float: "float", bool: "bool", str: "str"}.get(base)
+    if kind is None:
+        raise TypeError(f"AMEDLConfig: no rule for a field annotated {hint!r}; add one to amedl.config.RULES")
+    return Rule(kind, none=none)
+
+
+def _validate(config: "AMEDLConfig") -> None:
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        rule = RULES.get(f.name) or _rule_from_annotation(hints[f.name])
+        setattr(config, f.name, rule.check(f.name, getattr(config, f.name)))
 
 
 # The published configuration (Andrade, Nguyen & Montillo, GLBIO 2025; scMEDAL
@@ -127,6 +309,6 @@ PRESETS = {"default": DEFAULT, "paper": PAPER}
 def make_config(preset: str = "default", **overrides) -> AMEDLConfig:
     """A configuration from a named preset plus keyword overrides."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise AMEDLConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     values = {**PRESETS[preset], **overrides}
     return AMEDLConfig.from_dict(values)

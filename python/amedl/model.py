@@ -1,7 +1,7 @@
 """The user-facing aMEDL model: fit, latents, reconstructions, counterfactuals, save/load."""
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import time
@@ -16,17 +16,18 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from . import __version__
-from .config import AMEDLConfig, make_config
+from . import __version__, modelfile
+from .config import RULES, AMEDLConfig, make_config
 from .data import AMEDLInputError, CSRLoader, DeviceCSR, Preprocessor
+from .errors import AMEDLConfigError, AMEDLModelError
 from .train import NETWORKS, LoopSettings, PlanContext, batch_entropy, fit_loop
-from ._utils import atomic_path, resolve_device, seed_everything
+from ._utils import Staging, apply_threads, resolve_device, seed_everything
 
 logger = logging.getLogger("amedl")
 
 KINDS = tuple(NETWORKS)
 KIND_NAMES = {k: n.description for k, n in NETWORKS.items()}
-_CONFIG_FILE, _WEIGHTS_FILE = "amedl.json", "weights.pt"
+_CONFIG_FILE, _WEIGHTS_FILE = modelfile.CONFIG_FILE, modelfile.WEIGHTS_FILE
 
 
 class AMEDL:
@@ -71,6 +72,8 @@ class AMEDL:
         **settings,
     ):
         self.config: AMEDLConfig = make_config(preset, **settings)
+        self.device = resolve_device(self.config.device)  # before any work: a device that does not exist is an error
+        apply_threads(self.config.threads)
         self.preset = preset
         self.batch_key = batch_key
         self.layer = layer
@@ -84,7 +87,6 @@ class AMEDL:
         )
         self._library = Preprocessor.library_size(adata, layer)
         self._X_on_device: DeviceCSR | None = None
-        self.device = resolve_device(self.config.device)
         self.modules: dict[str, nn.Module] = {}
         self.history: dict[str, pd.DataFrame] = {}
         self.train_info: dict[str, dict] = {}
@@ -165,10 +167,14 @@ class AMEDL:
             Optional ``callback(model, kind, epoch, record)`` called after every
             epoch with that epoch's losses (e.g. for custom logging).
         """
-        kinds = list(dict.fromkeys(kinds))
+        if max_epochs is not None:
+            max_epochs = RULES["max_epochs"].check("max_epochs", max_epochs)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise AMEDLConfigError(f"seed must be a whole number >= 0, got {seed!r}")
+        kinds = [kinds] if isinstance(kinds, str) else list(dict.fromkeys(kinds))
         bad = [k for k in kinds if k not in KINDS]
-        if bad:
-            raise ValueError(f"unknown kind(s) {bad}; choose from {KINDS}")
+        if bad or not kinds:
+            raise AMEDLConfigError(f"unknown kind(s) {bad}; choose from {KINDS}" if bad else f"kinds is empty; choose from {KINDS}")
         if self._X is None:
             raise RuntimeError("this model was loaded from disk without its training data; create a new AMEDL to train")
         c = self.config
@@ -389,20 +395,31 @@ class AMEDL:
         return self.prep.scale_dense(X.toarray())
 
     # ------------------------------------------------------------ save / load
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Save the model to a folder: ``amedl.json`` (settings, genes, batches,
-        preprocessing, training record), ``weights.pt`` and loss histories.
+    def save(self, path: str | os.PathLike, overwrite: bool = False, *, staging: Staging | None = None) -> Path:
+        """Save the model to a folder: ``.amedl-model`` (the marker of a model
+        folder), ``amedl.json`` (settings, genes, batches, preprocessing, training
+        record, model format, checksums), ``weights.pt`` and loss histories.
 
-        The folder is written beside its destination and moved into place, so an
-        interrupted save never leaves a half-written model.
+        An existing folder is replaced only if it is an amedl model folder that
+        holds nothing but its own files, and only with ``overwrite=True``; an
+        empty folder is used; anything else is refused
+        (:class:`~amedl.errors.AMEDLFolderExistsError`), so nothing that is not
+        amedl's is ever removed. The folder is written beside its destination
+        and moved into place, so an interrupted save never leaves a half-written
+        model. With ``staging`` (an :class:`amedl._utils.Staging`) the folder is
+        written and moved into place by the caller's ``staging.commit()``,
+        together with the caller's other outputs.
         """
         if not self.modules:
             raise RuntimeError("nothing to save: call fit() first")
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        with atomic_path(path, directory=True) as tmp:
-            meta = {
+        modelfile.check_target(path, overwrite)
+        with contextlib.ExitStack() as stack:
+            stage = staging if staging is not None else stack.enter_context(Staging())
+            tmp = stage.add(path, directory=True)
+            torch.save({k: {n: t.cpu() for n, t in m.state_dict().items()} for k, m in self.modules.items()}, tmp / _WEIGHTS_FILE)
+            for kind, hist in self.history.items():
+                hist.to_csv(tmp / f"history_{kind}.csv", index=False)
+            modelfile.write_meta(tmp, {
                 "amedl_version": __version__,
                 "preset": self.preset,
                 "batch_key": self.batch_key,
@@ -411,37 +428,60 @@ class AMEDL:
                 "preprocessing": self.prep.to_dict(),
                 "kinds": list(self.modules),
                 "train_info": self.train_info,
-            }
-            (tmp / _CONFIG_FILE).write_text(json.dumps(meta, indent=1))
-            torch.save({k: {n: t.cpu() for n, t in m.state_dict().items()} for k, m in self.modules.items()}, tmp / _WEIGHTS_FILE)
-            for kind, hist in self.history.items():
-                hist.to_csv(tmp / f"history_{kind}.csv", index=False)
-        return path
+            })
+        return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto") -> "AMEDL":
-        """Load a model saved with :meth:`save` (weights read with ``weights_only=True``)."""
-        path = Path(path)
-        cfg_file = path / _CONFIG_FILE
-        if not cfg_file.exists():
-            raise FileNotFoundError(f"{path} is not a saved aMEDL model (no {_CONFIG_FILE})")
-        meta = json.loads(cfg_file.read_text())
+    def load(cls, path: str | os.PathLike, device: str = "auto", *, threads: int | None = None) -> "AMEDL":
+        """Load a model saved with :meth:`save`.
+
+        ``amedl.json`` is checked first (:func:`amedl.modelfile.read_meta`:
+        format, settings, unique genes, finite positive scales, known kinds,
+        checksums), then ``weights.pt`` (its checksum; read with
+        ``weights_only=True``, so it cannot run code; shapes must match the
+        settings; every weight finite). A failure raises
+        :class:`~amedl.errors.AMEDLModelError` naming the file and the problem.
+        Models of older formats load; a newer format says which amedl wrote it.
+        ``threads`` sets the CPU threads (see :class:`amedl.AMEDLConfig`).
+        """
+        path = Path(os.path.expanduser(os.fspath(path)))
+        meta = modelfile.read_meta(path, kinds=KINDS)
+        modelfile.verify_weights(path, meta)
         self = cls.__new__(cls)
-        self.config = AMEDLConfig.from_dict(meta["config"])
-        self.config.device = device
+        self.config = AMEDLConfig.from_dict({**meta["config"], "device": device, "threads": threads})
+        self.device = resolve_device(device)
+        apply_threads(threads)
         self.preset = meta["preset"]
         self.batch_key = meta["batch_key"]
-        self.layer = meta["layer"]
+        self.layer = meta.get("layer")
         self.prep = Preprocessor.from_dict(meta["preprocessing"])
         self._X, self._codes, self._library, self._X_on_device = None, None, None, None
-        self.device = resolve_device(device)
         self.train_info = meta.get("train_info", {})
-        state = torch.load(path / _WEIGHTS_FILE, map_location=self.device, weights_only=True)
+        weights = path / _WEIGHTS_FILE
+        written = f"written by amedl {meta.get('amedl_version', '?')}, model format {meta.get('format', 1)}"
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle, zip and torch errors alike: the file is not amedl weights
+            raise AMEDLModelError(f"{weights}: cannot be read as amedl weights ({type(exc).__name__}: {str(exc)[:200]})") from None
+        if not isinstance(state, dict):
+            raise AMEDLModelError(f"{weights}: holds a {type(state).__name__}, not the weights of an amedl model")
         self.modules, self.history = {}, {}
         for kind in meta["kinds"]:
-            m = self._build(kind).to(self.device)
-            m.load_state_dict(state[kind])
-            m.eval()
+            if not isinstance(state.get(kind), dict):
+                raise AMEDLModelError(f"{weights}: has no weights for the {KIND_NAMES[kind]} network listed in {_CONFIG_FILE}")
+            bad = [n for n, t in state[kind].items() if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()]
+            if bad:
+                raise AMEDLModelError(f"{weights}: the {KIND_NAMES[kind]} weights hold NaN or infinite values "
+                                      f"(in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): the model is damaged; refit it")
+            m = self._build(kind)
+            try:
+                m.load_state_dict(state[kind])
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()
+                detail = "; ".join(line.strip() for line in first[:3])
+                raise AMEDLModelError(f"{weights}: the {KIND_NAMES[kind]} weights do not fit the networks that "
+                                      f"{_CONFIG_FILE} describes ({detail[:300]}); {written}") from None
+            m.to(self.device).eval()
             self.modules[kind] = m
             hist = path / f"history_{kind}.csv"
             if hist.exists():

@@ -44,15 +44,19 @@ def record(model: AMEDL) -> dict:
     }
 
 
-def add_latents(adata: ad.AnnData, model: AMEDL, *, key_added: str = "amedl") -> dict:
+def add_latents(adata: ad.AnnData, model: AMEDL, *, key_added: str = "amedl", kinds=("fe", "re")) -> dict:
     """Write a fitted model's latents of ``adata`` and its record into ``adata``.
 
     Adds ``obsm['X_{key_added}_fe']`` (batch-invariant), ``obsm['X_{key_added}_re']``
     (batch-specific) and ``uns[key_added]`` (:func:`record`); returns the record.
+    ``kinds`` chooses the latents (e.g. ``("fe",)`` for cells without a batch column).
+    All latents are computed before anything is written into ``adata``.
     """
-    adata.obsm[f"X_{key_added}_fe"] = model.latent(adata, kind="fe")
-    adata.obsm[f"X_{key_added}_re"] = model.latent(adata, kind="re")
-    adata.uns[key_added] = rec = record(model)
+    latents = {kind: model.latent(adata, kind=kind) for kind in kinds}
+    rec = record(model)
+    for kind, z in latents.items():
+        adata.obsm[f"X_{key_added}_{kind}"] = z
+    adata.uns[key_added] = rec
     return rec
 
 

@@ -70,7 +70,7 @@ def test_tiny_batch(sim):
     a = sim.copy()
     a.obs["batch"] = a.obs["batch"].astype(str)
     a.obs.iloc[0, a.obs.columns.get_loc("batch")] = "lonely"
-    with pytest.raises(amedl.AMEDLInputError, match=r"\['lonely'\].*fewer than 2 cells"):
+    with pytest.raises(amedl.AMEDLInputError, match=r"1 batch\(es\) .* fewer than 2 cells \('lonely'\)"):
         _fit(a)
 
 

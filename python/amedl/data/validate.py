@@ -1,4 +1,9 @@
-"""Input validation: raw counts, unique names, batch columns; errors say how to fix the input."""
+"""Input validation: raw counts, unique names, batch columns; errors say how to fix the input.
+
+Messages speak AnnData (``adata.obs[...]``, ``layer=``); they are bounded
+(lists of names are cut to a few, with how many more there are). When the
+counts are not found, the message says where amedl looked.
+"""
 from __future__ import annotations
 
 import anndata as ad
@@ -6,22 +11,32 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..errors import AMEDLInputError, preview
+
+__all__ = ["AMEDLInputError", "check_counts", "check_batches", "validate_adata"]
+
 _CHECK_CHUNK = 1 << 24
+#: Layer names that usually hold raw counts, in the order they are suggested.
+COUNT_LAYERS = ("counts", "raw_counts", "raw", "umi", "umis")
 
 
-class AMEDLInputError(ValueError):
-    """Raised when the input data cannot be used; the message says how to fix it."""
-
+def _check_memory(adata: ad.AnnData) -> None:
+    if adata.isbacked:
+        raise AMEDLInputError(
+            f"this AnnData is backed by {adata.filename} (opened with backed='r'); amedl needs it in memory: "
+            "adata = adata.to_memory() (or read it without backed=)"
+        )
 
 
 def _counts_matrix(adata: ad.AnnData, layer: str | None):
+    _check_memory(adata)
     if layer is None:
         X = adata.X
         where = "adata.X"
     else:
         if layer not in adata.layers:
             raise AMEDLInputError(
-                f"layer {layer!r} is not in adata.layers (available: {list(adata.layers.keys()) or 'none'}). "
+                f"layer {layer!r} is not in adata.layers (layers: {preview(adata.layers.keys()) or 'none'}). "
                 "Pass layer=None to use adata.X, or the name of the layer that holds raw counts."
             )
         X = adata.layers[layer]
@@ -31,7 +46,7 @@ def _counts_matrix(adata: ad.AnnData, layer: str | None):
     if not (sp.issparse(X) or isinstance(X, np.ndarray)):
         try:
             X = np.asarray(X)
-        except Exception as exc:  # backed or exotic arrays
+        except Exception as exc:  # exotic arrays
             raise AMEDLInputError(f"{where} has an unsupported type {type(X).__name__}; load it into memory first.") from exc
     return X, where
 
@@ -40,15 +55,8 @@ def _values(X) -> np.ndarray:
     return X.data if sp.issparse(X) else np.asarray(X).ravel()
 
 
-def check_counts(X, where: str = "adata.X") -> None:
-    """Check that ``X`` holds raw counts: finite, non-negative integers.
-
-    Raises :class:`AMEDLInputError` naming the problem and the fix.
-    """
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise AMEDLInputError(f"{where} has shape {X.shape}: there are no cells or no genes.")
-    if not np.issubdtype(X.dtype, np.number):
-        raise AMEDLInputError(f"{where} has non-numeric dtype {X.dtype}; it must hold raw counts.")
+def _problem(X) -> tuple[str, int, float | None] | None:
+    """What keeps ``X`` from being raw counts: ``("nonfinite"|"negative"|"fractional", n, example)``."""
     vals = _values(X)
     n_bad = n_neg = n_frac = 0
     example = None
@@ -65,20 +73,74 @@ def check_counts(X, where: str = "adata.X") -> None:
                 example = float(v[np.argmax(frac)])
         n_neg += int(np.count_nonzero(v < 0))
     if n_bad:
+        return "nonfinite", n_bad, None
+    if n_neg:
+        return "negative", n_neg, None
+    if n_frac:
+        return "fractional", n_frac, example
+    return None
+
+
+def _is_counts(X) -> bool:
+    try:
+        return np.issubdtype(X.dtype, np.number) and 0 not in X.shape and _problem(X) is None
+    except Exception:
+        return False
+
+
+def _where_counts_are(adata: ad.AnnData | None, layer: str | None) -> str:
+    """Where raw counts are (a hint for the message), or where amedl looked for them."""
+    if adata is None:
+        return "Pass the raw counts (e.g. layer='counts'; command line: --layer counts)."
+    io_info = adata.uns.get("amedl_io")
+    if layer is None and isinstance(io_info, dict) and io_info.get("kind") in ("seurat", "sce") \
+            and not io_info.get("counts_found", True):
+        what = "Seurat object" if io_info["kind"] == "seurat" else "SingleCellExperiment"
+        looked = [str(v) for v in np.atleast_1d(io_info.get("counts_looked", []))]
+        return (f"The {what} read from {io_info.get('source', 'the R file')} has no raw counts: amedl looked in "
+                f"{', '.join(looked) or 'its counts'} and found no whole-number matrix, so X holds "
+                f"{io_info.get('x_name', 'another')!r}, which is normalised. Save the object with its raw counts.")
+    found = [name for name in COUNT_LAYERS if name in adata.layers and name != layer and _is_counts(adata.layers[name])]
+    found += [name for name in adata.layers if name not in found and name not in COUNT_LAYERS and name != layer
+              and _is_counts(adata.layers[name])][:3]
+    if found:
+        return (f"Raw counts seem to be in adata.layers[{found[0]!r}]: pass layer={found[0]!r} "
+                f"(command line: --layer {found[0]}).")
+    if adata.raw is not None and layer is None and _is_counts(adata.raw.X):
+        return "Raw counts seem to be in adata.raw: use adata.raw.to_adata() (it keeps every gene of adata.raw)."
+    looked = ["adata.X"] + [f"adata.layers[{n!r}]" for n in adata.layers] + (["adata.raw"] if adata.raw is not None else [])
+    return f"No raw counts were found (looked in {preview(looked, 6)}); amedl needs the unnormalised counts."
+
+
+def check_counts(X, where: str = "adata.X", adata: ad.AnnData | None = None, layer: str | None = None) -> None:
+    """Check that ``X`` holds raw counts: finite, non-negative integers.
+
+    Raises :class:`AMEDLInputError` naming the problem and the fix; given the
+    ``adata`` that ``X`` came from, it says where the raw counts are, or
+    where it looked for them.
+    """
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise AMEDLInputError(f"{where} has shape {X.shape}: there are no cells or no genes.")
+    if not np.issubdtype(X.dtype, np.number):
+        raise AMEDLInputError(f"{where} has non-numeric dtype {X.dtype}; it must hold raw counts.")
+    problem = _problem(X)
+    if problem is None:
+        return
+    kind, n, example = problem
+    hint = _where_counts_are(adata, layer)
+    if kind == "nonfinite":
         raise AMEDLInputError(
             f"{where} contains NaN or infinite value(s). Remove or fix those entries "
-            "(raw counts are finite, non-negative integers)."
+            f"(raw counts are finite, non-negative integers). {hint}"
         )
-    if n_neg:
+    if kind == "negative":
         raise AMEDLInputError(
-            f"{where} contains {n_neg} negative value(s): amedl expects raw counts. If these are scaled or "
-            "log-normalised values, pass the raw counts instead (e.g. layer='counts')."
+            f"{where} contains {n} negative value(s): amedl expects raw counts, not scaled or centred values. {hint}"
         )
-    if n_frac:
-        raise AMEDLInputError(
-            f"{where} contains {n_frac} non-integer value(s) (e.g. {example:.4g}): amedl expects raw "
-            "counts, it normalises them itself. Pass the raw counts (e.g. layer='counts' or adata.raw)."
-        )
+    raise AMEDLInputError(
+        f"{where} contains {n} non-integer value(s) (e.g. {example:.4g}): amedl expects raw "
+        f"counts, it normalises them itself. {hint}"
+    )
 
 
 def _row_sums(X) -> np.ndarray:
@@ -103,8 +165,9 @@ def check_batches(batch: pd.Series, batch_key: str, min_cells: int = 2) -> pd.Ca
     small = counts[counts < min_cells]
     if len(small):
         raise AMEDLInputError(
-            f"batch(es) {list(small.index)} in adata.obs[{batch_key!r}] have fewer than {min_cells} cells; "
-            "merge them with another batch or drop those cells."
+            f"{len(small)} batch(es) in adata.obs[{batch_key!r}] have fewer than {min_cells} cells "
+            f"({preview(small.index)}); merge them with another batch or drop those cells, "
+            f"e.g. adata = adata[adata.obs[{batch_key!r}].map(adata.obs[{batch_key!r}].value_counts()) >= {min_cells}].copy()"
         )
     return cat
 
@@ -118,32 +181,33 @@ def validate_adata(
 ) -> None:
     """Validate an AnnData for amedl.
 
-    Checks the type, unique cell and gene names, the counts (finite,
-    non-negative integers), empty cells, and - when ``batch_key`` is given and
-    ``training`` - that the batch column exists, has no missing values, at
-    least two batches and at least two cells per batch.
+    Checks the type, that it is in memory (not backed), unique cell and gene
+    names, the counts (finite, non-negative integers), empty cells, and -
+    when ``batch_key`` is given and ``training`` - that the batch column
+    exists, has no missing values, at least two batches and at least two
+    cells per batch.
     """
     if not isinstance(adata, ad.AnnData):
         raise AMEDLInputError(f"expected an AnnData object, got {type(adata).__name__}.")
+    _check_memory(adata)
     if not adata.obs_names.is_unique:
-        dup = adata.obs_names[adata.obs_names.duplicated()][:5].tolist()
-        raise AMEDLInputError(f"cell names are not unique (e.g. {dup}); call adata.obs_names_make_unique() first.")
+        dup = adata.obs_names[adata.obs_names.duplicated()]
+        raise AMEDLInputError(f"cell names are not unique (e.g. {preview(dup)}); call adata.obs_names_make_unique() first.")
     if not adata.var_names.is_unique:
-        dup = adata.var_names[adata.var_names.duplicated()][:5].tolist()
-        raise AMEDLInputError(f"gene names are not unique (e.g. {dup}); call adata.var_names_make_unique() first.")
+        dup = adata.var_names[adata.var_names.duplicated()]
+        raise AMEDLInputError(f"gene names are not unique (e.g. {preview(dup)}); call adata.var_names_make_unique() first.")
     if batch_key is not None and batch_key not in adata.obs.columns:
         raise AMEDLInputError(
-            f"batch column {batch_key!r} is not in adata.obs (columns: {list(adata.obs.columns)}); "
+            f"batch column {batch_key!r} is not in adata.obs (columns: {preview(adata.obs.columns, 10) or 'none'}); "
             "pass batch_key= the column that names each cell's batch."
         )
     X, where = _counts_matrix(adata, layer)
-    check_counts(X, where)
+    check_counts(X, where, adata, layer)
     empty = _row_sums(X) == 0
     if empty.any():
-        names = adata.obs_names[empty][:5].tolist()
         raise AMEDLInputError(
-            f"{int(empty.sum())} cell(s) have no counts at all (e.g. {names}); remove them first, "
-            "e.g. sc.pp.filter_cells(adata, min_counts=1)."
+            f"{int(empty.sum())} cell(s) have no counts at all (e.g. {preview(adata.obs_names[empty], 3)}); remove them "
+            "first, e.g. sc.pp.filter_cells(adata, min_counts=1)."
         )
     if training and batch_key is not None:
         check_batches(adata.obs[batch_key], batch_key)

@@ -31,12 +31,7 @@ from .._utils import atomic_path
 
 __all__ = ["read_rds", "write_rds", "RConversionError", "R_SUFFIXES", "KINDS"]
 
-R_SUFFIXES = (".rds", ".rda", ".rdata")
-KINDS = ("seurat", "sce")
-
-
-class RConversionError(ValueError):
-    """An R object or file that cannot be converted (the message says why and what to do)."""
+from ._formats import KINDS, R_SUFFIXES, RConversionError
 
 
 def _ro():
