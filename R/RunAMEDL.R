@@ -40,12 +40,17 @@
 #'   (scaled with the number of cells, with early stopping).
 #' @param seed Random seed; the same seed gives the same latents on the CPU.
 #' @param model_dir Folder to save the fitted model in (`NULL`: keep it in
-#'   memory for this session only).
+#'   memory for this session only): a new or empty folder, or an amedl model
+#'   folder when `overwrite = TRUE`. A folder holding anything else is never
+#'   replaced. It is checked before training.
+#' @param overwrite Replace the amedl model already in `model_dir`.
 #' @param preset Engine preset: `"default"` or `"paper"` (the published configuration).
 #' @param verbose Show the engine's progress bars.
 #' @param settings Further engine settings: [amedl_options()] (or a named
 #'   list of its arguments), e.g. `amedl_options(lr = 1e-3, batch_size = 512)`;
-#'   they override the preset.
+#'   they override the preset. The number of CPU threads is
+#'   `amedl_options(threads = n)` or `options(amedl.threads = n)`; results are
+#'   bit-identical for a fixed seed and thread count.
 #' @param ... Arguments passed to methods.
 #' @return The object with the latents added (see Details), or for a matrix a
 #'   list with `fe` and `re` (cells x `n_latent` matrices with cell names),
@@ -68,7 +73,7 @@ RunAMEDL <- function(object, ...) UseMethod("RunAMEDL")
 #' @export
 RunAMEDL.default <- function(object, batch, features = NULL, n_latent = 50, n_top_genes = 2000,
                              epochs = NULL, seed = 0, model_dir = NULL, preset = "default",
-                             verbose = TRUE, settings = list(), ...) {
+                             verbose = TRUE, settings = list(), overwrite = FALSE, ...) {
   if (!(is.matrix(object) || methods::is(object, "Matrix") || is.data.frame(object))) {
     .stop("RunAMEDL() needs a Seurat object, a SingleCellExperiment or a genes x cells count matrix, not an object of class %s",
           paste(class(object), collapse = "/"))
@@ -79,7 +84,7 @@ RunAMEDL.default <- function(object, batch, features = NULL, n_latent = 50, n_to
   b <- .check_batch(batch, ncol(counts))
   res <- .amedl_fit(counts, b, batch_key = "batch", features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
-                    model_dir = model_dir, verbose = verbose, settings = settings)
+                    model_dir = model_dir, verbose = verbose, settings = settings, overwrite = overwrite)
   res
 }
 
@@ -98,7 +103,7 @@ RunAMEDL.default <- function(object, batch, features = NULL, n_latent = 50, n_to
       .stop("`batch = \"%s\"` is not a column of the %s; columns are: %s", batch, where,
             paste(colnames(meta), collapse = ", "))
     }
-    return(list(values = meta[[batch]], key = batch))
+    return(list(values = meta[[batch]], key = batch, what = sprintf("column '%s' of the cell metadata", batch)))
   }
-  list(values = batch, key = "batch")
+  list(values = batch, key = "batch", what = "`batch`")
 }

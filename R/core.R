@@ -12,7 +12,9 @@
 }
 
 # Checks a genes x cells count matrix; returns it as a dgCMatrix or a double matrix.
-.check_counts <- function(counts, what = "the count matrix") {
+# `drop_hint` says how to drop cells in the user's kind of object.
+.check_counts <- function(counts, what = "the count matrix",
+                          drop_hint = "counts[, Matrix::colSums(counts) > 0]") {
   if (methods::is(counts, "sparseMatrix")) {
     counts <- methods::as(methods::as(methods::as(counts, "CsparseMatrix"), "generalMatrix"), "dMatrix")
     vals <- counts@x
@@ -30,11 +32,29 @@
   if (nrow(counts) < 2L || ncol(counts) < 2L) .stop("%s is %d x %d: it needs genes in rows and cells in columns", what, nrow(counts), ncol(counts))
   if (anyNA(vals)) .stop("%s has missing values (NA); aMEDL needs raw counts", what)
   if (length(vals) && min(vals) < 0) .stop("%s has negative values; aMEDL needs raw counts (not scaled or centred data)", what)
+  frac <- vals != round(vals)
+  if (any(frac)) {
+    .stop("%s has %d non-integer value(s) (e.g. %s): aMEDL needs raw counts (it normalises them itself), not normalised or log values",
+          what, sum(frac), format(vals[which(frac)[1]], digits = 4))
+  }
   if (is.null(rownames(counts))) .stop("%s has no row (gene) names; set rownames()", what)
   if (anyDuplicated(rownames(counts))) .stop("%s has duplicated gene names (e.g. '%s'); make them unique (make.unique())", what, rownames(counts)[anyDuplicated(rownames(counts))])
   if (is.null(colnames(counts))) colnames(counts) <- paste0("cell", seq_len(ncol(counts)))
   if (anyDuplicated(colnames(counts))) .stop("%s has duplicated cell names (e.g. '%s')", what, colnames(counts)[anyDuplicated(colnames(counts))])
+  empty <- which(Matrix::colSums(counts) == 0)
+  if (length(empty)) {
+    .stop("%d cell(s) of %s have no counts at all (e.g. %s); remove them first, e.g. %s", length(empty), what,
+          .some(colnames(counts)[empty], 3), drop_hint)
+  }
   counts
+}
+
+# At most `n` values for a message, quoted, with how many more there are.
+.some <- function(x, n = 5) {
+  x <- as.character(x)
+  out <- paste(sQuote(utils::head(x, n), FALSE), collapse = ", ")
+  if (length(x) > n) out <- sprintf("%s and %d more", out, length(x) - n)
+  out
 }
 
 # A batch vector (one label per cell) checked and returned as a factor.
@@ -46,6 +66,12 @@
   b <- droplevels(as.factor(batch))
   if (nlevels(b) < 2L) {
     .stop("%s has a single batch ('%s'): aMEDL separates batch effects and needs at least 2 batches", what, levels(b)[1])
+  }
+  sizes <- table(b)
+  small <- names(sizes)[sizes < 2L]
+  if (length(small)) {
+    .stop("%d batch(es) of %s have fewer than 2 cells (%s); drop those cells (e.g. with subset()) or merge them with another batch",
+          length(small), what, .some(small))
   }
   b
 }
@@ -68,21 +94,26 @@
   msg <- sub("^Error in py_call_impl\\(callable, dots\\$args, dots\\$keywords\\) :\\s*", "", msg)
   msg <- sub("\n*Run `reticulate::py_last_error\\(\\)` for details\\.?\\s*$", "", msg)
   msg <- sub("\n*Detailed traceback:.*$", "", msg)
+  # the engine's errors for the user (amedl.errors.*) need no Python class name
+  msg <- sub("^(amedl\\.errors\\.)?AMEDL[A-Za-z]*Error: ", "", trimws(msg))
   stop(paste0("amedl: ", trimws(msg)), call. = FALSE)
 }
 
 # Fit on a genes x cells matrix; returns list(fe, re, model, genes, batches, params).
 .amedl_fit <- function(counts, batch, batch_key = "batch", features = NULL, n_latent = 50, n_top_genes = 2000,
                        epochs = NULL, seed = 0, preset = "default", model_dir = NULL, verbose = TRUE,
-                       settings = list()) {
+                       settings = list(), overwrite = FALSE) {
   n_latent <- .scalar_int(n_latent, "n_latent", 1L)
   n_top_genes <- .scalar_int(n_top_genes, "n_top_genes", 2L)
   epochs <- .scalar_int(epochs, "epochs", 1L, null_ok = TRUE)
   seed <- .scalar_int(seed, "seed", 0L)
   if (!is.character(preset) || length(preset) != 1L) .stop("`preset` must be a single string such as \"default\" or \"paper\"")
   if (!is.null(model_dir) && (!is.character(model_dir) || length(model_dir) != 1L)) .stop("`model_dir` must be a folder path or NULL")
+  if (!is.logical(overwrite) || length(overwrite) != 1L || is.na(overwrite)) .stop("`overwrite` must be TRUE or FALSE")
   features <- .check_features(features, rownames(counts))
   settings <- .check_settings(settings)
+  threads <- getOption("amedl.threads", NULL)
+  if (is.null(settings$threads) && !is.null(threads)) settings$threads <- .scalar_int(threads, "options(amedl.threads)", 1L)
   bridge <- amedl_engine()
   res <- tryCatch(
     bridge$fit(
@@ -92,7 +123,8 @@
       epochs = epochs, seed = seed, preset = preset,
       model_dir = if (is.null(model_dir)) NULL else path.expand(model_dir),
       progress = isTRUE(verbose),
-      settings = if (length(settings)) unclass(settings) else NULL
+      settings = if (length(settings)) unclass(settings) else NULL,
+      overwrite = overwrite
     ),
     error = .py_error
   )

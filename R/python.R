@@ -73,7 +73,9 @@ amedl_python_config <- function() {
 #' reference BLAS, which would otherwise make training about ten times
 #' slower inside R); `options(amedl.deepbind = FALSE)` before the first call
 #' turns this off. `options(amedl.threads = n)` sets the number of CPU
-#' threads torch uses; on a busy shared machine `1` can be much faster.
+#' threads of torch, numba and BLAS (also `amedl_options(threads = n)` for one
+#' fit); on a busy shared machine `1` can be much faster. Results are
+#' bit-identical for a fixed seed and thread count.
 #'
 #' @return The Python module (a reticulate object), invisibly.
 #' @examples
@@ -105,8 +107,8 @@ amedl_engine <- function() {
   )
   threads <- getOption("amedl.threads", NULL)
   if (!is.null(threads)) {
-    tryCatch(reticulate::import("torch")$set_num_threads(as.integer(threads)),
-             error = function(e) warning("amedl: could not set the number of torch threads: ", conditionMessage(e), call. = FALSE))
+    tryCatch(bridge$set_threads(as.integer(threads)),
+             error = function(e) warning("amedl: could not set the number of threads: ", conditionMessage(e), call. = FALSE))
   }
   .amedl_state$bridge <- bridge
   invisible(bridge)

@@ -11,7 +11,7 @@
 RunAMEDL.SingleCellExperiment <- function(object, batch, assay = "counts", features = NULL,
                                           n_latent = 50, n_top_genes = 2000, epochs = NULL, seed = 0,
                                           model_dir = NULL, preset = "default", verbose = TRUE,
-                                          settings = list(), ...) {
+                                          settings = list(), overwrite = FALSE, ...) {
   .check_dots(...)
   .sce_ns()
   if (missing(batch)) batch <- NULL
@@ -20,14 +20,18 @@ RunAMEDL.SingleCellExperiment <- function(object, batch, assay = "counts", featu
           paste(colnames(SummarizedExperiment::colData(object)), collapse = ", "))
   }
   an <- SummarizedExperiment::assayNames(object)
-  if (!assay %in% an) .stop("the SingleCellExperiment has no assay '%s' (assays: %s)", assay, paste(an, collapse = ", "))
+  if (!assay %in% an) {
+    .stop("the SingleCellExperiment has no assay '%s' (assays: %s); aMEDL needs the raw counts: name their assay with `assay =`",
+          assay, paste(an, collapse = ", "))
+  }
   counts <- .check_counts(SummarizedExperiment::assay(object, assay, withDimnames = TRUE),
-                          sprintf("assay '%s'", assay))
+                          sprintf("assay '%s'", assay),
+                          drop_hint = sprintf("sce <- sce[, Matrix::colSums(assay(sce, \"%s\")) > 0]", assay))
   b <- .batch_from_meta(batch, SummarizedExperiment::colData(object), ncol(object), "colData")
-  bf <- .check_batch(b$values, ncol(counts), sprintf("the batch ('%s')", b$key))
+  bf <- .check_batch(b$values, ncol(counts), b$what)
   res <- .amedl_fit(counts, bf, batch_key = b$key, features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
-                    model_dir = model_dir, verbose = verbose, settings = settings)
+                    model_dir = model_dir, verbose = verbose, settings = settings, overwrite = overwrite)
   object <- .amedl_repair_sce(object)
   SingleCellExperiment::reducedDim(object, "AMEDL_FE") <- res$fe
   SingleCellExperiment::reducedDim(object, "AMEDL_RE") <- res$re

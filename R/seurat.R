@@ -57,25 +57,26 @@ SeuratLayerCounts <- function(object, assay = NULL, layer = "counts") {
 RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts", features = NULL,
                             n_latent = 50, n_top_genes = 2000, epochs = NULL, seed = 0, model_dir = NULL,
                             preset = "default", reduction.prefix = "amedl", verbose = TRUE,
-                            settings = list(), ...) {
+                            settings = list(), overwrite = FALSE, ...) {
   .check_dots(...)
   .seurat_ns()
   if (is.null(assay)) assay <- SeuratObject::DefaultAssay(object)
   counts <- SeuratLayerCounts(object, assay = assay, layer = layer)
   split <- attr(counts, "split")
   attr(counts, "split") <- NULL
-  counts <- .check_counts(counts, sprintf("the '%s' layer of assay '%s'", layer, assay))
+  counts <- .check_counts(counts, sprintf("the '%s' layer of assay '%s'", layer, assay),
+                          drop_hint = sprintf("obj <- subset(obj, nCount_%s > 0)", assay))
   if (is.null(batch)) {
     if (is.null(split)) {
       .stop("`batch` is missing: name the column of the cell metadata that holds each cell's batch (columns: %s)",
             paste(colnames(object@meta.data), collapse = ", "))
     }
     if (isTRUE(verbose)) message("amedl: no batch given; using the split of the '", layer, "' layer (", nlevels(split), " parts) as the batch")
-    b <- list(values = split, key = "layer_split")
+    b <- list(values = split, key = "layer_split", what = sprintf("the split of the '%s' layer", layer))
   } else {
     b <- .batch_from_meta(batch, object@meta.data, ncol(object), "Seurat object's meta.data")
   }
-  bf <- .check_batch(b$values, ncol(counts), sprintf("the batch ('%s')", b$key))
+  bf <- .check_batch(b$values, ncol(counts), b$what)
   if (is.null(features)) {
     vf <- .variable_features(object, assay)
     vf <- intersect(vf, rownames(counts))
@@ -86,7 +87,7 @@ RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts"
   }
   res <- .amedl_fit(counts, bf, batch_key = b$key, features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
-                    model_dir = model_dir, verbose = verbose, settings = settings)
+                    model_dir = model_dir, verbose = verbose, settings = settings, overwrite = overwrite)
   params <- utils::modifyList(res$params, list(assay = assay, layer = layer, object_kind = "Seurat"))
   keyroot <- gsub("[^A-Za-z0-9]", "", reduction.prefix)
   if (!nzchar(keyroot) || !grepl("^[A-Za-z]", keyroot)) .stop("`reduction.prefix` must start with a letter")

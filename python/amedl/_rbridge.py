@@ -5,16 +5,60 @@ R hands over a genes × cells matrix (a ``dgCMatrix`` arrives as
 names and one batch label per cell; these functions build the AnnData
 (cells × genes, sparse kept sparse), run the engine and hand back plain
 NumPy arrays. Nothing here imports rpy2: R is the host process.
+
+Errors the engine finds in the data are reworded for R users (the cell
+metadata and ``subset()`` instead of ``adata.obs`` and scanpy) by :func:`r_words`.
 """
 from __future__ import annotations
 
+import functools
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from .errors import AMEDLError
+
+#: AnnData wording → R wording, applied in order to the engine's error messages.
+_R_WORDS = (
+    (r"e\.g\. adata = adata\[.*?\]\.copy\(\)", "e.g. with subset()"),
+    (r"sc\.pp\.filter_cells\(adata, min_counts=1\)",
+     "subset(obj, nCount_RNA > 0) for a Seurat object, sce[, Matrix::colSums(counts(sce)) > 0] for a SingleCellExperiment"),
+    (r"adata\.obs\[('[^']*')\]", r"column \1 of the cell metadata"),
+    (r"call adata\.obs_names_make_unique\(\) first", "make them unique first (colnames(obj) <- make.unique(colnames(obj)))"),
+    (r"call adata\.var_names_make_unique\(\) first", "make them unique first (make.unique())"),
+    (r"adata\.var_names", "the gene names (rownames)"),
+    (r"adata\.obs", "the cell metadata"),
+    (r"adata\.layers\[('[^']*')\]", r"layer \1"),
+    (r"adata\.X", "the count matrix"),
+    (r"\(e\.g\. layer='counts'; command line: --layer counts\)", "(the 'counts' layer or assay)"),
+    (r"\bNone\b", "NULL"),
+    (r"\bTrue\b", "TRUE"),
+    (r"\bFalse\b", "FALSE"),
+)
+
+
+def r_words(message: str) -> str:
+    """An engine error message in the words of an R user."""
+    for pattern, repl in _R_WORDS:
+        message = re.sub(pattern, repl, message)
+    return message
+
+
+def _speaks_r(fn):
+    """Re-raise the engine's errors for the user (:class:`amedl.errors.AMEDLError`) in R's words."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AMEDLError as exc:
+            raise type(exc)(r_words(str(exc))) from None
+
+    return wrapper
 
 
 def _as_list(x: Any) -> list[str]:
@@ -71,6 +115,7 @@ def make_adata(
     return ad.AnnData(X=Xc, obs=obs, var=var)
 
 
+@_speaks_r
 def fit(
     X,
     cells,
@@ -87,6 +132,7 @@ def fit(
     model_dir: str | None = None,
     progress: bool = True,
     settings: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Fit aMEDL on R data and return both latents, the model and its record.
 
@@ -98,10 +144,14 @@ def fit(
     dict with ``fe`` and ``re`` (cells × n_latent float32 arrays), ``model``
     (the fitted :class:`amedl.AMEDL`), ``record`` (:func:`amedl.tl.record`,
     what every output stores as ``uns['amedl']``) and ``model_dir`` (where it
-    was saved, or None).
+    was saved, or None). ``model_dir`` is checked before training: a new or
+    empty folder, or (with ``overwrite``) an amedl model folder.
     """
-    from . import tl
+    from . import modelfile, tl
     from .model import AMEDL
+
+    if model_dir:
+        modelfile.check_target(os.path.expanduser(str(model_dir)), bool(overwrite), flag="overwrite = TRUE")
 
     adata = make_adata(X, cells, genes, batch, batch_key=batch_key, batch_levels=batch_levels)
     config = dict(settings or {})
@@ -117,23 +167,30 @@ def fit(
         "re": adata.obsm["X_amedl_re"],
         "model": model,
         "record": rec,
-        "model_dir": save_model(model, model_dir) if model_dir else None,
+        "model_dir": save_model(model, model_dir, overwrite) if model_dir else None,
     }
 
 
-def save_model(model, model_dir: str) -> str:
-    """Save ``model`` to ``model_dir``, replacing an earlier aMEDL model there but nothing else."""
+@_speaks_r
+def save_model(model, model_dir: str, overwrite: bool = False) -> str:
+    """Save ``model`` to ``model_dir`` (a new or empty folder, or with ``overwrite``
+    an amedl model folder holding nothing else; see :meth:`amedl.AMEDL.save`)."""
+    from . import modelfile
+
     path = Path(os.path.expanduser(str(model_dir)))
-    if path.exists() and not (path / "amedl.json").exists() and any(path.iterdir()):
-        raise FileExistsError(
-            f"model_dir {path} exists and is not an aMEDL model folder; choose a new or empty folder"
-        )
-    if path.exists() and not any(path.iterdir()):
-        path.rmdir()
-    model.save(path, overwrite=True)
+    modelfile.check_target(path, bool(overwrite), flag="overwrite = TRUE")
+    model.save(path, overwrite=bool(overwrite))
     return str(path.resolve())
 
 
+def set_threads(n) -> None:
+    """Use ``n`` CPU threads in torch, numba and BLAS (R's ``options(amedl.threads = n)``)."""
+    from ._utils import apply_threads
+
+    apply_threads(_as_int(n))
+
+
+@_speaks_r
 def load_model(model_dir: str):
     """Load a model saved by :func:`fit` (or :meth:`amedl.AMEDL.save`)."""
     from .model import AMEDL
@@ -141,6 +198,7 @@ def load_model(model_dir: str):
     return AMEDL.load(os.path.expanduser(str(model_dir)))
 
 
+@_speaks_r
 def counterfactual(model, X, cells, genes, batch, target: str, batch_levels=None) -> dict:
     """RE reconstruction of every cell decoded as if from batch ``target``.
 
@@ -153,6 +211,7 @@ def counterfactual(model, X, cells, genes, batch, target: str, batch_levels=None
     return {"x": x, "genes": list(model.genes)}
 
 
+@_speaks_r
 def latents(model, X, cells, genes, batch=None, batch_levels=None) -> dict:
     """FE (and, with batches, RE) latents of cells under an already fitted model."""
     adata = make_adata(X, cells, genes, batch, batch_key=model.batch_key, batch_levels=batch_levels)

@@ -97,9 +97,9 @@ def _check_model_dir(path: str | None, overwrite: bool, out: Path | None) -> Non
     from . import modelfile
 
     folder = Path(os.path.expanduser(path)).absolute()
+    modelfile.check_target(folder, overwrite, flag="--overwrite")
     if out is not None and folder in out.absolute().parents:
         raise AMEDLPathError(f"--out {out} is inside --model-dir {path}; put the output elsewhere")
-    modelfile.check_target(folder, overwrite, flag="--overwrite")
     _probe_writable(folder.parent, f"the model folder {path}")
 
 
@@ -143,14 +143,17 @@ def cmd_fit(args) -> int:
     out = _check_output(args.out)
     _check_model_dir(args.model_dir, args.overwrite, out)
 
+    t0 = time.perf_counter()
+    adata = _read(args.input)
+    _require_columns(adata, args.input, columns)
+    from .data.validate import validate_adata
+
+    validate_adata(adata, args.batch_key, args.layer)  # the data's errors before torch and scanpy are loaded
+    _say(args, f"read {args.input}: {adata.n_obs} cells × {adata.n_vars} genes")
     from . import io, tl
     from ._utils import Staging
     from .model import AMEDL
 
-    t0 = time.perf_counter()
-    adata = _read(args.input)
-    _require_columns(adata, args.input, columns)
-    _say(args, f"read {args.input}: {adata.n_obs} cells × {adata.n_vars} genes")
     model = AMEDL(adata, args.batch_key, layer=args.layer, preset=args.preset, **settings)
     model.fit(seed=args.seed, max_epochs=args.epochs, progress=not args.quiet)
     tl.add_latents(adata, model)
@@ -179,7 +182,16 @@ def cmd_embed(args) -> int:
 
     meta = modelfile.read_meta(os.path.expanduser(args.model_dir))
     modelfile.verify_weights(os.path.expanduser(args.model_dir), meta)
-    _check_input(args.input, {}, args.layer)
+    info = _check_input(args.input, {}, args.layer)
+    genes = meta["preprocessing"]["genes"]
+    if info and info.get("var_names") is not None:
+        missing = sorted(set(genes) - set(info["var_names"]))
+        if missing:
+            from .errors import preview
+
+            raise AMEDLInputError(f"{len(missing)} of the model's {len(genes)} genes are not genes of {args.input} "
+                                  f"({preview(missing, 5)}); the input needs every gene the model was trained on, "
+                                  "named the same way (gene symbols vs Ensembl IDs?)")
     from .config import make_config
 
     make_config(**{k: v for k, v in {"device": args.device, "threads": args.threads}.items() if v is not None})
@@ -229,7 +241,9 @@ def cmd_benchmark(args) -> int:
         raise AMEDLPathError(f"--out-dir {args.out_dir} is a file, not a folder")
     _probe_writable(out_dir, f"--out-dir {args.out_dir}")
     settings = _settings(args)
-    _check_input(args.input, {"--batch-key": args.batch_key, "--label-key": args.label_key}, args.layer)
+    info = _check_input(args.input, {"--batch-key": args.batch_key, "--label-key": args.label_key}, args.layer)
+    if info and info.get("n_obs") and args.folds > info["n_obs"]:
+        raise AMEDLInputError(f"--folds {args.folds} is more than the number of cells of {args.input} ({info['n_obs']})")
     from .benchmark.methods import resolve_methods
 
     try:

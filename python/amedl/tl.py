@@ -38,8 +38,9 @@ def record(model: AMEDL) -> dict:
         "batches": [str(b) for b in model.batches],
         "epochs": {kind: int(v["epochs_run"]) for kind, v in info.items()},
         # settings that differ from the preset's (None, i.e. "no limit", cannot be stored in .h5ad)
+        # (device and threads are how it ran, not what was fitted)
         "settings": {k: v for k, v in config.items() if v != preset.get(k) and v is not None
-                     and k not in ("n_latent", "device")},
+                     and k not in ("n_latent", "device", "threads")},
         "amedl_version": __version__,
     }
 

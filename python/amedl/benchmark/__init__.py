@@ -33,6 +33,7 @@ import pandas as pd
 
 from .. import metrics as _metrics
 from .._utils import atomic_open
+from ..errors import AMEDLError, AMEDLInputError, preview
 from .folds import stratified_folds
 from .methods import DEFAULT_METHODS, METHODS, FoldContext, Method, resolve_methods
 from .report import pattern_check, sections, summarize, summary_markdown, training_table, write_report
@@ -49,16 +50,20 @@ def _say(progress: bool, msg: str) -> None:
 
 def _check_input(adata, batch_key: str, label_key: str, layer, progress: bool):
     """Check the keys; leave out cells without counts. Returns ``(adata, notes)``."""
+    from ..data.validate import _counts_matrix
+
     notes = []
     for what, key in (("batch", batch_key), ("label", label_key)):
         if key not in adata.obs.columns:
-            raise KeyError(f"{what} column {key!r} is not in adata.obs (columns: {list(adata.obs.columns)})")
+            raise AMEDLInputError(f"{what} column {key!r} is not in adata.obs (columns: {preview(adata.obs.columns, 10)})")
         missing = int(adata.obs[key].isna().sum())
         if missing:
-            raise ValueError(f"{what} column {key!r} has {missing} missing value(s); drop those cells or fill them in first")
-    if layer is not None and layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers)})")
-    X = adata.X if layer is None else adata.layers[layer]
+            raise AMEDLInputError(f"{what} column {key!r} has {missing} missing value(s); drop those cells or fill them in first")
+        values = adata.obs[key].astype(str).unique()
+        if len(values) < 2:
+            raise AMEDLInputError(f"{what} column {key!r} has a single value ({values[0]!r}); the benchmark needs "
+                                  f"at least 2 {'batches' if what == 'batch' else 'labels'}")
+    X, _ = _counts_matrix(adata, layer)
     empty = np.asarray(X.sum(axis=1)).ravel() == 0
     if empty.any():
         notes.append(f"{int(empty.sum())} cell(s) without counts were left out")
@@ -162,7 +167,7 @@ def run_benchmark(
             notes.append(why)
             _say(progress, why)
     if not chosen:
-        raise RuntimeError("none of the requested methods can run: " + "; ".join(notes))
+        raise AMEDLError("none of the requested methods can run: " + "; ".join(notes))
     use_scib = bool(scib) and _metrics.scib_available()
     if scib and not use_scib:
         notes.append("scIB metrics skipped: scib-metrics not installed (pip install 'amedl[benchmark]')")

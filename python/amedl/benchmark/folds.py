@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..errors import AMEDLConfigError, AMEDLInputError
+
 __all__ = ["stratified_folds"]
 
 
@@ -36,15 +38,15 @@ def stratified_folds(batch, labels, n_folds: int = 5, seed: int = 0) -> list[tup
     labels = np.asarray(labels).astype(str)
     n = batch.shape[0]
     if labels.shape[0] != n:
-        raise ValueError("batch and labels must have one entry per cell")
+        raise AMEDLInputError("batch and labels must have one entry per cell")
     if int(n_folds) != n_folds or n_folds < 1:
-        raise ValueError(f"folds must be a positive integer, got {n_folds!r}")
+        raise AMEDLConfigError(f"folds must be a whole number >= 1, got {n_folds!r}")
     n_folds = int(n_folds)
     if n_folds == 1:
         idx = np.arange(n)
         return [(idx, idx)]
     if n_folds > n:
-        raise ValueError(f"folds={n_folds} is more than the number of cells ({n})")
+        raise AMEDLConfigError(f"folds={n_folds} is more than the number of cells ({n})")
     key = pd.Series(np.char.add(np.char.add(batch, "|"), labels))
     counts = key.value_counts()
     rare = key.map(counts) < n_folds

@@ -20,6 +20,8 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from ..errors import AMEDLConfigError
+
 __all__ = ["FoldContext", "Method", "METHODS", "DEFAULT_METHODS", "resolve_methods"]
 
 
@@ -186,7 +188,8 @@ _ALIASES = {
 def resolve_methods(methods: Iterable[str] | str | None) -> list[str]:
     """Canonical method names from user spellings (``fe``, ``amedl-re``, ``harmony``, ``pca,ae``...).
 
-    ``None`` means :data:`DEFAULT_METHODS`. Raises ``ValueError`` for an unknown name.
+    ``None`` means :data:`DEFAULT_METHODS`. Raises :class:`~amedl.errors.AMEDLConfigError`
+    (a ``ValueError``) for an unknown name.
     """
     if methods is None:
         return list(DEFAULT_METHODS)
@@ -195,10 +198,10 @@ def resolve_methods(methods: Iterable[str] | str | None) -> list[str]:
         for name in filter(None, (n.strip() for n in str(item).split(","))):
             canon = _ALIASES.get(name.lower())
             if canon is None:
-                raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)} (or pca, ae, fe, re, "
+                raise AMEDLConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)} (or pca, ae, fe, re, "
                                  "harmony, scvi)")
             if canon not in out:
                 out.append(canon)
     if not out:
-        raise ValueError("no methods given")
+        raise AMEDLConfigError("no methods given")
     return out

@@ -91,9 +91,22 @@ def peek(path: str | os.PathLike) -> dict | None:
                 shape = (None, None)
             layers = list(f["layers"].keys()) if isinstance(f.get("layers"), h5py.Group) else []
             return {"n_obs": shape[0], "n_vars": shape[1] if len(shape) > 1 else None, "obs_columns": cols,
-                    "layers": layers, "has_raw": "raw" in f}
+                    "layers": layers, "has_raw": "raw" in f, "var_names": _names(f.get("var"))}
     except OSError as exc:
         raise _not_h5ad(path, " ".join(str(exc).split())[:200]) from None
+
+
+def _names(group) -> list[str] | None:
+    """The index (names) of an h5ad ``obs``/``var`` group, or ``None`` if it is not laid out as expected."""
+    import h5py
+
+    try:
+        index = group[group.attrs["_index"]]
+        if not isinstance(index, h5py.Dataset):
+            return None
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in index[()]]
+    except Exception:  # an unusual layout: anndata will read it
+        return None
 
 
 def check_columns(info: dict | None, path, columns: dict, layer: str | None = None) -> None:
