@@ -30,6 +30,32 @@ DATASETS = {
 REFERENCES = ("pca", "harmony", "scvi")
 
 
+def load(name: str, data_dir: str):
+    import anndata as ad
+
+    if name == "demo":
+        from amedl.datasets import simulate
+        from amedl.demo import DEMO_SIMULATION
+
+        return simulate(seed=0, **DEMO_SIMULATION), "batch", "cell_type"
+    file, batch_key, label_key = DATASETS[name]
+    return ad.read_h5ad(Path(data_dir) / file), batch_key, label_key
+
+
+def neighbour_mixing(latent, batch, labels, k: int = 15) -> dict:
+    """Fraction of each cell's k nearest neighbours from its own batch (and the value
+    for perfectly mixed batches) and the fraction sharing its label (purity)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    idx = NearestNeighbors(n_neighbors=k + 1).fit(latent).kneighbors(latent, return_distance=False)[:, 1:]
+    batch, labels = np.asarray(batch), np.asarray(labels)
+    counts = pd.Series(batch).value_counts()
+    n = len(batch)
+    mixed = float(((counts * (counts - 1)) / (n - 1)).sum() / n)
+    return {"same_batch": float((batch[idx] == batch[:, None]).mean()), "same_batch_mixed": mixed,
+            "label_purity": float((labels[idx] == labels[:, None]).mean())}
+
+
 def folds(batch, labels, k: int = 5, seed: int = 0):
     from sklearn.model_selection import StratifiedKFold
 
@@ -43,7 +69,8 @@ def folds(batch, labels, k: int = 5, seed: int = 0):
 def score(latent, batch, labels, unintegrated) -> dict:
     from amedl.metrics import evaluate_latent
 
-    return evaluate_latent(latent, batch, labels, scib=True, unintegrated=unintegrated, max_cells=None, seed=0)
+    out = evaluate_latent(latent, batch, labels, scib=True, unintegrated=unintegrated, max_cells=None, seed=0)
+    return {**out, **neighbour_mixing(latent, batch, labels)}
 
 
 def embed(method: str, adata, tr, te, batch_key, settings: dict, seed: int, n_latent: int):
@@ -88,8 +115,6 @@ def embed(method: str, adata, tr, te, batch_key, settings: dict, seed: int, n_la
 
 
 def run(args) -> None:
-    import anndata as ad
-
     import amedl
     from amedl.baselines import pca_latent
 
@@ -100,8 +125,7 @@ def run(args) -> None:
     settings = json.loads(args.settings)
     methods = args.methods.split(",")
     for name in args.datasets.split(","):
-        file, batch_key, label_key = DATASETS[name]
-        adata = ad.read_h5ad(Path(args.data_dir) / file)
+        adata, batch_key, label_key = load(name, args.data_dir)
         batch = adata.obs[batch_key].astype(str).to_numpy()
         labels = adata.obs[label_key].astype(str).to_numpy()
         splits = folds(batch, labels)
@@ -132,8 +156,8 @@ def run(args) -> None:
 def table(args) -> None:
     rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]
     df = pd.DataFrame(rows)
-    cols = ["scib_total", "batch_correction", "bio_conservation", "batch_asw", "label_asw"]
-    g = df.groupby(["name", "dataset"])[cols].mean().round(3)
+    cols = ["scib_total", "batch_correction", "bio_conservation", "batch_asw", "label_asw", "same_batch", "same_batch_mixed", "label_purity"]
+    g = df.groupby(["name", "dataset"])[[c for c in cols if c in df]].mean().round(3)
     wide = g["scib_total"].unstack("dataset")
     wide["mean"] = wide.mean(axis=1)
     print(g.to_string())

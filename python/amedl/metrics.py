@@ -5,7 +5,10 @@ Two families:
 * the basic scores used in the aMEDL paper (sklearn): raw silhouette width
   (ASW, range -1..1) of batch and of cell-type labels, the inverse
   Davies-Bouldin index and the Calinski-Harabasz index, each computed once with
-  the batch as cluster labels and once with the cell type;
+  the batch as cluster labels and once with the cell type; and two
+  neighbourhood scores a reader can interpret directly: the fraction of each
+  cell's nearest neighbours from its own batch (beside the value for
+  perfectly mixed batches) and from its own cell type (purity);
 * the scIB scores (Luecken et al. 2022) through ``scib-metrics`` when that
   optional package is installed: iLISI, kBET, graph connectivity, scaled batch
   ASW and PCR comparison (batch correction); cLISI, NMI/ARI and scaled label
@@ -30,6 +33,7 @@ __all__ = [
     "silhouette_label",
     "inverse_davies_bouldin",
     "calinski_harabasz",
+    "neighbour_fractions",
     "basic_metrics",
     "scib_available",
     "scib_metrics",
@@ -45,6 +49,7 @@ BASIC_METRICS = (
     "batch_asw", "label_asw",
     "batch_inv_db", "label_inv_db",
     "batch_ch", "label_ch",
+    "same_batch_neighbours", "same_batch_mixed", "label_purity",
 )
 #: scIB batch-correction metrics (all in 0..1, higher = better mixed).
 SCIB_BATCH_METRICS = ("ilisi", "kbet", "graph_connectivity", "scaled_batch_asw", "pcr_comparison")
@@ -192,8 +197,40 @@ def calinski_harabasz(latent, labels) -> float:
     return float(calinski_harabasz_score(x, codes))
 
 
+def neighbour_fractions(latent, batch, labels=None, *, k: int = 15) -> dict[str, float]:
+    """How mixed each cell's neighbourhood is, in fractions a reader can check.
+
+    ``same_batch_neighbours``: the mean fraction of a cell's ``k`` nearest
+    neighbours (Euclidean, the cell itself excluded) that come from its own
+    batch; ``same_batch_mixed``: the same fraction expected when neighbours
+    ignore the batch (perfect mixing: for a cell of batch b,
+    ``(n_b - 1) / (n - 1)``), so a latent with batches perfectly mixed scores
+    about ``same_batch_mixed`` and one with batches apart about 1;
+    ``label_purity`` (when ``labels`` is given): the mean fraction of
+    neighbours that share the cell's label.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    x = _as_2d(latent)
+    b = _as_codes(batch, x.shape[0], "batch")
+    k = min(k, x.shape[0] - 1)
+    if k < 1:
+        raise ValueError("neighbour fractions need at least 2 cells")
+    idx = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x, return_distance=False)[:, 1:]
+    sizes = np.bincount(b)[b]
+    out = {
+        "same_batch_neighbours": float((b[idx] == b[:, None]).mean()),
+        "same_batch_mixed": float(((sizes - 1) / (len(b) - 1)).mean()),
+    }
+    if labels is not None:
+        lab = _as_codes(labels, x.shape[0], "labels")
+        out["label_purity"] = float((lab[idx] == lab[:, None]).mean())
+    return out
+
+
 def basic_metrics(latent, batch, labels=None, *, max_cells: int | None = None, seed: int = 0) -> dict[str, float]:
-    """The aMEDL paper's metrics: ASW, 1/DB and CH with batch and with labels.
+    """The aMEDL paper's metrics (ASW, 1/DB and CH with batch and with labels)
+    and :func:`neighbour_fractions`.
 
     Returns a dict with the keys of :data:`BASIC_METRICS` (label keys only
     when ``labels`` is given). With ``max_cells`` every score is computed on
@@ -213,6 +250,7 @@ def basic_metrics(latent, batch, labels=None, *, max_cells: int | None = None, s
         out[f"{name}_asw"] = _silhouette(x, c, name, None, seed)
         out[f"{name}_inv_db"] = inverse_davies_bouldin(x, c)
         out[f"{name}_ch"] = calinski_harabasz(x, c)
+    out.update(neighbour_fractions(x, codes[0], codes[1] if len(codes) > 1 else None))
     return out
 
 

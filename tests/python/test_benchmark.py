@@ -156,9 +156,9 @@ def test_demo_prints_table_and_writes_figure(tmp_path, capsys):
     res = run_demo(tmp_path / "demo", seed=0, progress=False, max_epochs=3, n_cells=240, n_genes=150)
     assert list(res["method"]) == ["PCA", "AE", "aMEDL-FE", "aMEDL-RE"]
     printed = capsys.readouterr().out
-    assert "batch ASW" in printed and "cell-type ASW" in printed
+    assert "batch ASW" in printed and "cell-type ASW" in printed and "same-batch neighbours" in printed
     for meth in ("PCA", "AE", "aMEDL-FE", "aMEDL-RE"):
-        assert re.search(rf"^{re.escape(meth)}\s+[+-]\d\.\d{{3}}\s+[+-]\d\.\d{{3}}$", printed, re.M), meth
+        assert re.search(rf"^{re.escape(meth)}\s+\d\.\d\d\s+\d\.\d\d\s+[+-]\d\.\d{{3}}\s+[+-]\d\.\d{{3}}$", printed, re.M), meth
     for name in ("umap.png", "report.html", "summary.md", "results.csv"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
 

@@ -77,6 +77,24 @@ def test_basic_metrics_keys_and_directions():
     assert out["label_ch"] > out["batch_ch"]
 
 
+def test_neighbour_fractions_mixed_and_separated():
+    """Batches mixed within cell types score the perfectly mixed value; batches
+    apart score 1; purity is 1 when cell types are apart."""
+    rng = np.random.default_rng(3)
+    batch = np.tile(["b1", "b2", "b2"], 100)  # 100 cells of b1, 200 of b2
+    label = np.repeat(["t1", "t2"], 150)
+    mixed = rng.normal(size=(300, 4))
+    mixed[:, 0] += (label == "t2") * 20
+    out = M.neighbour_fractions(mixed, batch, label, k=15)
+    expected = (100 * 99 / 299 + 200 * 199 / 299) / 300
+    assert out["same_batch_mixed"] == pytest.approx(expected)
+    assert abs(out["same_batch_neighbours"] - expected) < 0.05
+    assert out["label_purity"] == pytest.approx(1.0)
+    apart = mixed.copy()
+    apart[:, 1] += (batch == "b2") * 20
+    assert M.neighbour_fractions(apart, batch, label)["same_batch_neighbours"] == pytest.approx(1.0)
+
+
 def test_subsample_indices_seeded_stratified_and_exact():
     strata = np.array(["a"] * 900 + ["b"] * 90 + ["c"] * 10)
     i1 = M.subsample_indices(1000, 100, seed=3, strata=strata)

@@ -22,7 +22,9 @@ __all__ = ["summarize", "pattern_check", "training_table", "sections", "summary_
 
 #: The aMEDL paper's metrics (first table).
 PAPER_COLUMNS = {"batch_asw": "batch ASW", "label_asw": "label ASW", "batch_inv_db": "batch 1/DB",
-                 "label_inv_db": "label 1/DB", "batch_ch": "batch CH", "label_ch": "label CH"}
+                 "label_inv_db": "label 1/DB", "batch_ch": "batch CH", "label_ch": "label CH",
+                 "same_batch_neighbours": "same-batch nbrs", "same_batch_mixed": "(mixed)",
+                 "label_purity": "label purity"}
 #: The scIB metrics (second table).
 SCIB_COLUMNS = {"batch_correction": "batch correction", "bio_conservation": "bio conservation", "scib_total": "total",
                 "ilisi": "iLISI", "kbet": "kBET", "graph_connectivity": "graph conn.",
