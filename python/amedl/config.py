@@ -61,6 +61,8 @@ class AMEDLConfig:
     fe_adv_weight: float = 1.0
     fe_latent_kl_weight: float = 0.0
     fe_re_kl_weight: float = 1.0
+    fe_cycle_weight: float = 0.0
+    fe_ema_decay: float | None = None
     adversarial_loss: str = "ce"
     re_recon_weight: float = 1.0
     re_cls_weight: float = 0.1

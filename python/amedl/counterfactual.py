@@ -9,6 +9,11 @@ are those of scGen (Lotfollahi et al., Nature Methods 2019) and CPA
 expression over genes, over all model genes and over the genes that change
 most, each beside the no-change baseline (the source cells' own mean), and the
 correlation of predicted with real per-gene change.
+
+Means are pseudobulk: ``log1p`` of the mean expression per 10⁴ counts over a
+group's cells, for real and decoded cells alike. (The mean of ``log1p`` would
+compare a decoder's expected expression with noisy observed counts, which
+differ by Jensen's inequality even for a perfect model.)
 """
 from __future__ import annotations
 
@@ -19,20 +24,29 @@ from sklearn.metrics import r2_score
 __all__ = ["predicted_change", "counterfactual_scores"]
 
 
-def _group_mean(model, adata) -> np.ndarray:
-    """Mean log1p-normalised expression of ``adata``'s cells on the model genes."""
-    return np.asarray(model.prep.transform(adata).mean(axis=0)).ravel()
+def _pseudobulk(log_expression) -> np.ndarray:
+    """``log1p`` of the mean expression per 10⁴ counts of cells given in log1p units."""
+    x = log_expression.expm1() if hasattr(log_expression, "expm1") else np.expm1(log_expression)
+    return np.log1p(np.asarray(x.mean(axis=0)).ravel())
+
+
+def _real(model, adata) -> np.ndarray:
+    return _pseudobulk(model.prep.transform(adata))
+
+
+def _decoded(model, adata, batch, kind, layer) -> np.ndarray:
+    return _pseudobulk(model.reconstruct(adata, batch=batch, kind=kind, layer=layer))
 
 
 def predicted_change(model, adata, source: str, target: str, *, kind: str = "fe", layer: str | None = None) -> pd.Series:
-    """Per gene, the model's predicted change of mean log1p expression when the
+    """Per gene, the model's predicted change of pseudobulk log expression when the
     cells of batch ``source`` in ``adata`` are decoded as batch ``target`` instead
     of as their own batch; sorted from most raised to most lowered."""
     cells = adata[adata.obs[model.batch_key].astype(str).to_numpy() == str(source)]
     if cells.n_obs == 0:
         raise ValueError(f"no cells of batch {source!r} in adata.obs[{model.batch_key!r}]")
-    own = model.reconstruct(cells, kind=kind, layer=layer).mean(axis=0)
-    as_target = model.reconstruct(cells, batch=target, kind=kind, layer=layer).mean(axis=0)
+    own = _decoded(model, cells, None, kind, layer)
+    as_target = _decoded(model, cells, target, kind, layer)
     return pd.Series(as_target - own, index=pd.Index(model.genes, name="gene"), name=f"{target} - {source}").sort_values(
         ascending=False
     )
@@ -54,8 +68,8 @@ def counterfactual_scores(
 
     For every group of ``adata.obs[groupby]`` with at least ``min_cells`` cells
     in both batches: ``r2`` is the coefficient of determination of the
-    predicted mean expression (source cells decoded as ``target``) against the
-    real mean of the target cells over all model genes, ``r2_baseline`` the
+    predicted pseudobulk expression (source cells decoded as ``target``) against
+    that of the real target cells over all model genes, ``r2_baseline`` the
     same for the source cells' real mean (predicting no change); ``r2_top``
     and ``r2_top_baseline`` the same over the ``n_top`` genes whose real mean
     changes most; ``change_corr`` the Pearson correlation over all genes of the
@@ -71,9 +85,9 @@ def counterfactual_scores(
         if src.sum() < min_cells or tgt.sum() < min_cells:
             continue
         cells = adata[src]
-        real_src, real_tgt = _group_mean(model, cells), _group_mean(model, adata[tgt])
-        own = model.reconstruct(cells, kind=kind, layer=layer).mean(axis=0)
-        pred = model.reconstruct(cells, batch=target, kind=kind, layer=layer).mean(axis=0)
+        real_src, real_tgt = _real(model, cells), _real(model, adata[tgt])
+        own = _decoded(model, cells, None, kind, layer)
+        pred = _decoded(model, cells, target, kind, layer)
         real_change = real_tgt - real_src
         top = np.argsort(-np.abs(real_change))[:n_top]
         rows.append(

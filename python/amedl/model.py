@@ -115,7 +115,7 @@ class AMEDL:
 
     # -------------------------------------------------------------- building
     def _build(self, kind: str) -> nn.Module:
-        return NETWORKS[kind].build(self.config, len(self.prep.genes), len(self.prep.batches), self.prep.target_sum)
+        return NETWORKS[kind].build(self.config, self.prep)
 
     def _split(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Validation split stratified by batch (every batch keeps at least one training cell)."""
@@ -183,7 +183,7 @@ class AMEDL:
         epochs = int(max_epochs) if max_epochs is not None else c.epochs_for(n_train)
         batch_size = min(c.batch_size, n_train)
         chance_ce, chance_acc = batch_entropy(self._codes[train_idx], len(self.prep.batches))
-        context = PlanContext(n_train=n_train, n_genes=len(self.prep.genes), chance_ce=chance_ce)
+        context = PlanContext(n_train=n_train, n_genes=len(self.prep.genes), n_batches=len(self.prep.batches), chance_ce=chance_ce)
         for kind in kinds:
             network = NETWORKS[kind]
             seed_everything(seed + network.seed_offset)
@@ -208,7 +208,8 @@ class AMEDL:
             self.modules[kind] = modules  # visible to the callback during training
             try:
                 history = fit_loop(
-                    modules, lambda: trainer.train_epoch(train_loader), lambda: trainer.evaluate(val_loader), settings
+                    modules, lambda: trainer.train_epoch(train_loader), lambda: trainer.evaluate(val_loader), settings,
+                    snapshot=getattr(trainer, "snapshot", None),
                 )
             except BaseException:
                 if previous is None:

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .config import AMEDLConfig
@@ -58,9 +59,14 @@ def fit_loop(
     train_epoch: Callable[[], dict],
     evaluate: Callable[[], dict],
     settings: LoopSettings,
+    snapshot: Callable[[], dict] | None = None,
 ) -> pd.DataFrame:
     """Run epochs until ``max_epochs`` or until the validation ``monitor`` has not
     improved for ``patience`` epochs; restore the weights of the best epoch.
+
+    ``snapshot()`` gives the weights of record after an epoch (default
+    ``modules.state_dict()``; a plan that averages weights returns its
+    average); they are what is checkpointed and finally loaded into ``modules``.
 
     The first ``burn_in`` epochs are never taken as the best (an adversary that
     has barely trained makes any latent look batch-blind).
@@ -68,6 +74,7 @@ def fit_loop(
     Returns the per-epoch history; ``history.attrs`` holds ``best_epoch`` and
     ``stopped_early``.
     """
+    snapshot = snapshot or modules.state_dict
     best, best_state, best_epoch, wait = math.inf, None, 0, 0
     rows = []
     stopped = False
@@ -80,7 +87,7 @@ def fit_loop(
             pass
         elif ev["monitor"] < best:
             best, best_epoch, wait = ev["monitor"], epoch, 0
-            best_state = copy.deepcopy(modules.state_dict())
+            best_state = copy.deepcopy(snapshot())
         else:
             wait += 1
         if settings.callback is not None:
@@ -92,6 +99,8 @@ def fit_loop(
     bar.close()
     if best_state is not None and settings.restore_best:
         modules.load_state_dict(best_state)
+    elif snapshot is not modules.state_dict:
+        modules.load_state_dict(snapshot())
     history = pd.DataFrame(rows)
     history.attrs.update(best_epoch=best_epoch, stopped_early=stopped)
     return history
@@ -140,6 +149,7 @@ class PlanContext:
 
     n_train: int
     n_genes: int
+    n_batches: int
     chance_ce: float
 
 
@@ -195,6 +205,11 @@ class AdversarialPlan:
     reconstruction plus how far the adversary beats the chance cross-entropy
     ``H`` on held-out cells, so the best epoch reconstructs well *and* hides
     the batch.
+
+    With ``fe_ema_decay`` the weights of record are an exponential moving
+    average of the trained weights (updated every step): the adversarial game
+    oscillates from step to step, and the average is what is validated,
+    checkpointed and kept.
     """
 
     def __init__(self, net: FixedEffectsNetwork, config: AMEDLConfig, ctx: PlanContext):
@@ -204,10 +219,18 @@ class AdversarialPlan:
         self.recon_weight, self.adv_weight = config.fe_recon_weight, config.fe_adv_weight
         self.latent_kl = config.fe_latent_kl_weight / ctx.n_genes
         self.re_kl = config.fe_re_kl_weight / (ctx.n_train * ctx.n_genes)
+        self.cycle_weight = config.fe_cycle_weight if net.batch_aware else 0.0
+        self.n_batches = ctx.n_batches
         self.chance_ce = ctx.chance_ce
         self.adversarial_loss = config.adversarial_loss
         self.opt_ae = torch.optim.Adam(self.ae.parameters(), lr=config.lr)
         self.opt_adv = torch.optim.Adam(self.adv.parameters(), lr=config.adversary_lr or config.lr)
+        decay = config.fe_ema_decay
+        self.ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
+
+    def snapshot(self) -> dict:
+        """The weights of record: the moving average when there is one."""
+        return (self.ema.module if self.ema is not None else self.net).state_dict()
 
     def _fooling_loss(self, logits: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.adversarial_loss == "ce":
@@ -233,24 +256,41 @@ class AdversarialPlan:
             kl_latent = _gaussian_kl(enc.mean, enc.logvar)
             kl_re = self.ae.kl()
             loss = self.recon_weight * recon + self.adv_weight * fool + self.latent_kl * kl_latent + self.re_kl * kl_re
+            cycle = self._cycle_loss(enc, mb) if self.cycle_weight > 0 else kl_re.new_zeros(())
+            loss = loss + self.cycle_weight * cycle
             self.opt_ae.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_ae.step()
             self.adv.requires_grad_(True)
+            if self.ema is not None:
+                self.ema.update_parameters(self.net)
             means.add(recon=recon, adv_ce=adv_ce, adv_acc=(adv_logits.argmax(1) == mb.batch).float().mean(),
-                      kl_latent=kl_latent, kl_re=kl_re)
+                      kl_latent=kl_latent, kl_re=kl_re, cycle=cycle)
         return means.means()
+
+    def _cycle_loss(self, enc, mb) -> torch.Tensor:
+        """Cycle consistency: each cell decoded as another (random) batch and encoded
+        again must land where it started. The distance is relative to the spread of
+        the latent, so shrinking the latent cannot satisfy it."""
+        other = (mb.batch + torch.randint(1, self.n_batches, mb.batch.shape, device=mb.batch.device)) % self.n_batches
+        x_other = self.ae.as_input(self.ae.decode(enc.z, other), mb)
+        target = enc.mean
+        again = self.ae.encode(x_other).mean
+        spread = (target - target.mean(0)).square().mean()
+        return (again - target).square().mean() / (spread + 1e-8)
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict:
-        self.net.eval()
+        net = self.ema.module if self.ema is not None else self.net
+        net.eval()
+        ae = net.autoencoder
         sums = _ValidationSums()
         for mb in loader:
-            enc = self.ae.encode(mb.x)
-            logits = self.adv(self.net.adversary_view(enc))
+            enc = ae.encode(mb.x)
+            logits = self.adv(net.adversary_view(enc))
             sums.add(
                 len(mb.x),
-                recon=self.ae.recon_loss(self.ae.decode(enc.z, mb.batch), mb),
+                recon=ae.recon_loss(ae.decode(enc.z, mb.batch), mb),
                 adv_ce=F.cross_entropy(logits, mb.batch),
                 adv_acc=(logits.argmax(1) == mb.batch).float().mean(),
             )
@@ -307,23 +347,25 @@ class RandomEffectsPlan:
 # the registry of networks
 
 
-def _build_fe(c: AMEDLConfig, n_genes: int, n_batches: int, target_sum: float) -> FixedEffectsNetwork:
+def _build_fe(c: AMEDLConfig, prep) -> FixedEffectsNetwork:
+    n_genes, n_batches = len(prep.genes), len(prep.batches)
     if c.fe_decoder == "tied":
         ae = TiedAutoencoder(n_genes, c.hidden, c.n_latent, c.latent_activation)
     else:
         ae = MixedEffectsAutoencoder(
             n_genes, n_batches, c.hidden, c.n_latent, c.prior_scale, likelihood=c.likelihood,
-            latent_activation=c.latent_activation, variational=c.fe_latent_kl_weight > 0, target_sum=target_sum,
+            latent_activation=c.latent_activation, variational=c.fe_latent_kl_weight > 0,
+            target_sum=prep.target_sum, input_center=torch.as_tensor(prep.center), input_scale=torch.as_tensor(prep.scale),
         )
     return FixedEffectsNetwork(ae, n_batches, c.adversary_hidden, c.adversary_input)
 
 
-def _build_re(c: AMEDLConfig, n_genes: int, n_batches: int, target_sum: float) -> REAutoencoder:
-    return REAutoencoder(n_genes, n_batches, c.hidden, c.n_latent, c.prior_scale, c.classifier_hidden)
+def _build_re(c: AMEDLConfig, prep) -> REAutoencoder:
+    return REAutoencoder(len(prep.genes), len(prep.batches), c.hidden, c.n_latent, c.prior_scale, c.classifier_hidden)
 
 
-def _build_ae(c: AMEDLConfig, n_genes: int, n_batches: int, target_sum: float) -> PlainAutoencoder:
-    return PlainAutoencoder(TiedAutoencoder(n_genes, c.hidden, c.n_latent, c.latent_activation))
+def _build_ae(c: AMEDLConfig, prep) -> PlainAutoencoder:
+    return PlainAutoencoder(TiedAutoencoder(len(prep.genes), c.hidden, c.n_latent, c.latent_activation))
 
 
 @dataclass(frozen=True)
@@ -333,7 +375,7 @@ class Network:
     kind: str
     description: str
     seed_offset: int
-    build: Callable[[AMEDLConfig, int, int, float], nn.Module]
+    build: Callable[[AMEDLConfig, object], nn.Module]  # (config, fitted Preprocessor)
     plan: Callable[[nn.Module, AMEDLConfig, PlanContext], object]
     patience: Callable[[AMEDLConfig], int | None]
     burn_in: bool = False  # no checkpoint before the adversary has learned

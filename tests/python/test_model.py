@@ -86,12 +86,18 @@ def test_save_refuses_to_overwrite_and_is_atomic(small_model, tmp_path):
     target = tmp_path / "model"
     target.mkdir()
     (target / "keep.txt").write_text("user data")
+    # a folder that is not an amedl model is never replaced, even with overwrite=True
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError):
+            small_model.save(target, overwrite=overwrite)
+        assert (target / "keep.txt").read_text() == "user data"
+    model = tmp_path / "saved"
+    small_model.save(model)
     with pytest.raises(FileExistsError):
-        small_model.save(target)
-    assert (target / "keep.txt").read_text() == "user data"
-    small_model.save(target, overwrite=True)
-    assert (target / "amedl.json").exists() and not (target / "keep.txt").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folders left
+        small_model.save(model)
+    small_model.save(model, overwrite=True)  # a model folder is replaced when asked
+    assert (model / "amedl.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "saved"]  # no temporary folders left
 
 
 def test_genes_matched_by_name(small_model, sim):

@@ -1,4 +1,4 @@
-"""Torch modules of aMEDL. Modules only compute; training is in :mod:`amedl.train`
+"""The networks of aMEDL. Modules only compute; training is in :mod:`amedl.train`
 and the user-facing model in :mod:`amedl.model`.
 
 Every network the model trains has the same small interface, so the model
@@ -28,248 +28,14 @@ Networks:
 """
 from __future__ import annotations
 
-import math
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-LIKELIHOODS = ("mse", "nb")
-
-
-def _activation(name: str) -> nn.Module:
-    if name == "selu":
-        return nn.SELU()
-    if name == "linear":
-        return nn.Identity()
-    raise ValueError(f"latent activation must be 'selu' or 'linear', got {name!r}")
-
-
-class Encoded(NamedTuple):
-    """An encoder's output: ``z`` the latent used for decoding (a posterior sample in
-    training when variational), ``mean`` the latent reported at inference,
-    ``logvar`` the posterior log-variance (``None`` if not variational),
-    ``layers`` every layer's output (``mean`` last), which the adversary sees."""
-
-    z: torch.Tensor
-    mean: torch.Tensor
-    logvar: torch.Tensor | None
-    layers: list
-
-
-# ---------------------------------------------------------------------------
-# random effects
-
-
-def _inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
-
-
-class RandomEffects(nn.Module):
-    """Per-batch random effects: ``Z @ W`` with a mean-field Normal posterior on ``W``.
-
-    ``W`` (n_batches × n_features) has learned means and softplus scales, and a
-    fixed Normal(0, ``prior_scale``) prior. Training samples ``W`` with the
-    reparameterisation trick; evaluation uses the posterior mean.
-
-    The batches are given either as integer codes (each cell's row of ``W`` is
-    looked up; code -1, a batch not seen in training, gives zero effects) or
-    as a design matrix ``Z`` (cells × n_batches), e.g. predicted batch
-    probabilities that mix the learned effects; a zero row gives zero effects.
-    """
-
-    def __init__(self, n_batches: int, n_features: int, prior_scale: float = 0.25, init_scale: float = 1e-3):
-        super().__init__()
-        self.prior_scale = float(prior_scale)
-        self.mean = nn.Parameter(torch.zeros(n_batches, n_features))
-        self.raw_scale = nn.Parameter(torch.full((n_batches, n_features), _inverse_softplus(init_scale)))
-
-    @property
-    def scale(self) -> torch.Tensor:
-        return F.softplus(self.raw_scale)
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            W = self.mean + self.scale * torch.randn_like(self.mean)
-        else:
-            W = self.mean
-        if batch.is_floating_point():
-            return batch @ W
-        # a lookup instead of a one-hot product; the appended zero row serves code -1
-        return F.embedding(batch.remainder(W.shape[0] + 1), F.pad(W, (0, 0, 0, 1)))
-
-    def kl(self) -> torch.Tensor:
-        """KL(posterior ‖ prior), summed over all weights."""
-        s = self.scale
-        p = self.prior_scale
-        return (torch.log(p / s) + (s**2 + self.mean**2) / (2 * p**2) - 0.5).sum()
-
-
-class REBlock(nn.Module):
-    """Dense → BatchNorm → per-batch scale and shift ``h·(1+γ(Z)) + β(Z)`` → SELU."""
-
-    def __init__(self, n_in: int, n_out: int, n_batches: int, prior_scale: float):
-        super().__init__()
-        self.linear = nn.Linear(n_in, n_out)
-        self.norm = nn.BatchNorm1d(n_out)
-        self.gamma = RandomEffects(n_batches, n_out, prior_scale)
-        self.beta = RandomEffects(n_batches, n_out, prior_scale)
-
-    def forward(self, x: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
-        h = self.norm(self.linear(x))
-        return F.selu(h * (1 + self.gamma(Z)) + self.beta(Z))
-
-
-def _kl_of_random_effects(module: nn.Module) -> torch.Tensor:
-    terms = [m.kl() for m in module.modules() if isinstance(m, RandomEffects)]
-    return torch.stack(terms).sum() if terms else torch.zeros(())
-
-
-def one_hot(codes: torch.Tensor, n_batches: int) -> torch.Tensor:
-    """One-hot design matrix; negative codes (unseen batches) give a zero row."""
-    Z = torch.zeros(codes.shape[0], n_batches, device=codes.device)
-    known = codes >= 0
-    Z[known, codes[known]] = 1.0
-    return Z
-
-
-# ---------------------------------------------------------------------------
-# likelihoods
-
-
-def negative_binomial_nll(counts: torch.Tensor, mu: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood of ``counts`` under NB(mean ``mu``, inverse dispersion
-    ``exp(log_theta)``), element-wise."""
-    theta = log_theta.exp()
-    eps = 1e-8
-    log_theta_mu = torch.log(theta + mu + eps)
-    ll = (
-        theta * (torch.log(theta + eps) - log_theta_mu)
-        + counts * (torch.log(mu + eps) - log_theta_mu)
-        + torch.lgamma(counts + theta)
-        - torch.lgamma(theta)
-        - torch.lgamma(counts + 1)
-    )
-    return -ll
-
-
-class ExpressionHead(nn.Module):
-    """The decoder's output layer and its likelihood.
-
-    ``"mse"``: the output is the scaled model input itself; the loss is the
-    mean squared error. ``"nb"``: the output holds log-rates over the model
-    genes; a softmax gives each cell's expression proportions, the counts are
-    negative binomial with mean proportion × the cell's total counts over the
-    model genes and a per-gene inverse dispersion, and the loss is the mean
-    negative log-likelihood per gene. Either way the output is
-    ``out·(1+γ(Z)) + β(Z)`` with per-gene, per-batch random effects.
-    """
-
-    def __init__(self, n_in: int, n_genes: int, n_batches: int, prior_scale: float, likelihood: str = "mse", target_sum: float = 1e4):
-        super().__init__()
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        self.likelihood = likelihood
-        self.target_sum = float(target_sum)
-        self.linear = nn.Linear(n_in, n_genes)
-        self.gamma = RandomEffects(n_batches, n_genes, prior_scale)
-        self.beta = RandomEffects(n_batches, n_genes, prior_scale)
-        if likelihood == "nb":
-            self.log_theta = nn.Parameter(torch.zeros(n_genes))
-
-    @property
-    def output_space(self) -> str:
-        return "scaled" if self.likelihood == "mse" else "log1p"
-
-    def forward(self, h: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
-        return self.linear(h) * (1 + self.gamma(Z)) + self.beta(Z)
-
-    def loss(self, out: torch.Tensor, mb) -> torch.Tensor:
-        """Mean reconstruction loss per cell and gene of a minibatch."""
-        if self.likelihood == "mse":
-            return F.mse_loss(out, mb.x)
-        counts = mb.counts
-        mu = torch.softmax(out, dim=1) * counts.sum(1, keepdim=True)
-        return negative_binomial_nll(counts, mu, self.log_theta).mean()
-
-    def expression(self, out: torch.Tensor, mb) -> torch.Tensor:
-        """Decoded expression in :attr:`output_space` units. For ``"nb"``: log1p of the
-        expected counts per ``target_sum`` total counts, keeping each cell's share of
-        counts in the model genes."""
-        if self.likelihood == "mse":
-            return out
-        counts = mb.counts
-        model_share = counts.sum(1, keepdim=True) / mb.library[:, None]
-        return torch.log1p(torch.softmax(out, dim=1) * model_share * self.target_sum)
-
-
-# ---------------------------------------------------------------------------
-# encoders and decoders
-
-
-class DenseEncoder(nn.Module):
-    """``x`` → (Linear → BatchNorm → SELU) per hidden layer → latent, with no batch input.
-
-    ``variational=True`` adds a log-variance head: the latent is a Gaussian
-    posterior, sampled in training, its mean at inference.
-    """
-
-    def __init__(self, n_in: int, hidden: Sequence[int], n_latent: int, latent_activation: str = "linear", variational: bool = False):
-        super().__init__()
-        dims = [n_in, *hidden]
-        self.layers = nn.ModuleList(
-            nn.Sequential(nn.Linear(a, b), nn.BatchNorm1d(b), nn.SELU()) for a, b in zip(dims[:-1], dims[1:])
-        )
-        self.mean = nn.Linear(dims[-1], n_latent)
-        self.logvar = nn.Linear(dims[-1], n_latent) if variational else None
-        self.latent_act = _activation(latent_activation)
-        self.layer_sizes = [*hidden, n_latent]
-
-    def forward(self, x: torch.Tensor) -> Encoded:
-        outputs = []
-        h = x
-        for layer in self.layers:
-            h = layer(h)
-            outputs.append(h)
-        mean = self.latent_act(self.mean(h))
-        outputs.append(mean)
-        if self.logvar is None:
-            return Encoded(mean, mean, None, outputs)
-        logvar = self.logvar(h).clamp(-12.0, 8.0)
-        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if self.training else mean
-        return Encoded(z, mean, logvar, outputs)
-
-
-class RandomEffectsDecoder(nn.Module):
-    """Latent → :class:`REBlock` per hidden layer → :class:`ExpressionHead`: every layer
-    is shifted and scaled by the decoded batch's random effects."""
-
-    def __init__(
-        self, n_latent: int, hidden: Sequence[int], n_genes: int, n_batches: int, prior_scale: float,
-        likelihood: str = "mse", target_sum: float = 1e4,
-    ):
-        super().__init__()
-        dims = [n_latent, *hidden]
-        self.blocks = nn.ModuleList(REBlock(a, b, n_batches, prior_scale) for a, b in zip(dims[:-1], dims[1:]))
-        self.head = ExpressionHead(dims[-1], n_genes, n_batches, prior_scale, likelihood, target_sum)
-
-    def forward(self, z: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
-        h = z
-        for block in self.blocks:
-            h = block(h, Z)
-        return self.head(h, Z)
-
-
-def _gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor | None) -> torch.Tensor:
-    """KL(N(mean, exp(logvar)) ‖ N(0, I)), summed over latent dimensions, mean over cells."""
-    if logvar is None:
-        return mean.new_zeros(())
-    return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).sum(1).mean()
-
-
-# ---------------------------------------------------------------------------
-# autoencoders
+from .layers import DenseEncoder, Encoded, ExpressionHead, RandomEffectsDecoder, _activation
+from .random_effects import REBlock, RandomEffects, _kl_of_random_effects, one_hot
 
 
 class TiedAutoencoder(nn.Module):
@@ -345,6 +111,8 @@ class MixedEffectsAutoencoder(nn.Module):
         latent_activation: str = "linear",
         variational: bool = False,
         target_sum: float = 1e4,
+        input_center: torch.Tensor | None = None,
+        input_scale: torch.Tensor | None = None,
     ):
         super().__init__()
         self.n_batches = n_batches
@@ -353,6 +121,9 @@ class MixedEffectsAutoencoder(nn.Module):
             n_latent, list(reversed(hidden)), n_genes, n_batches, prior_scale, likelihood, target_sum
         )
         self.layer_sizes = self.encoder.layer_sizes
+        # the input scaling, to feed decoded expression back to the encoder (cycle consistency)
+        self.register_buffer("input_center", torch.zeros(n_genes) if input_center is None else torch.as_tensor(input_center).float())
+        self.register_buffer("input_scale", torch.ones(n_genes) if input_scale is None else torch.as_tensor(input_scale).float())
 
     @property
     def output_space(self) -> str:
@@ -369,6 +140,12 @@ class MixedEffectsAutoencoder(nn.Module):
 
     def expression(self, out: torch.Tensor, mb) -> torch.Tensor:
         return self.decoder.head.expression(out, mb)
+
+    def as_input(self, out: torch.Tensor, mb) -> torch.Tensor:
+        """Decoder output turned into encoder input (scaled log1p expression)."""
+        if self.output_space == "scaled":
+            return out
+        return (self.expression(out, mb) - self.input_center) / self.input_scale
 
     def kl(self) -> torch.Tensor:
         """KL of all random effects to their prior (summed over weights)."""
