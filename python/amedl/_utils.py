@@ -124,15 +124,16 @@ def _numba_threads(n: int) -> None:
 # ---------------------------------------------------------------------------------- progress
 
 
-def epoch_bar(max_epochs: int, desc: str = "training", disable: bool = False):
+def epoch_bar(max_epochs: int, desc: str = "training", disable: bool = False, **tqdm_options):
     """An iterator over epochs ``1..max_epochs`` with a progress bar that shows the
     epochs run, time and speed, but no ETA: early stopping usually ends training well
-    before the budget, so a bar towards the budget would promise too much."""
+    before the budget, so a bar towards the budget would promise too much. ``tqdm_options``
+    go to :class:`tqdm.tqdm` (``file``, ``mininterval``, ...)."""
     from tqdm.auto import tqdm
 
     fmt = "{desc}: epoch {n_fmt} (budget " + str(int(max_epochs)) + ") [{elapsed}, {rate_fmt}{postfix}]"
     return tqdm(iter(range(1, int(max_epochs) + 1)), total=None, desc=desc, disable=disable, leave=False,
-                unit="epoch", bar_format=fmt)
+                unit="epoch", bar_format=fmt, **tqdm_options)
 
 
 # ---------------------------------------------------------------------------------- atomic writes

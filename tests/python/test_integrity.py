@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
@@ -180,8 +181,7 @@ def test_error_messages_are_bounded(tiny):
         amedl.AMEDL(a, "batch", **SETTINGS)
     assert len(str(err.value)) < 400
     many = tiny.copy()
-    for i in range(300):
-        many.obs[f"column_{i}"] = 0
+    many.obs = many.obs.join(pd.DataFrame(0, index=many.obs_names, columns=[f"column_{i}" for i in range(300)]))
     with pytest.raises(AMEDLInputError, match="and 293 more") as err:
         amedl.AMEDL(many, "donor", **SETTINGS)
     assert len(str(err.value)) < 400

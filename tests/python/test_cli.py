@@ -1,0 +1,165 @@
+"""The command line: fast start, one-line errors, --debug, amedl embed, quiet libraries (issue 16)."""
+from __future__ import annotations
+
+import importlib.util
+import io as _io
+import logging
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import amedl
+from amedl import io
+from amedl.cli import main
+
+CLI = ["--epochs", "1", "--n-latent", "3", "--n-top-genes", "50", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return amedl.datasets.simulate(n_cells=160, n_genes=90, n_batches=3, n_cell_types=2, seed=9)
+
+
+@pytest.fixture(scope="module")
+def fitted_files(tiny, tmp_path_factory):
+    """``amedl fit`` run once: input, output and model folder."""
+    root = tmp_path_factory.mktemp("cli")
+    io.write(tiny, root / "in.h5ad")
+    assert main(["fit", str(root / "in.h5ad"), "--batch-key", "batch", "--out", str(root / "out.h5ad"),
+                 "--model-dir", str(root / "model"), "--threads", "1", *CLI]) == 0
+    return root
+
+
+def test_the_command_line_loads_no_numerical_library_to_check_its_arguments():
+    """Was: about 9 s of imports before `amedl --version` or 'no such file' (torch, scanpy, anndata)."""
+    code = ("import sys, amedl.cli\n"
+            "rc = amedl.cli.main(['fit', 'missing.h5ad', '--batch-key', 'b', '--out', 'o.h5ad'])\n"
+            "heavy = [m for m in ('torch', 'scanpy', 'anndata', 'pandas', 'numba', 'sklearn') if m in sys.modules]\n"
+            "print(rc, heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "1 []", out.stdout + out.stderr
+    assert out.stderr.strip() == "amedl: no such file: missing.h5ad"
+    version = subprocess.run([sys.executable, "-m", "amedl.cli", "--version"], capture_output=True, text=True, timeout=120)
+    assert version.stdout.strip() == amedl.__version__ and version.returncode == 0
+
+
+def test_debug_shows_the_traceback_that_is_otherwise_hidden(tmp_path, capsys):
+    args = ["fit", str(tmp_path / "missing.h5ad"), "--batch-key", "b", "--out", str(tmp_path / "o.h5ad")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("amedl: no such file")
+    assert main([*args, "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].startswith("amedl: no such file")
+
+
+def test_an_unexpected_error_is_one_line_that_asks_for_a_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(io, "peek", lambda path: 1 / 0)
+    assert main(["fit", str(tmp_path / "x.h5ad"), "--batch-key", "b", "--out", str(tmp_path / "o.h5ad")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("amedl: internal error (ZeroDivisionError: division by zero); rerun with --debug")
+    assert "Traceback" not in err
+
+
+def test_embed_gives_the_latents_fit_wrote(fitted_files, tiny, capsys):
+    """amedl embed MODEL_DIR INPUT --out OUTPUT: a saved model applied to cells (here the same ones)."""
+    root = fitted_files
+    assert main(["embed", str(root / "model"), str(root / "in.h5ad"), "--out", str(root / "embedded.h5ad"),
+                 "--threads", "1"]) == 0
+    fit_out, emb = io.read(root / "out.h5ad"), io.read(root / "embedded.h5ad")
+    for key in ("X_amedl_fe", "X_amedl_re"):
+        assert np.array_equal(emb.obsm[key], fit_out.obsm[key])
+    assert emb.uns["amedl"]["batch_key"] == "batch" and (emb.X != tiny.X).nnz == 0
+
+
+def test_embed_without_the_batch_column_writes_the_fe_latent(fitted_files, tiny, capsys):
+    root = fitted_files
+    new = tiny[:40].copy()
+    del new.obs["batch"]
+    io.write(new, root / "new_cells.h5ad")
+    assert main(["embed", str(root / "model"), str(root / "new_cells.h5ad"), "--out", str(root / "new_out.h5ad")]) == 0
+    assert "writing the FE latent only" in capsys.readouterr().out
+    out = io.read(root / "new_out.h5ad")
+    assert out.obsm["X_amedl_fe"].shape == (40, 3) and "X_amedl_re" not in out.obsm
+
+
+def test_fit_checks_the_label_key_and_the_output_before_training(fitted_files, capsys):
+    """Was: reported only after the whole training."""
+    root = fitted_files
+    for extra, says in ((["--label-key", "celltype"], "--label-key 'celltype' is not a column"),
+                        (["--out", str(root)], "unknown suffix")):
+        args = ["fit", str(root / "in.h5ad"), "--batch-key", "batch", "--out", str(root / "o.h5ad"), *extra, *CLI]
+        assert main(args) == 1
+        assert says in capsys.readouterr().err
+    assert not (root / "o.h5ad").exists()
+
+
+def test_third_party_warnings_are_quiet_unless_verbose(capsys):
+    from amedl.cli import _quiet_libraries
+
+    with warnings.catch_warnings():
+        _quiet_libraries(verbose=False)
+        warnings.warn_explicit("a library's deprecation note", FutureWarning, "anndata/_core.py", 1, module="anndata._core")
+        warnings.warn_explicit("cells of unseen batches", UserWarning, "amedl/model.py", 1, module="amedl.model")
+        err = capsys.readouterr().err
+    assert "deprecation note" not in err and "warning: cells of unseen batches" in err
+    with warnings.catch_warnings():
+        _quiet_libraries(verbose=True)
+        with pytest.warns(FutureWarning):
+            warnings.warn("a library's deprecation note", FutureWarning)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("scib_metrics") is None, reason="scib-metrics is not installed")
+def test_scib_metrics_info_lines_are_hidden(capfd):
+    """Was: dozens of coloured INFO lines from scib-metrics in `amedl benchmark`."""
+    import scib_metrics
+
+    from amedl.cli import _quiet_scib
+
+    old = scib_metrics.settings.verbosity
+    try:
+        scib_metrics.settings.verbosity = logging.INFO
+        logging.getLogger("scib_metrics.metrics").info("computing neighbours")
+        assert "computing neighbours" in "".join(capfd.readouterr())  # rich prints to stdout
+        _quiet_scib()
+        logging.getLogger("scib_metrics.metrics").info("computing neighbours")
+        assert "computing neighbours" not in "".join(capfd.readouterr())
+    finally:
+        scib_metrics.settings.verbosity = old
+
+
+def test_the_epoch_bar_does_not_promise_the_budget():
+    """Was: an ETA towards the whole budget (e.g. 400 epochs) although early stopping ends much sooner."""
+    from amedl._utils import epoch_bar
+
+    buf = _io.StringIO()
+    for epoch in epoch_bar(400, desc="aMEDL FE", file=buf, mininterval=0, miniters=1):
+        if epoch == 4:  # three epochs done
+            break
+    text = buf.getvalue()
+    assert "epoch 3 (budget 400)" in text and "/400" not in text and "<" not in text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("rpy2") is None, reason="rpy2 is not installed")
+@pytest.mark.parametrize("kind, x_name, looked", [
+    ("sce", "logcounts", "assay 'counts', assay 'raw', assay 'raw_counts'"),
+    ("seurat", "data", "layer 'counts' of assay 'RNA', layer 'raw' of assay 'RNA'"),
+])
+def test_r_objects_without_counts_say_where_amedl_looked(tiny, tmp_path, kind, x_name, looked):
+    """Was: the normalised matrix read as counts, then 'adata.X contains non-integer values ... e.g. layer='counts''."""
+    norm = tiny.copy()
+    norm.X = sp.csr_matrix(np.log1p(tiny.X.toarray() / tiny.X.sum(1).A * 1e4))
+    norm.uns["amedl_io"] = {"kind": kind, "x_name": x_name}
+    path = tmp_path / f"{kind}.rds"
+    try:
+        io.write(norm, path, kind=kind, template=None)
+    except ImportError as e:  # pragma: no cover
+        pytest.skip(str(e))
+    back = io.read(path)
+    with pytest.raises(amedl.AMEDLInputError, match="has no raw counts: amedl looked in " + looked) as err:
+        amedl.AMEDL(back, "batch", n_top_genes=50)
+    assert "which is normalised" in str(err.value)
