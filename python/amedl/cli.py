@@ -71,7 +71,7 @@ def _probe_writable(folder: Path, what: str) -> None:
     os.unlink(name)
 
 
-def _check_output(path: str, *, inputs: tuple = ()) -> Path:
+def _check_output(path: str) -> Path:
     """An output file path: a known suffix, not a folder, in a writable place."""
     out = Path(os.path.expanduser(path))
     if out.suffix.lower() not in SUFFIXES:
@@ -107,8 +107,8 @@ def _settings(args) -> dict:
     """The engine settings given on the command line, checked now (amedl.config's rules)."""
     from .config import make_config
 
-    names = {"n_latent": "n_latent", "n_top_genes": "n_top_genes", "device": "device", "threads": "threads"}
-    settings = {k: getattr(args, a) for k, a in names.items() if getattr(args, a, None) is not None}
+    names = ("n_latent", "n_top_genes", "device", "threads")
+    settings = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     make_config(args.preset, **settings)
     if settings.get("device") not in (None, "auto", "cpu"):
         from ._utils import resolve_device
@@ -123,14 +123,11 @@ def _read(path: str):
     return io.read(path)
 
 
-def _require_columns(adata, path: str, columns: dict) -> None:
+def _require_columns(adata, path: str, columns: dict, layer: str | None = None) -> None:
     """The columns' check for inputs :func:`amedl.io.peek` cannot look into (R files)."""
-    from .errors import preview
+    from . import io
 
-    for option, name in columns.items():
-        if name is not None and name not in adata.obs.columns:
-            raise AMEDLInputError(f"{option} {name!r} is not a column of the cell metadata of {path}; "
-                                  f"its columns are {preview(adata.obs.columns, 10) or 'none'}")
+    io.check_columns({"obs_columns": list(adata.obs.columns), "layers": list(adata.layers)}, path, columns, layer)
 
 
 # ------------------------------------------------------------------------------ commands
@@ -145,11 +142,11 @@ def cmd_fit(args) -> int:
 
     t0 = time.perf_counter()
     adata = _read(args.input)
-    _require_columns(adata, args.input, columns)
+    _require_columns(adata, args.input, columns, args.layer)
     from .data.validate import validate_adata
 
     validate_adata(adata, args.batch_key, args.layer)  # the data's errors before torch and scanpy are loaded
-    _say(args, f"read {args.input}: {adata.n_obs} cells × {adata.n_vars} genes")
+    _say(f"read {args.input}: {adata.n_obs} cells × {adata.n_vars} genes")
     from . import io, tl
     from ._utils import Staging
     from .model import AMEDL
@@ -158,22 +155,25 @@ def cmd_fit(args) -> int:
     model.fit(seed=args.seed, max_epochs=args.epochs, progress=not args.quiet)
     tl.add_latents(adata, model)
     for kind, info in model.train_info.items():
-        _say(args, f"{kind.upper()}: {info['epochs_run']} epochs (best {info['best_epoch']}, "
-                   f"{'early stop' if info['stopped_early'] else 'budget'}) in {info['seconds']:.1f}s")
+        _say(f"{kind.upper()}: {info['epochs_run']} epochs (best {info['best_epoch']}, "
+             f"{'early stop' if info['stopped_early'] else 'budget'}) in {info['seconds']:.1f}s")
     if args.label_key:
         from .metrics import silhouette_batch, silhouette_label
 
         for kind in ("fe", "re"):
             z = adata.obsm[f"X_amedl_{kind}"]
-            _say(args, f"{kind.upper()} latent: batch ASW {silhouette_batch(z, adata.obs[args.batch_key].astype(str)):+.3f}, "
-                       f"{args.label_key} ASW {silhouette_label(z, adata.obs[args.label_key].astype(str)):+.3f}")
+            try:  # a report only: a label column the silhouettes cannot use must not cost the fit
+                _say(f"{kind.upper()} latent: batch ASW {silhouette_batch(z, adata.obs[args.batch_key].astype(str)):+.3f}, "
+                     f"{args.label_key} ASW {silhouette_label(z, adata.obs[args.label_key].astype(str)):+.3f}")
+            except ValueError as exc:
+                _say(f"{kind.upper()} latent: silhouettes not computed ({exc})")
     with Staging() as stage:  # the model and the output are moved into place together, at the end
         if args.model_dir:
             model.save(args.model_dir, overwrite=args.overwrite, staging=stage)
         io.write(adata, stage.add(out))
     if args.model_dir:
-        _say(args, f"model saved to {args.model_dir}")
-    _say(args, f"wrote {args.out} (obsm X_amedl_fe, X_amedl_re; uns amedl) in {time.perf_counter() - t0:.1f}s total")
+        _say(f"model saved to {args.model_dir}")
+    _say(f"wrote {args.out} (obsm X_amedl_fe, X_amedl_re; uns amedl) in {time.perf_counter() - t0:.1f}s total")
     return 0
 
 
@@ -204,19 +204,19 @@ def cmd_embed(args) -> int:
     t0 = time.perf_counter()
     model = AMEDL.load(args.model_dir, device=args.device or "auto", threads=args.threads)
     adata = _read(args.input)
-    _say(args, f"read {args.input}: {adata.n_obs} cells × {adata.n_vars} genes")
+    _say(f"read {args.input}: {adata.n_obs} cells × {adata.n_vars} genes")
     kinds = [k for k in ("fe", "re") if k in model.modules]
     if "re" in kinds and model.batch_key not in adata.obs.columns:
         kinds.remove("re")
-        _say(args, f"no {model.batch_key!r} column in the cell metadata: writing the FE latent only "
-                   "(the RE latent needs each cell's batch)")
+        _say(f"no {model.batch_key!r} column in the cell metadata: writing the FE latent only "
+             "(the RE latent needs each cell's batch)")
     if args.layer is not None:
         model.layer = args.layer
     tl.add_latents(adata, model, kinds=kinds)
     with Staging() as stage:
         io.write(adata, stage.add(out))
-    _say(args, f"wrote {args.out} (obsm {', '.join(f'X_amedl_{k}' for k in kinds)}; model {args.model_dir}, "
-               f"written by amedl {meta.get('amedl_version', '?')}) in {time.perf_counter() - t0:.1f}s")
+    _say(f"wrote {args.out} (obsm {', '.join(f'X_amedl_{k}' for k in kinds)}; model {args.model_dir}, "
+         f"written by amedl {meta.get('amedl_version', '?')}) in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
@@ -279,7 +279,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _say(args, msg: str) -> None:
+def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
