@@ -80,7 +80,12 @@ def thread_environment(n: int) -> None:
     """Set the thread variables of OpenMP, MKL, OpenBLAS and numba to ``n`` for
     libraries not imported yet (the command line calls this before importing them)."""
     for var in _THREAD_VARS:
+        if var == "NUMBA_NUM_THREADS" and "numba" in sys.modules:
+            # numba re-reads its environment at each compilation and refuses a
+            # NUMBA_NUM_THREADS that differs from its running pool
+            continue
         os.environ[var] = str(int(n))
+    _numba_threads(int(n))
 
 
 def apply_threads(n: int | None) -> int | None:

@@ -289,16 +289,21 @@ class AMEDL:
             return self._X_on_device
         return DeviceCSR(X, self.device)
 
-    @torch.no_grad()
-    def _run(self, inputs, fn, batch_size: int, library: bool = False) -> np.ndarray:
-        """``fn(minibatch)`` over minibatches of cells, written into one preallocated float32 array."""
+    def _loader(self, inputs, batch_size: int, library: bool = False) -> CSRLoader:
+        """Minibatches of ``inputs`` in order (with raw counts when ``library``)."""
         X, codes, lib = inputs
-        loader = CSRLoader(
+        return CSRLoader(
             self._matrix_for_device(X), codes, self.prep, batch_size=batch_size, device=self.device,
             library=lib if library else None,
         )
+
+    @torch.no_grad()
+    def _run(self, inputs, fn, batch_size: int, library: bool = False, minibatches=None) -> np.ndarray:
+        """``fn(minibatch)`` over minibatches of cells (``minibatches``, or those of
+        ``inputs``), written into one preallocated float32 array."""
+        X = inputs[0]
         out, lo = None, 0
-        for mb in loader:
+        for mb in minibatches if minibatches is not None else self._loader(inputs, batch_size, library):
             y = fn(mb).float().cpu().numpy()
             if out is None:
                 out = np.empty((X.shape[0], y.shape[1]), dtype=np.float32)
@@ -352,15 +357,46 @@ class AMEDL:
             )
         need = NETWORKS[kind].latent_needs_batch or (net.batch_aware and batch is None)
         inputs = self._inputs(adata, layer, need_batches=need)
-        if batch is None:
+        return self._decode(inputs, net, None if batch is None else self._batch_code(batch), batch_size)
+
+    def _decode(self, inputs, net: nn.Module, target: int | None, batch_size: int, minibatches=None) -> np.ndarray:
+        """``net``'s reconstruction of ``inputs`` (decoded as batch code ``target``, or
+        as each cell's own batch) as non-negative log1p expression per ``target_sum``."""
+        if target is None:
             fn = net.reconstruct
         else:
-            target = self._batch_code(batch)
             fn = lambda mb: net.reconstruct(mb, torch.full_like(mb.batch, target))  # noqa: E731
-        out = self._run(inputs, fn, batch_size, library=net.output_space == "log1p")
+        out = self._run(inputs, fn, batch_size, library=net.output_space == "log1p", minibatches=minibatches)
         if net.output_space == "scaled":
             self.prep.unscale(out)
         return np.maximum(out, 0.0, out=out)
+
+    def differential(
+        self,
+        adata: ad.AnnData | None = None,
+        batch_a: str | None = None,
+        batch_b: str | None = None,
+        groupby: str | None = None,
+        **options,
+    ) -> pd.DataFrame:
+        """Differential expression between batches: per gene (and per cell group with
+        ``groupby``, a column of ``adata.obs``), the log2 fold change of the cells'
+        counterfactual expression as batch ``batch_a`` against ``batch_b`` (or against
+        the average over all batches), from Monte Carlo draws of the random-effects
+        posterior.
+
+        Returns a tidy table sorted by ``lfc`` within each group: ``lfc`` (posterior
+        mean of the log2 fold change of mean expression per 10⁴ counts, pseudocount
+        0.1), ``lfc_sd``, ``ci_low``/``ci_high`` (the ``credible`` interval, 95% by
+        default), ``p_effect`` (the posterior probability that ``|lfc| > delta``,
+        0.5 by default), ``credible`` (the interval excludes 0), ``mean_a``/``mean_b``
+        and ``n_cells``. Options: ``kind`` ("fe"), ``n_samples`` (100), ``delta``,
+        ``credible``, ``max_cells`` (a seeded subsample, 20,000), ``seed``, ``layer``,
+        ``batch_size``. See :mod:`amedl.differential`.
+        """
+        from .differential import differential
+
+        return differential(self, adata, batch_a, batch_b, groupby, **options)
 
     def batch_effects(self, batch: str, kind: str = "fe") -> pd.DataFrame:
         """The random effects of one batch on the decoder's output layer, per gene.
