@@ -1,8 +1,10 @@
 #' Counterfactual expression: every cell as if it came from one batch
 #'
-#' Encodes every cell with the random-effects network of the aMEDL model that
-#' [RunAMEDL()] fitted (using the cell's own batch) and decodes it as if it
-#' came from batch `batch`. The result is log1p-normalised expression of the
+#' Decodes every cell's batch-invariant (fixed-effects) latent from the aMEDL
+#' model that [RunAMEDL()] fitted with the random effects of batch `batch`:
+#' the same cells as if they had been measured in that batch (with
+#' `preset = "paper"`, whose FE decoder has no batch input, the random-effects
+#' network is used). The result is log1p-normalised expression of the
 #' model's genes (the genes it was fitted on).
 #'
 #' The model is taken from this R session's memory (models fitted by
@@ -75,20 +77,9 @@ AMEDLCounterfactual.default <- function(object, batch, model = NULL, batch_of_ce
 #' @export
 AMEDLCounterfactual.Seurat <- function(object, batch, model = NULL, name = NULL, reduction = "amedl_fe", ...) {
   .check_dots(...)
-  .seurat_ns()
-  params <- if (reduction %in% names(object@reductions)) object@reductions[[reduction]]@misc$amedl else NULL
-  if (is.null(params) && is.null(model)) .stop("the Seurat object has no reduction '%s' from RunAMEDL(): run RunAMEDL() first", reduction)
-  m <- .find_model(params, model)
-  assay <- if (!is.null(params$assay)) params$assay else SeuratObject::DefaultAssay(object)
-  layer <- if (!is.null(params$layer)) params$layer else "counts"
-  counts <- SeuratLayerCounts(object, assay = assay, layer = layer)
-  split <- attr(counts, "split")
-  attr(counts, "split") <- NULL
-  counts <- .check_counts(counts)
-  key <- if (!is.null(params$batch_key)) params$batch_key else "batch"
-  cell_batch <- if (identical(key, "layer_split") && !is.null(split)) split else object@meta.data[[key]]
-  if (is.null(cell_batch)) .stop("the batch column '%s' used for the fit is no longer in the meta.data", key)
-  x <- .run_counterfactual(m, counts, cell_batch, batch)
+  fit <- .seurat_fit_inputs(object, model, reduction)
+  params <- fit$params
+  x <- .run_counterfactual(fit$model, fit$counts, fit$batch, batch)
   if (is.null(name)) name <- .cf_name(batch)
   a <- SeuratObject::CreateAssayObject(data = x)
   SeuratObject::Key(a) <- paste0(tolower(gsub("[^A-Za-z0-9]", "", name)), "_")
@@ -103,17 +94,11 @@ AMEDLCounterfactual.Seurat <- function(object, batch, model = NULL, name = NULL,
 AMEDLCounterfactual.SingleCellExperiment <- function(object, batch, model = NULL, name = NULL,
                                                      sce.as = c("altExp", "assay"), ...) {
   .check_dots(...)
-  .sce_ns()
   sce.as <- match.arg(sce.as)
-  params <- S4Vectors::metadata(object)$amedl
-  if (is.null(params) && is.null(model)) .stop("the SingleCellExperiment has no aMEDL fit recorded (metadata(sce)$amedl): run RunAMEDL() first")
-  m <- .find_model(params, model)
-  assay <- if (!is.null(params$assay)) params$assay else "counts"
-  counts <- .check_counts(SummarizedExperiment::assay(object, assay, withDimnames = TRUE))
-  key <- if (!is.null(params$batch_key)) params$batch_key else "batch"
-  cell_batch <- SummarizedExperiment::colData(object)[[key]]
-  if (is.null(cell_batch)) .stop("the batch column '%s' used for the fit is no longer in colData", key)
-  x <- .run_counterfactual(m, counts, cell_batch, batch)
+  fit <- .sce_fit_inputs(object, model)
+  params <- fit$params
+  counts <- fit$counts
+  x <- .run_counterfactual(fit$model, counts, fit$batch, batch)
   if (is.null(name)) name <- .cf_name(batch)
   object <- .amedl_repair_sce(object)
   if (sce.as == "altExp") {
@@ -126,4 +111,36 @@ AMEDLCounterfactual.SingleCellExperiment <- function(object, batch, model = NULL
     SummarizedExperiment::assay(object, name, withDimnames = FALSE) <- full
   }
   object
+}
+
+# The model, counts and batches of the cells of an object that RunAMEDL() fitted.
+.seurat_fit_inputs <- function(object, model, reduction) {
+  .seurat_ns()
+  params <- if (reduction %in% names(object@reductions)) object@reductions[[reduction]]@misc$amedl else NULL
+  if (is.null(params) && is.null(model)) .stop("the Seurat object has no reduction '%s' from RunAMEDL(): run RunAMEDL() first", reduction)
+  m <- .find_model(params, model)
+  assay <- if (!is.null(params$assay)) params$assay else SeuratObject::DefaultAssay(object)
+  layer <- if (!is.null(params$layer)) params$layer else "counts"
+  counts <- SeuratLayerCounts(object, assay = assay, layer = layer)
+  split <- attr(counts, "split")
+  attr(counts, "split") <- NULL
+  counts <- .check_counts(counts)
+  key <- if (!is.null(params$batch_key)) params$batch_key else "batch"
+  cell_batch <- if (identical(key, "layer_split") && !is.null(split)) split else object@meta.data[[key]]
+  if (is.null(cell_batch)) .stop("the batch column '%s' used for the fit is no longer in the meta.data", key)
+  list(model = m, counts = counts, batch = cell_batch, params = params, meta = object@meta.data)
+}
+
+.sce_fit_inputs <- function(object, model) {
+  .sce_ns()
+  params <- S4Vectors::metadata(object)$amedl
+  if (is.null(params) && is.null(model)) .stop("the SingleCellExperiment has no aMEDL fit recorded (metadata(sce)$amedl): run RunAMEDL() first")
+  m <- .find_model(params, model)
+  assay <- if (!is.null(params$assay)) params$assay else "counts"
+  counts <- .check_counts(SummarizedExperiment::assay(object, assay, withDimnames = TRUE))
+  key <- if (!is.null(params$batch_key)) params$batch_key else "batch"
+  cell_batch <- SummarizedExperiment::colData(object)[[key]]
+  if (is.null(cell_batch)) .stop("the batch column '%s' used for the fit is no longer in colData", key)
+  list(model = m, counts = counts, batch = cell_batch, params = params,
+       meta = as.data.frame(SummarizedExperiment::colData(object)))
 }

@@ -40,19 +40,11 @@ def load(name: str, data_dir: str):
         return simulate(seed=0, **DEMO_SIMULATION), "batch", "cell_type"
     if name.startswith("pseudo_"):
         adata, batch_key, label_key = load(name[len("pseudo_"):], data_dir)
+        from amedl.datasets import pseudo_batches
+
         return pseudo_batches(adata, batch_key), "pseudo_batch", label_key
     file, batch_key, label_key = DATASETS[name]
     return ad.read_h5ad(Path(data_dir) / file), batch_key, label_key
-
-
-def pseudo_batches(adata, batch_key: str, n: int = 3, seed: int = 0):
-    """The cells of the largest batch, split at random into ``n`` pseudo-batches
-    (nothing to correct: a calibration check)."""
-    biggest = adata.obs[batch_key].value_counts().index[0]
-    sub = adata[adata.obs[batch_key] == biggest].copy()
-    rng = np.random.default_rng(seed)
-    sub.obs["pseudo_batch"] = pd.Categorical([f"pseudo_{i + 1}" for i in rng.permutation(sub.n_obs) % n])
-    return sub
 
 
 def neighbour_mixing(latent, batch, labels, k: int = 15) -> dict:

@@ -207,8 +207,36 @@ def counterfactual(model, X, cells, genes, batch, target: str, batch_levels=None
     dict with ``x`` (cells × model genes, log1p-normalised, float32) and ``genes``.
     """
     adata = make_adata(X, cells, genes, batch, batch_key=model.batch_key, batch_levels=batch_levels)
-    x = model.reconstruct(adata, kind="re", batch=str(target))
+    x = model.reconstruct(adata, kind=counterfactual_kind(model), batch=str(target))
     return {"x": x, "genes": list(model.genes)}
+
+
+def counterfactual_kind(model) -> str:
+    """The network whose decoder carries the batches: the mixed-effects FE network
+    (default), else the RE network (``preset="paper"``)."""
+    fe = model.modules.get("fe")
+    return "fe" if fe is not None and fe.batch_aware else "re"
+
+
+@_speaks_r
+def differential(model, X, cells, genes, batch, batch_a: str, batch_b=None, groups=None, batch_levels=None,
+                 n_samples=100, delta=0.5, credible=0.95, seed=0) -> dict:
+    """:meth:`amedl.AMEDL.differential` on R's genes × cells counts; ``groups`` is one
+    label per cell (or ``None``). Returns the table as a dict of columns."""
+    adata = make_adata(X, cells, genes, batch, batch_key=model.batch_key, batch_levels=batch_levels)
+    groupby = None
+    if groups is not None:
+        labels = _as_list(groups)
+        if len(labels) != adata.n_obs:
+            raise ValueError(f"group.by has {len(labels)} values for {adata.n_obs} cells")
+        adata.obs["group"] = pd.Categorical(labels)
+        groupby = "group"
+    table = model.differential(
+        adata, str(batch_a), None if batch_b is None else str(batch_b), groupby,
+        kind=counterfactual_kind(model), n_samples=_as_int(n_samples), delta=float(delta),
+        credible=float(credible), seed=_as_int(seed),
+    )
+    return {c: table[c].tolist() for c in table.columns}
 
 
 @_speaks_r

@@ -136,3 +136,27 @@ SHARED = {
     "symphony": ("symphony_pbmcs_small.h5ad", "donor", "cell_type"),
     "kang": ("muscat_kang_example.h5ad", "sample_id", "cluster_id"),
 }
+
+
+def pseudo_batches(
+    adata: ad.AnnData, batch_key: str, n: int = 3, *, batch: str | None = None, key: str = "pseudo_batch", seed: int = 0
+) -> ad.AnnData:
+    """A null dataset for calibration checks: the cells of one batch (``batch``, by
+    default the largest) split at random into ``n`` equal pseudo-batches, named in
+    ``obs[key]``. There is no batch effect to find or remove between them, so a
+    well-calibrated integration keeps the cell types as PCA does and a batch-specific
+    latent or effect should find nothing. Returns a new AnnData; ``adata`` is not changed.
+    """
+    if batch_key not in adata.obs.columns:
+        raise KeyError(f"batch column {batch_key!r} is not in adata.obs")
+    if n < 2:
+        raise ValueError(f"n must be at least 2 pseudo-batches, got {n}")
+    values = adata.obs[batch_key].astype(str)
+    batch = values.value_counts().index[0] if batch is None else str(batch)
+    cells = np.flatnonzero((values == batch).to_numpy())
+    if cells.size < 2 * n:
+        raise ValueError(f"batch {batch!r} has {cells.size} cells, too few for {n} pseudo-batches")
+    sub = adata[cells].copy()
+    order = np.random.default_rng(seed).permutation(sub.n_obs)
+    sub.obs[key] = pd.Categorical([f"pseudo_{i % n + 1}" for i in order])
+    return sub

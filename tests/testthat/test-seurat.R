@@ -38,6 +38,17 @@ test_that("RunAMEDL on a Seurat object adds amedl_fe and amedl_re, usable by Run
   expect_identical(colnames(x), colnames(obj))
   expect_setequal(rownames(x), p$genes)
   expect_equal(SeuratObject::DefaultAssay(cf), "RNA")
+
+  # batch effects: a tidy data.frame per cell group, intervals around the estimate
+  de <- AMEDLBatchEffects(out, "stim101", "ctrl101", group.by = "cluster_id", n_samples = 5)
+  expect_s3_class(de, "data.frame")
+  expect_true(all(c("group", "gene", "lfc", "ci_low", "ci_high", "p_effect", "credible") %in% names(de)))
+  expect_setequal(unique(de$group), unique(as.character(out$cluster_id)))
+  expect_equal(nrow(de), length(unique(de$group)) * length(p$genes))
+  expect_true(all(de$ci_low <= de$lfc & de$lfc <= de$ci_high))
+  expect_true(all(de$p_effect >= 0 & de$p_effect <= 1))
+  expect_error(AMEDLBatchEffects(out, "nope"), "unknown batch 'nope'")
+  expect_error(AMEDLBatchEffects(out, "stim101", group.by = "no_such_column"), "not in the cell metadata")
 })
 
 test_that("SeuratObject's pbmc_small works with its groups as the batch", {

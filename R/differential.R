@@ -1,0 +1,104 @@
+#' Differential expression between batches, with uncertainty
+#'
+#' For the cells of an object that [RunAMEDL()] fitted, compares their
+#' counterfactual expression as batch `batch_a` with that as batch `batch_b`
+#' (or with the average over all batches): per gene, and per cell group with
+#' `group.by`, the log2 fold change of mean expression per 10^4 counts, its
+#' credible interval and the probability that its size exceeds `delta`, from
+#' Monte Carlo draws of the random-effects posterior. Use it to ask what a
+#' donor, a stimulation or a chemistry does to each cell type.
+#'
+#' @param object A Seurat object or SingleCellExperiment after [RunAMEDL()],
+#'   or a genes x cells count matrix (then `model` and `batch_of_cells` are needed).
+#' @param batch_a The batch whose effects are reported.
+#' @param batch_b The batch it is compared with; `NULL` (default) compares with
+#'   the average over all batches of the fit.
+#' @param group.by A column of the cell metadata (meta.data or colData) naming
+#'   cell groups, or one label per cell; `NULL` for one result over all cells.
+#' @param n_samples Monte Carlo draws of the posterior.
+#' @param delta Threshold of `p_effect`, the posterior probability that |LFC| > delta.
+#' @param credible Mass of the credible interval.
+#' @param seed Seed of the draws.
+#' @param model A model folder or Python model; default the model recorded in `object`.
+#' @param ... Arguments passed to methods.
+#' @return A data.frame sorted by `lfc` (within `group` with `group.by`):
+#'   `gene`, `lfc`, `lfc_sd`, `ci_low`, `ci_high`, `p_effect`, `credible`
+#'   (the interval excludes 0), `mean_a`, `mean_b` and `n_cells`.
+#' @examples
+#' \dontrun{
+#' seu <- RunAMEDL(seu, batch = "sample_id")
+#' de <- AMEDLBatchEffects(seu, "stim101", "ctrl101", group.by = "cluster_id")
+#' head(de[de$group == "CD14+ Monocytes", ])
+#' }
+#' @export
+AMEDLBatchEffects <- function(object, batch_a, batch_b = NULL, group.by = NULL, ...) UseMethod("AMEDLBatchEffects")
+
+.run_differential <- function(model, counts, cell_batch, batch_a, batch_b, groups, n_samples, delta, credible, seed) {
+  info <- tryCatch(amedl_engine()$model_info(model), error = .py_error)
+  batches <- unlist(info$batches)
+  for (b in list(batch_a, batch_b)) {
+    if (is.null(b)) next
+    if (length(b) != 1L) .stop("`batch_a` and `batch_b` must be single batch names")
+    if (!as.character(b) %in% batches) .stop("unknown batch '%s'; the model knows: %s", b, paste(batches, collapse = ", "))
+  }
+  if (!is.null(groups) && anyNA(groups)) .stop("`group.by` has missing values; give every cell a group or subset() the object")
+  res <- tryCatch(
+    amedl_engine()$differential(model, counts, colnames(counts), rownames(counts), as.character(cell_batch),
+                                as.character(batch_a), if (is.null(batch_b)) NULL else as.character(batch_b),
+                                if (is.null(groups)) NULL else as.character(groups),
+                                n_samples = as.integer(n_samples), delta = delta, credible = credible,
+                                seed = as.integer(seed)),
+    error = .py_error
+  )
+  out <- as.data.frame(lapply(res, unlist), stringsAsFactors = FALSE)
+  rownames(out) <- NULL
+  out
+}
+
+.groups_of <- function(group.by, meta, n) {
+  if (is.null(group.by)) return(NULL)
+  if (length(group.by) == 1L && is.character(group.by) && n != 1L) {
+    if (!group.by %in% colnames(meta)) .stop("group.by column '%s' is not in the cell metadata", group.by)
+    return(meta[[group.by]])
+  }
+  if (length(group.by) != n) .stop("`group.by` has %d values for %d cells", length(group.by), n)
+  group.by
+}
+
+#' @rdname AMEDLBatchEffects
+#' @param batch_of_cells Matrix method: each cell's own batch.
+#' @export
+AMEDLBatchEffects.default <- function(object, batch_a, batch_b = NULL, group.by = NULL, model = NULL,
+                                      batch_of_cells = NULL, n_samples = 100, delta = 0.5, credible = 0.95,
+                                      seed = 0, ...) {
+  .check_dots(...)
+  if (is.null(model)) .stop("`model` is needed for a matrix: the `model` element returned by RunAMEDL(), or a model folder")
+  counts <- .check_counts(object)
+  if (is.null(batch_of_cells)) .stop("`batch_of_cells` is needed: each cell's own batch")
+  if (length(batch_of_cells) != ncol(counts)) .stop("`batch_of_cells` has %d values for %d cells", length(batch_of_cells), ncol(counts))
+  groups <- if (is.null(group.by)) NULL else .groups_of(group.by, data.frame(row.names = colnames(counts)), ncol(counts))
+  .run_differential(.find_model(NULL, model), counts, batch_of_cells, batch_a, batch_b, groups,
+                    n_samples, delta, credible, seed)
+}
+
+#' @rdname AMEDLBatchEffects
+#' @param reduction Seurat: the aMEDL reduction whose parameters name the model.
+#' @export
+AMEDLBatchEffects.Seurat <- function(object, batch_a, batch_b = NULL, group.by = NULL, model = NULL,
+                                     n_samples = 100, delta = 0.5, credible = 0.95, seed = 0,
+                                     reduction = "amedl_fe", ...) {
+  .check_dots(...)
+  fit <- .seurat_fit_inputs(object, model, reduction)
+  .run_differential(fit$model, fit$counts, fit$batch, batch_a, batch_b,
+                    .groups_of(group.by, fit$meta, ncol(fit$counts)), n_samples, delta, credible, seed)
+}
+
+#' @rdname AMEDLBatchEffects
+#' @export
+AMEDLBatchEffects.SingleCellExperiment <- function(object, batch_a, batch_b = NULL, group.by = NULL, model = NULL,
+                                                   n_samples = 100, delta = 0.5, credible = 0.95, seed = 0, ...) {
+  .check_dots(...)
+  fit <- .sce_fit_inputs(object, model)
+  .run_differential(fit$model, fit$counts, fit$batch, batch_a, batch_b,
+                    .groups_of(group.by, fit$meta, ncol(fit$counts)), n_samples, delta, credible, seed)
+}
