@@ -27,6 +27,8 @@ def simulate(
     library_batch_sd: float = 0.4,
     dispersion: float = 0.3,
     gene_mean_sd: float = 1.2,
+    n_states: int = 0,
+    state_lfc: float = 0.5,
     n_jobs: int = 1,
 ) -> ad.AnnData:
     """Simulate raw counts with known cell types and batch effects.
@@ -41,7 +43,12 @@ def simulate(
       (a log-normal factor per gene with sd ``batch_gene_sd``), and a
       **batch-specific expression program** (``batch_program_fraction`` of genes
       raised by about ``batch_program_lfc`` in every cell of the batch);
-    - cell-type proportions that differ between batches (Dirichlet).
+    - cell-type proportions that differ between batches (Dirichlet);
+    - optionally, continuous **cell states** shared by all cell types and
+      batches (``n_states`` gene programs, each with log fold changes of sd
+      ``state_lfc`` on every gene and a standard-normal score per cell), the
+      variation within a cell type that real cells have (cycle, activation,
+      stress) and that makes neighbourhoods within a cell type meaningful.
 
     ``n_jobs`` processes draw the counts (the result does not depend on it).
 
@@ -76,12 +83,19 @@ def simulate(
     cum = props.cumsum(axis=1)
     cell_type = np.minimum((rng.random(n_cells)[:, None] > cum[batch]).sum(axis=1), n_cell_types - 1)
     lib = np.exp(np.log(library_size) + batch_lib[batch] + rng.normal(0, 0.3, n_cells))
+    # the state programs are drawn after everything else, so that n_states=0 gives the
+    # same data as before the option existed
+    cell_lfc = None
+    if n_states > 0:
+        loadings = rng.normal(0.0, state_lfc, (n_states, n_genes))
+        cell_lfc = (rng.normal(0.0, 1.0, (n_cells, n_states)) @ loadings).astype(np.float32)
 
     # Counts are drawn in fixed-size chunks of cells, each with its own seeded
     # generator, so that millions of cells fit in memory and chunks can be drawn
     # in parallel with the same result.
     chunks = [
-        (base, type_lfc, batch_lfc, cell_type[lo:lo + _CHUNK], batch[lo:lo + _CHUNK], lib[lo:lo + _CHUNK], dispersion, (seed, c))
+        (base, type_lfc, batch_lfc, cell_type[lo:lo + _CHUNK], batch[lo:lo + _CHUNK], lib[lo:lo + _CHUNK], dispersion, (seed, c),
+         None if cell_lfc is None else cell_lfc[lo:lo + _CHUNK])
         for c, lo in enumerate(range(0, n_cells, _CHUNK))
     ]
     if n_jobs > 1 and len(chunks) > 1:
@@ -112,15 +126,20 @@ def simulate(
         "batch_gene_sd": batch_gene_sd,
         "batch_program_lfc": batch_program_lfc,
         "library_batch_sd": library_batch_sd,
+        "n_states": n_states,
+        "state_lfc": state_lfc,
     }
     return adata
 
 
 def _simulate_chunk(args) -> sp.csr_matrix:
     """Negative-binomial counts of one chunk of cells around its log-means."""
-    base, type_lfc, batch_lfc, cell_type, batch, lib, dispersion, chunk_seed = args
+    base, type_lfc, batch_lfc, cell_type, batch, lib, dispersion, chunk_seed, cell_lfc = args
     crng = np.random.default_rng(list(chunk_seed))
-    mu = np.exp(base[None, :] + type_lfc[cell_type] + batch_lfc[batch])
+    log_mu = base[None, :] + type_lfc[cell_type] + batch_lfc[batch]
+    if cell_lfc is not None:
+        log_mu = log_mu + cell_lfc
+    mu = np.exp(log_mu)
     mu *= (lib / mu.sum(axis=1))[:, None]
     shape = 1.0 / dispersion
     counts = crng.poisson(crng.gamma(shape, mu / shape)).astype(np.float32)

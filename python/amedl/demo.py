@@ -18,7 +18,7 @@ import pandas as pd
 __all__ = ["run_demo", "DEMO_SIMULATION", "demo_table"]
 
 #: Size of the simulated data set (small enough for about a minute on 2 CPU cores).
-DEMO_SIMULATION = dict(n_cells=1200, n_genes=1000, n_batches=3, n_cell_types=5)
+DEMO_SIMULATION = dict(n_cells=1200, n_genes=1000, n_batches=3, n_cell_types=5, n_states=2, state_lfc=0.5)
 #: Methods shown by the demo, in display order.
 DEMO_METHODS = ("PCA", "AE", "aMEDL-FE", "aMEDL-RE")
 
