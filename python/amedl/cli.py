@@ -16,6 +16,7 @@ import logging
 import os
 import shlex
 import signal
+import threading
 import sys
 import tempfile
 import time
@@ -24,6 +25,10 @@ from pathlib import Path
 
 from .errors import AMEDLError, AMEDLInputError, AMEDLPathError
 from .io._formats import FORMATS_TEXT, SUFFIXES
+
+
+#: Set by a SIGTERM (see _terminate_as_interrupt).
+_TERMINATED = threading.Event()
 
 _MAX_MESSAGE = 900
 #: Libraries whose INFO/WARNING logging is hidden unless --verbose.
@@ -171,6 +176,7 @@ def cmd_fit(args) -> int:
         if args.model_dir:
             model.save(args.model_dir, overwrite=args.overwrite, staging=stage)
         io.write(adata, stage.add(out))
+        _stop_if_terminated()
     if args.model_dir:
         _say(f"model saved to {args.model_dir}")
     _say(f"wrote {args.out} (obsm X_amedl_fe, X_amedl_re; uns amedl) in {time.perf_counter() - t0:.1f}s total")
@@ -215,6 +221,7 @@ def cmd_embed(args) -> int:
     tl.add_latents(adata, model, kinds=kinds)
     with Staging() as stage:
         io.write(adata, stage.add(out))
+        _stop_if_terminated()
     _say(f"wrote {args.out} (obsm {', '.join(f'X_amedl_{k}' for k in kinds)}; model {args.model_dir}, "
          f"written by amedl {meta.get('amedl_version', '?')}) in {time.perf_counter() - t0:.1f}s")
     return 0
@@ -453,20 +460,27 @@ def main(argv: list[str] | None = None) -> int:
 @contextlib.contextmanager
 def _terminate_as_interrupt():
     """``kill`` (SIGTERM) unwinds like Ctrl-C, so that temporaries are removed."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum, frame):
+        _TERMINATED.set()  # remembered: the exception can be swallowed where it lands (e.g. in a finaliser)
         raise KeyboardInterrupt
 
+    _TERMINATED.clear()
     old = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _stop_if_terminated() -> None:
+    """Raise the interruption of a SIGTERM that arrived earlier and was lost, before
+    anything is committed."""
+    if _TERMINATED.is_set():
+        raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
