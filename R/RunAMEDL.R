@@ -24,6 +24,12 @@
 #' disk when `model_dir` is given), so that [AMEDLCounterfactual()] and
 #' [AMEDLModel()] can use it.
 #'
+#' **Query mapping.** When `model_dir` already holds a saved model (and
+#' `overwrite = FALSE`), `RunAMEDL()` trains nothing: it embeds the object
+#' with that model (see `adapt`). Use it to place new donors or samples in
+#' the space of a reference fitted earlier; the query needs the model's genes
+#' and a batch column (a single batch is fine).
+#'
 #' @param object A Seurat object, a SingleCellExperiment, or a genes x cells
 #'   count matrix (base `matrix` or `dgCMatrix`).
 #' @param batch The batch of each cell: for Seurat and SingleCellExperiment
@@ -42,8 +48,20 @@
 #' @param model_dir Folder to save the fitted model in (`NULL`: keep it in
 #'   memory for this session only): a new or empty folder, or an amedl model
 #'   folder when `overwrite = TRUE`. A folder holding anything else is never
-#'   replaced. It is checked before training.
+#'   replaced. It is checked before training. A folder that already holds a
+#'   saved model (with `overwrite = FALSE`) maps the object onto that model
+#'   instead of training (see `adapt`).
 #' @param overwrite Replace the amedl model already in `model_dir`.
+#' @param adapt Used when `model_dir` holds a saved model and `overwrite` is
+#'   `FALSE`: then nothing is trained; the object (a *query*) is mapped onto
+#'   that model. Its batches that the model has not seen get their own random
+#'   effects, learned in seconds with every trained weight frozen
+#'   (`adapt = TRUE`, the default), or the mixture of the learned batches'
+#'   effects that the model's batch-membership predictor gives each cell
+#'   (`adapt = FALSE`). The FE latent of a query cell does not depend on
+#'   either. The adapted model stays in this R session's memory (the folder
+#'   is not changed), so [AMEDLCounterfactual()] and [AMEDLBatchEffects()]
+#'   can compare the query's batches with the model's.
 #' @param preset Engine preset: `"default"` or `"paper"` (the published configuration).
 #' @param verbose Show the engine's progress bars.
 #' @param settings Further engine settings: [amedl_options()] (or a named
@@ -65,6 +83,10 @@
 #'
 #' sce <- RunAMEDL(sce, batch = "sample_id")
 #' SingleCellExperiment::reducedDim(sce, "AMEDL_FE")
+#'
+#' # a reference saved once, new donors mapped onto it later
+#' ref <- RunAMEDL(ref, batch = "donor", model_dir = "ref_model")
+#' query <- RunAMEDL(query, batch = "donor", model_dir = "ref_model")
 #' }
 #' @export
 RunAMEDL <- function(object, ...) UseMethod("RunAMEDL")
@@ -73,7 +95,7 @@ RunAMEDL <- function(object, ...) UseMethod("RunAMEDL")
 #' @export
 RunAMEDL.default <- function(object, batch, features = NULL, n_latent = 50, n_top_genes = 2000,
                              epochs = NULL, seed = 0, model_dir = NULL, preset = "default",
-                             verbose = TRUE, settings = list(), overwrite = FALSE, ...) {
+                             verbose = TRUE, settings = list(), overwrite = FALSE, adapt = TRUE, ...) {
   if (!(is.matrix(object) || methods::is(object, "Matrix") || is.data.frame(object))) {
     .stop("RunAMEDL() needs a Seurat object, a SingleCellExperiment or a genes x cells count matrix, not an object of class %s",
           paste(class(object), collapse = "/"))
@@ -81,10 +103,11 @@ RunAMEDL.default <- function(object, batch, features = NULL, n_latent = 50, n_to
   .check_dots(...)
   counts <- .check_counts(object)
   if (missing(batch)) batch <- NULL
-  b <- .check_batch(batch, ncol(counts))
+  b <- .check_batch(batch, ncol(counts), min_batches = if (.maps_query(model_dir, overwrite)) 1L else 2L)
   res <- .amedl_fit(counts, b, batch_key = "batch", features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
-                    model_dir = model_dir, verbose = verbose, settings = settings, overwrite = overwrite)
+                    model_dir = model_dir, verbose = verbose, settings = settings, overwrite = overwrite,
+                    adapt = adapt)
   res
 }
 

@@ -58,18 +58,18 @@
 }
 
 # A batch vector (one label per cell) checked and returned as a factor.
-.check_batch <- function(batch, n_cells, what = "batch") {
+.check_batch <- function(batch, n_cells, what = "batch", min_batches = 2L) {
   if (is.null(batch)) .stop("`batch` is missing: give one batch label per cell (donor, sample, chemistry ...)")
   if (!is.atomic(batch) || !is.null(dim(batch))) .stop("%s must be a vector with one label per cell", what)
   if (length(batch) != n_cells) .stop("%s has %d values for %d cells", what, length(batch), n_cells)
   if (anyNA(batch)) .stop("%s has %d missing value(s); give every cell a batch (or drop those cells)", what, sum(is.na(batch)))
   b <- droplevels(as.factor(batch))
-  if (nlevels(b) < 2L) {
+  if (nlevels(b) < min_batches) {
     .stop("%s has a single batch ('%s'): aMEDL separates batch effects and needs at least 2 batches", what, levels(b)[1])
   }
   sizes <- table(b)
   small <- names(sizes)[sizes < 2L]
-  if (length(small)) {
+  if (length(small) && min_batches >= 2L) {
     .stop("%d batch(es) of %s have fewer than 2 cells (%s); drop those cells (e.g. with subset()) or merge them with another batch",
           length(small), what, .some(small))
   }
@@ -102,7 +102,7 @@
 # Fit on a genes x cells matrix; returns list(fe, re, model, genes, batches, params).
 .amedl_fit <- function(counts, batch, batch_key = "batch", features = NULL, n_latent = 50, n_top_genes = 2000,
                        epochs = NULL, seed = 0, preset = "default", model_dir = NULL, verbose = TRUE,
-                       settings = list(), overwrite = FALSE) {
+                       settings = list(), overwrite = FALSE, adapt = TRUE) {
   n_latent <- .scalar_int(n_latent, "n_latent", 1L)
   n_top_genes <- .scalar_int(n_top_genes, "n_top_genes", 2L)
   epochs <- .scalar_int(epochs, "epochs", 1L, null_ok = TRUE)
@@ -110,11 +110,15 @@
   if (!is.character(preset) || length(preset) != 1L) .stop("`preset` must be a single string such as \"default\" or \"paper\"")
   if (!is.null(model_dir) && (!is.character(model_dir) || length(model_dir) != 1L)) .stop("`model_dir` must be a folder path or NULL")
   if (!is.logical(overwrite) || length(overwrite) != 1L || is.na(overwrite)) .stop("`overwrite` must be TRUE or FALSE")
-  features <- .check_features(features, rownames(counts))
   settings <- .check_settings(settings)
   threads <- getOption("amedl.threads", NULL)
   if (is.null(settings$threads) && !is.null(threads)) settings$threads <- .scalar_int(threads, "options(amedl.threads)", 1L)
   bridge <- amedl_engine()
+  if (.maps_query(model_dir, overwrite)) {
+    if (!is.null(settings$threads)) bridge$set_threads(settings$threads)
+    return(.amedl_map(bridge, counts, batch, model_dir, adapt = adapt, seed = seed, verbose = verbose))
+  }
+  features <- .check_features(features, rownames(counts))
   res <- tryCatch(
     bridge$fit(
       counts, colnames(counts), rownames(counts), as.character(batch),
@@ -128,8 +132,42 @@
     ),
     error = .py_error
   )
-  fe <- .latent_matrix(res$fe, colnames(counts), "amedlfe_")
-  re <- .latent_matrix(res$re, colnames(counts), "amedlre_")
+  .amedl_result(res, colnames(counts))
+}
+
+# Whether RunAMEDL() maps the object onto the model saved in `model_dir` instead of training.
+.maps_query <- function(model_dir, overwrite = FALSE) {
+  !is.null(model_dir) && !isTRUE(overwrite) && dir.exists(path.expand(model_dir)) &&
+    isTRUE(amedl_engine()$is_model_dir(path.expand(model_dir)))
+}
+
+# Map a query onto a saved model: new batches get their own random effects (adapt = TRUE)
+# or the batch-membership predictor's mixture of the learned ones.
+.amedl_map <- function(bridge, counts, batch, model_dir, adapt = TRUE, seed = 0, verbose = TRUE) {
+  if (!is.logical(adapt) || length(adapt) != 1L || is.na(adapt)) .stop("`adapt` must be TRUE or FALSE")
+  res <- tryCatch(
+    bridge$map_query(path.expand(model_dir), counts, colnames(counts), rownames(counts), as.character(batch),
+                     batch_levels = levels(batch), adapt = adapt, seed = seed, progress = isTRUE(verbose)),
+    error = .py_error
+  )
+  new <- unlist(res$new_batches)
+  if (isTRUE(verbose)) {
+    how <- switch(res$unseen_batches,
+      adapted = "learned their random effects with the model's weights frozen (adapt = TRUE)",
+      predict = "gave them the batch-membership predictor's mixture of the learned batches' effects (adapt = FALSE)",
+      "gave them zero random effects")
+    message(sprintf("amedl: mapped %d cells onto the model in '%s'%s", ncol(counts), model_dir,
+                    if (length(new)) sprintf("; %d new batch(es) (%s): %s", length(new), .some(new), how) else ""))
+  }
+  out <- .amedl_result(res, colnames(counts))
+  out$params$query <- list(new_batches = if (length(new)) new else character(0), unseen_batches = res$unseen_batches)
+  out
+}
+
+# The R result of a fit or a mapping: latents with cell names and the recorded parameters.
+.amedl_result <- function(res, cells) {
+  fe <- .latent_matrix(res$fe, cells, "amedlfe_")
+  re <- .latent_matrix(res$re, cells, "amedlre_")
   # the engine's record (the same uns['amedl'] that `amedl fit` and amedl.tl.amedl write), and
   # where this R session finds the model again
   record <- lapply(res$record, function(v) if (is.list(v) && is.null(names(v))) unlist(v) else v)

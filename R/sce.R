@@ -11,7 +11,7 @@
 RunAMEDL.SingleCellExperiment <- function(object, batch, assay = "counts", features = NULL,
                                           n_latent = 50, n_top_genes = 2000, epochs = NULL, seed = 0,
                                           model_dir = NULL, preset = "default", verbose = TRUE,
-                                          settings = list(), overwrite = FALSE, ...) {
+                                          settings = list(), overwrite = FALSE, adapt = TRUE, ...) {
   .check_dots(...)
   .sce_ns()
   if (missing(batch)) batch <- NULL
@@ -28,10 +28,11 @@ RunAMEDL.SingleCellExperiment <- function(object, batch, assay = "counts", featu
                           sprintf("assay '%s'", assay),
                           drop_hint = sprintf("sce <- sce[, Matrix::colSums(assay(sce, \"%s\")) > 0]", assay))
   b <- .batch_from_meta(batch, SummarizedExperiment::colData(object), ncol(object), "colData")
-  bf <- .check_batch(b$values, ncol(counts), b$what)
+  bf <- .check_batch(b$values, ncol(counts), b$what, min_batches = if (.maps_query(model_dir, overwrite)) 1L else 2L)
   res <- .amedl_fit(counts, bf, batch_key = b$key, features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
-                    model_dir = model_dir, verbose = verbose, settings = settings, overwrite = overwrite)
+                    model_dir = model_dir, verbose = verbose, settings = settings, overwrite = overwrite,
+                    adapt = adapt)
   object <- .amedl_repair_sce(object)
   SingleCellExperiment::reducedDim(object, "AMEDL_FE") <- res$fe
   SingleCellExperiment::reducedDim(object, "AMEDL_RE") <- res$re

@@ -57,9 +57,10 @@ SeuratLayerCounts <- function(object, assay = NULL, layer = "counts") {
 RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts", features = NULL,
                             n_latent = 50, n_top_genes = 2000, epochs = NULL, seed = 0, model_dir = NULL,
                             preset = "default", reduction.prefix = "amedl", verbose = TRUE,
-                            settings = list(), overwrite = FALSE, ...) {
+                            settings = list(), overwrite = FALSE, adapt = TRUE, ...) {
   .check_dots(...)
   .seurat_ns()
+  mapping <- .maps_query(model_dir, overwrite)
   if (is.null(assay)) assay <- SeuratObject::DefaultAssay(object)
   counts <- SeuratLayerCounts(object, assay = assay, layer = layer)
   split <- attr(counts, "split")
@@ -76,8 +77,8 @@ RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts"
   } else {
     b <- .batch_from_meta(batch, object@meta.data, ncol(object), "Seurat object's meta.data")
   }
-  bf <- .check_batch(b$values, ncol(counts), b$what)
-  if (is.null(features)) {
+  bf <- .check_batch(b$values, ncol(counts), b$what, min_batches = if (mapping) 1L else 2L)
+  if (is.null(features) && !mapping) {
     vf <- .variable_features(object, assay)
     vf <- intersect(vf, rownames(counts))
     if (length(vf) >= 2L) {
@@ -87,7 +88,8 @@ RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts"
   }
   res <- .amedl_fit(counts, bf, batch_key = b$key, features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
-                    model_dir = model_dir, verbose = verbose, settings = settings, overwrite = overwrite)
+                    model_dir = model_dir, verbose = verbose, settings = settings, overwrite = overwrite,
+                    adapt = adapt)
   params <- utils::modifyList(res$params, list(assay = assay, layer = layer, object_kind = "Seurat"))
   keyroot <- gsub("[^A-Za-z0-9]", "", reduction.prefix)
   if (!nzchar(keyroot) || !grepl("^[A-Za-z]", keyroot)) .stop("`reduction.prefix` must start with a letter")

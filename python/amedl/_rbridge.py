@@ -171,6 +171,46 @@ def fit(
     }
 
 
+def is_model_dir(model_dir: str | None) -> bool:
+    """Whether ``model_dir`` is a saved amedl model (so that ``RunAMEDL`` maps onto it)."""
+    from . import modelfile
+
+    return bool(model_dir) and modelfile.folder_kind(Path(os.path.expanduser(str(model_dir)))) == "model"
+
+
+@_speaks_r
+def map_query(model_dir: str, X, cells, genes, batch, batch_levels=None, adapt: bool = True, steps=300, seed=0,
+              progress: bool = False) -> dict:
+    """Map R data (a query) onto the model saved in ``model_dir``: with ``adapt``, learn
+    random effects for the query's batches that the model has not seen
+    (:meth:`amedl.AMEDL.adapt`, every trained weight frozen), else give them the
+    batch-membership predictor's mixture. Returns what :func:`fit` returns, plus
+    ``new_batches`` and ``unseen_batches`` ("adapted" or "predict"/"zero")."""
+    import warnings
+
+    from . import tl
+    from .model import AMEDL
+
+    path = Path(os.path.expanduser(str(model_dir))).resolve()
+    model = AMEDL.load(path)
+    adata = make_adata(X, cells, genes, batch, batch_key=model.batch_key, batch_levels=batch_levels)
+    new = [b for b in pd.unique(adata.obs[model.batch_key].astype(str)) if b not in set(model.batches)]
+    if new and adapt:
+        model.adapt(adata, steps=_as_int(steps, 300), seed=_as_int(seed, 0), progress=bool(progress))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the R side says how unseen batches were treated
+        rec = tl.add_latents(adata, model)
+    return {
+        "fe": adata.obsm["X_amedl_fe"],
+        "re": adata.obsm["X_amedl_re"],
+        "model": model,
+        "record": rec,
+        "model_dir": str(path),
+        "new_batches": new,
+        "unseen_batches": "adapted" if (new and adapt) else model.unseen_batches,
+    }
+
+
 @_speaks_r
 def save_model(model, model_dir: str, overwrite: bool = False) -> str:
     """Save ``model`` to ``model_dir`` (a new or empty folder, or with ``overwrite``

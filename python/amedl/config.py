@@ -42,10 +42,13 @@ class AMEDLConfig:
     adversary_hidden: tuple[int, ...] = (512, 132)
     adversary_input: str = "all"
     classifier_hidden: int = 32
+    membership_hidden: int | None = 128
     prior_scale: float = 0.25
+    re_init_scale: float = 1e-3
     # optimisation
     lr: float = 1e-3
     adversary_lr: float | None = None
+    re_scale_lr: float | None = None
     batch_size: int = 256
     max_epochs: int | None = None
     target_steps: int = 3000
@@ -226,9 +229,12 @@ RULES: dict[str, Rule] = {
     "adversary_hidden": Rule("ints", low=1),
     "adversary_input": _choice("all", "latent"),
     "classifier_hidden": _int(1),
+    "membership_hidden": _int(1, none="no batch-membership predictor: unseen batches get zero effects"),
     "prior_scale": _float(0.0, open_low=True),
+    "re_init_scale": _float(0.0, open_low=True),
     "lr": _float(0.0, open_low=True),
     "adversary_lr": _float(0.0, open_low=True, none="the same as lr"),
+    "re_scale_lr": _float(0.0, open_low=True, none="the same as lr"),
     "batch_size": _int(2),
     "max_epochs": _int(1, none="from the number of cells"),
     "target_steps": _int(1),

@@ -14,7 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .nn import posterior_draw
+from .nn import posterior_draw, predicts_unseen
 
 __all__ = ["differential", "PSEUDOCOUNT"]
 
@@ -65,7 +65,7 @@ def differential(
     if batch_b is not None and targets[0] == code_a:
         raise ValueError("batch_a and batch_b are the same batch")
 
-    X, codes, library = model._inputs(adata, layer, need_batches=kind == "re")
+    X, codes, library = model._inputs(adata, layer, need_batches=kind == "re", predicted=predicts_unseen(net))
     n = X.shape[0]
     group, names = _group_codes(adata, groupby, n) if adata is not None else (np.zeros(n, dtype=np.int64), [])
     if adata is None and groupby is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import time
@@ -20,7 +21,8 @@ from . import __version__, modelfile
 from .config import RULES, AMEDLConfig, make_config
 from .data import AMEDLInputError, CSRLoader, DeviceCSR, Preprocessor
 from .errors import AMEDLConfigError, AMEDLModelError
-from .train import NETWORKS, LoopSettings, PlanContext, batch_entropy, fit_loop
+from .nn import predicts_unseen
+from .train import NETWORKS, LoopSettings, PlanContext, adapt_new_batches, batch_entropy, fit_loop
 from ._utils import Staging, apply_threads, resolve_device, seed_everything
 
 logger = logging.getLogger("amedl")
@@ -90,6 +92,7 @@ class AMEDL:
         self.modules: dict[str, nn.Module] = {}
         self.history: dict[str, pd.DataFrame] = {}
         self.train_info: dict[str, dict] = {}
+        self.adapted: dict[str, dict] = {}  # batch -> how adapt() learned its effects
 
     # ------------------------------------------------------------------ info
     @property
@@ -235,6 +238,91 @@ class AMEDL:
             logger.info("amedl: trained %s in %.1fs (%d epochs)", KIND_NAMES[kind], seconds, len(history))
         return self
 
+    # ------------------------------------------------------------ adaptation
+    def adapt(
+        self,
+        adata: ad.AnnData,
+        *,
+        layer: str | None = None,
+        steps: int = 300,
+        lr: float = 1e-2,
+        batch_size: int | None = None,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> "AMEDL":
+        """Learn random effects for the batches of ``adata`` that the model has not
+        seen (query mapping), with every trained weight frozen.
+
+        The cells of new batches (``adata.obs[batch_key]`` values not in
+        :attr:`batches`) are used; cells of known batches are ignored. Each
+        batch-aware network (the mixed-effects FE decoder, the RE network) gets
+        random effects for the new batches, trained for ``steps`` minibatch steps
+        (Adam, ``lr``) on its reconstruction loss plus their KL to the prior; the
+        encoders, the fixed effects and the learned batches' effects do not
+        change, so latents of earlier cells stay exactly as they were. Afterwards
+        the new batches are ordinary batches of the model: :meth:`latent`,
+        :meth:`reconstruct`, :meth:`differential` and :meth:`batch_effects` use
+        their effects, and :meth:`save` keeps them. Returns the model.
+        """
+        if not self.modules:
+            raise RuntimeError("the model is not trained: call fit() (or load a saved model) before adapt()")
+        kinds = [k for k, m in self.modules.items() if getattr(m, "batch_aware", False) and hasattr(m, "add_batches")]
+        if not kinds:
+            raise ValueError("no network of this model has random effects to adapt (the paper preset's FE decoder and the "
+                             "plain autoencoder have no batch input); train the RE network or use the default FE network")
+        if self.batch_key not in adata.obs.columns:
+            raise AMEDLInputError(f"adata.obs has no {self.batch_key!r} column: adapt() needs the batch of each new cell")
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise AMEDLConfigError(f"steps must be a whole number >= 1, got {steps!r}")
+        if not lr > 0:
+            raise AMEDLConfigError(f"lr must be > 0, got {lr!r}")
+        batch = adata.obs[self.batch_key]
+        if batch.isna().any():
+            raise AMEDLInputError(f"adata.obs[{self.batch_key!r}] has missing values; give every cell a batch.")
+        batch = batch.astype(str).to_numpy()
+        known = set(self.prep.batches)
+        new = [b for b in pd.unique(batch) if b not in known]
+        if not new:
+            raise AMEDLInputError(f"every batch in adata.obs[{self.batch_key!r}] is already known to the model; "
+                                  "adapt() learns effects for new batches only")
+        cells = np.flatnonzero(np.isin(batch, new))
+        sub = adata[cells]
+        X = self.prep.transform(sub, layer=self.layer if layer is None else layer)
+        library = Preprocessor.library_size(sub, self.layer if layer is None else layer)
+        n_old = len(self.prep.batches)
+        lookup = {b: n_old + i for i, b in enumerate(new)}
+        codes = np.array([lookup[b] for b in batch[cells]], dtype=np.int64)
+        c = self.config
+        size = min(batch_size or c.batch_size, len(cells))
+        adapted, info = {}, {}
+        t0 = time.perf_counter()
+        for kind in kinds:
+            net = copy.deepcopy(self.modules[kind])  # the model is untouched until every network is adapted
+            torch.manual_seed(seed)
+            grown = net.add_batches(len(new), c.re_init_scale)
+            loader = CSRLoader(
+                self._matrix_for_device(X), codes, self.prep, batch_size=size, shuffle=True,
+                rng=np.random.default_rng([seed, 104729]), device=self.device, drop_last=len(cells) % size == 1,
+                library=library if net.output_space == "log1p" else None,
+            )
+            weight = NETWORKS[kind].adapt_kl_weight(c, len(cells), len(self.prep.genes))
+            losses = adapt_new_batches(net, grown, loader, int(steps), float(lr), weight, progress)
+            adapted[kind] = net
+            info[kind] = {"first_loss": losses[0], "last_loss": float(np.mean(losses[-10:]))}
+        self.modules.update(adapted)
+        self.prep.batches = [*self.prep.batches, *new]
+        counts = pd.Series(batch[cells]).value_counts()
+        self.adapted.update(
+            {b: {"n_cells": int(counts[b]), "steps": int(steps), "lr": float(lr), "seed": int(seed)} for b in new}
+        )
+        logger.info("amedl: adapted %d new batch(es) in %.1fs (%s)", len(new), time.perf_counter() - t0, info)
+        return self
+
+    @property
+    def adapted_batches(self) -> list[str]:
+        """The batches added by :meth:`adapt` (not seen in training)."""
+        return list(self.adapted)
+
     # ------------------------------------------------------------- inference
     def _module(self, kind: str) -> nn.Module:
         if kind not in KINDS:
@@ -245,10 +333,11 @@ class AMEDL:
         return self.modules[kind]
 
     def _inputs(
-        self, adata: ad.AnnData | None, layer: str | None, need_batches: bool
+        self, adata: ad.AnnData | None, layer: str | None, need_batches: bool, predicted: bool = False
     ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
         """Model-input matrix (unscaled log1p on the model genes), batch codes (-1: unknown)
-        and library sizes (total counts over all genes) of ``adata`` (default: the training cells)."""
+        and library sizes (total counts over all genes) of ``adata`` (default: the training cells).
+        ``predicted``: whether the network that reads them predicts unseen batches (for the warning)."""
         if adata is None:
             if self._X is None:
                 raise AMEDLInputError("this model was loaded from disk: pass the AnnData to embed (adata=...).")
@@ -270,9 +359,13 @@ class AMEDL:
             codes = np.full(X.shape[0], -1, dtype=np.int64)
         if need_batches and (codes < 0).any():
             unseen = sorted(set(batch.astype(str)[codes < 0]))
+            how = (
+                "they get the mixture of the learned batches' random effects that the batch-membership predictor "
+                "gives each cell" if predicted else "their random effects are set to zero (the population-level network)"
+            )
             warnings.warn(
-                f"{int((codes < 0).sum())} cell(s) come from batch(es) not seen in training ({unseen[:5]}); "
-                "their random effects are set to zero (the population-level network).",
+                f"{int((codes < 0).sum())} cell(s) come from batch(es) not seen in training ({unseen[:5]}); {how}. "
+                "To learn their own effects, call adapt() with these cells first.",
                 UserWarning,
                 stacklevel=3,
             )
@@ -311,6 +404,26 @@ class AMEDL:
             lo += len(y)
         return out
 
+    @property
+    def unseen_batches(self) -> str:
+        """How cells of batches not seen in training (nor added by :meth:`adapt`) are
+        treated by the random effects: ``"predict"`` (the default where the networks
+        have a batch-membership predictor: each cell gets the predicted mixture of
+        the learned batches' effects) or ``"zero"`` (no random effects: the
+        population-level network). Settable."""
+        nets = [m for m in self.modules.values() if getattr(m, "membership", None) is not None]
+        return "predict" if nets and all(m.predict_unseen for m in nets) else "zero"
+
+    @unseen_batches.setter
+    def unseen_batches(self, how: str) -> None:
+        if how not in ("predict", "zero"):
+            raise ValueError(f"unseen_batches must be 'predict' or 'zero', got {how!r}")
+        if how == "predict" and not any(getattr(m, "membership", None) is not None for m in self.modules.values()):
+            raise ValueError("this model has no batch-membership predictor (membership_hidden=None, or saved by an older amedl)")
+        for m in self.modules.values():
+            if hasattr(m, "predict_unseen"):
+                m.predict_unseen = how == "predict"
+
     def _batch_code(self, batch) -> int:
         if str(batch) not in self.prep.batches:
             raise ValueError(f"unknown batch {batch!r}; the model knows {self.prep.batches}")
@@ -321,11 +434,12 @@ class AMEDL:
 
         ``adata=None`` embeds the training cells. For new cells the genes are
         matched to the model's by name. ``kind="fe"`` needs no batch label;
-        ``kind="re"`` uses the batch column and gives cells of batches not seen
-        in training zero random effects (with a warning).
+        ``kind="re"`` uses the batch column; cells of batches not seen in
+        training get the random effects that :attr:`unseen_batches` says (with a
+        warning), or their own after :meth:`adapt`.
         """
         net = self._module(kind)
-        inputs = self._inputs(adata, layer, need_batches=NETWORKS[kind].latent_needs_batch)
+        inputs = self._inputs(adata, layer, need_batches=NETWORKS[kind].latent_needs_batch, predicted=predicts_unseen(net))
         return self._run(inputs, net.latent, batch_size)
 
     def reconstruct(
@@ -356,7 +470,7 @@ class AMEDL:
                 "'as if from batch'; use the default fixed-effects network (mixed-effects decoder) or kind='re'"
             )
         need = NETWORKS[kind].latent_needs_batch or (net.batch_aware and batch is None)
-        inputs = self._inputs(adata, layer, need_batches=need)
+        inputs = self._inputs(adata, layer, need_batches=need, predicted=predicts_unseen(net))
         return self._decode(inputs, net, None if batch is None else self._batch_code(batch), batch_size)
 
     def _decode(self, inputs, net: nn.Module, target: int | None, batch_size: int, minibatches=None) -> np.ndarray:
@@ -465,6 +579,7 @@ class AMEDL:
                 "preprocessing": self.prep.to_dict(),
                 "kinds": list(self.modules),
                 "train_info": self.train_info,
+                "adapted": self.adapted,
             })
         return Path(path)
 
@@ -494,6 +609,7 @@ class AMEDL:
         self.prep = Preprocessor.from_dict(meta["preprocessing"])
         self._X, self._codes, self._library, self._X_on_device = None, None, None, None
         self.train_info = meta.get("train_info", {})
+        self.adapted = dict(meta.get("adapted", {}))
         weights = path / _WEIGHTS_FILE
         written = f"written by amedl {meta.get('amedl_version', '?')}, model format {meta.get('format', 1)}"
         try:
@@ -511,6 +627,8 @@ class AMEDL:
                 raise AMEDLModelError(f"{weights}: the {KIND_NAMES[kind]} weights hold NaN or infinite values "
                                       f"(in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): the model is damaged; refit it")
             m = self._build(kind)
+            if getattr(m, "membership", None) is not None and not any(n.startswith("membership.") for n in state[kind]):
+                m.membership = None  # saved before amedl had a batch-membership predictor
             try:
                 m.load_state_dict(state[kind])
             except RuntimeError as exc:

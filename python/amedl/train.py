@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .config import AMEDLConfig
 from .nn import (
+    BatchMembership,
     FixedEffectsNetwork,
     MixedEffectsAutoencoder,
     PlainAutoencoder,
@@ -104,6 +105,21 @@ def fit_loop(
     history = pd.DataFrame(rows)
     history.attrs.update(best_epoch=best_epoch, stopped_early=stopped)
     return history
+
+
+def _param_groups(params: list, module: nn.Module, config: AMEDLConfig) -> list[dict]:
+    """Adam parameter groups: the posterior scales of ``module``'s random effects
+    learn at ``re_scale_lr`` (their ELBO optimum is far from where they start, and
+    they move one step size per step), everything else at ``lr``."""
+    from .nn import RandomEffects
+
+    scales = {id(m.raw_scale) for m in module.modules() if isinstance(m, RandomEffects)}
+    if not scales or config.re_scale_lr is None:
+        return [{"params": params}]
+    return [
+        {"params": [p for p in params if id(p) not in scales]},
+        {"params": [p for p in params if id(p) in scales], "lr": config.re_scale_lr},
+    ]
 
 
 class _EpochMeans:
@@ -223,7 +239,9 @@ class AdversarialPlan:
         self.n_batches = ctx.n_batches
         self.chance_ce = ctx.chance_ce
         self.adversarial_loss = config.adversarial_loss
-        self.opt_ae = torch.optim.Adam(self.ae.parameters(), lr=config.lr)
+        self.membership = net.membership
+        trained = [*self.ae.parameters(), *(self.membership.parameters() if self.membership is not None else [])]
+        self.opt_ae = torch.optim.Adam(_param_groups(trained, self.ae, config), lr=config.lr)
         self.opt_adv = torch.optim.Adam(self.adv.parameters(), lr=config.adversary_lr or config.lr)
         decay = config.fe_ema_decay
         self.ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
@@ -258,6 +276,9 @@ class AdversarialPlan:
             loss = self.recon_weight * recon + self.adv_weight * fool + self.latent_kl * kl_latent + self.re_kl * kl_re
             cycle = self._cycle_loss(enc, mb) if self.cycle_weight > 0 else kl_re.new_zeros(())
             loss = loss + self.cycle_weight * cycle
+            if self.membership is not None:  # its own parameters: the sum only saves an optimiser step
+                member_ce = F.cross_entropy(self.membership(mb.x), mb.batch)
+                loss = loss + member_ce
             self.opt_ae.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_ae.step()
@@ -288,11 +309,13 @@ class AdversarialPlan:
         for mb in loader:
             enc = ae.encode(mb.x)
             logits = self.adv(net.adversary_view(enc))
+            extra = {} if net.membership is None else {"membership_acc": (net.membership(mb.x).argmax(1) == mb.batch).float().mean()}
             sums.add(
                 len(mb.x),
                 recon=ae.recon_loss(ae.decode(enc.z, mb.batch), mb),
                 adv_ce=F.cross_entropy(logits, mb.batch),
                 adv_acc=(logits.argmax(1) == mb.batch).float().mean(),
+                **extra,
             )
         out = sums.means()
         out["monitor"] = self.recon_weight * out["recon"] + self.adv_weight * max(0.0, self.chance_ce - out["adv_ce"])
@@ -309,7 +332,7 @@ class RandomEffectsPlan:
     def __init__(self, re: REAutoencoder, config: AMEDLConfig, ctx: PlanContext):
         self.re = re
         self.recon_weight, self.cls_weight, self.kl_weight = config.re_recon_weight, config.re_cls_weight, config.re_kl_weight
-        self.opt = torch.optim.Adam(re.parameters(), lr=config.lr)
+        self.opt = torch.optim.Adam(_param_groups(list(re.parameters()), re, config), lr=config.lr)
 
     def train_epoch(self, loader) -> dict:
         self.re.train()
@@ -320,6 +343,8 @@ class RandomEffectsPlan:
             ce = F.cross_entropy(logits, mb.batch)
             kl = self.re.kl()
             loss = self.recon_weight * recon + self.cls_weight * ce + self.kl_weight * kl
+            if self.re.membership is not None:  # its own parameters, trained beside the network
+                loss = loss + F.cross_entropy(self.re.membership(mb.x), mb.batch)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -332,15 +357,69 @@ class RandomEffectsPlan:
         sums = _ValidationSums()
         for mb in loader:
             x_hat, _, logits = self.re(mb.x, mb.batch)
+            extra = {} if self.re.membership is None else {"membership_acc": (self.re.membership(mb.x).argmax(1) == mb.batch).float().mean()}
             sums.add(
                 len(mb.x),
                 recon=F.mse_loss(x_hat, mb.x),
                 cls_ce=F.cross_entropy(logits, mb.batch),
                 cls_acc=(logits.argmax(1) == mb.batch).float().mean(),
+                **extra,
             )
         out = sums.means()
         out["monitor"] = self.recon_weight * out["recon"] + self.cls_weight * out["cls_ce"]
         return out
+
+
+# ---------------------------------------------------------------------------
+# adaptation to new batches
+
+
+def adapt_new_batches(
+    net: nn.Module, grown: list, loader, steps: int, lr: float, kl_weight: float, progress: bool = False,
+) -> list[float]:
+    """Train only the rows of new batches in ``grown`` (``(parameter, n_old_rows)``
+    pairs from ``net.add_batches``) for ``steps`` minibatch steps on
+    ``net.adaptation_loss + kl_weight·KL``; every other weight, and batch
+    normalisation's statistics, stay frozen. Returns the loss per step."""
+    from .nn import RandomEffects
+
+    saved = {p: p.requires_grad for p in net.parameters()}
+    hooks = []
+    for p in net.parameters():
+        p.requires_grad_(False)
+    params = []
+    for p, n_old in grown:
+        p.requires_grad_(True)
+        mask = torch.ones_like(p)
+        mask[:n_old] = 0
+        hooks.append(p.register_hook(lambda g, m=mask: g * m))
+        params.append(p)
+    opt = torch.optim.Adam(params, lr=lr)
+    net.eval()
+    for m in net.modules():
+        if isinstance(m, RandomEffects):
+            m.train()  # sample the posterior, so that its scale is learned too
+    losses: list[float] = []
+    bar = tqdm(total=steps, desc="aMEDL adapt", disable=not progress, leave=False, unit="step")
+    try:
+        while len(losses) < steps:
+            for mb in loader:
+                loss = net.adaptation_loss(mb) + kl_weight * net.kl()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                bar.update()
+                if len(losses) >= steps:
+                    break
+    finally:
+        bar.close()
+        for h in hooks:
+            h.remove()
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+        net.eval()
+    return losses
 
 
 # ---------------------------------------------------------------------------
@@ -356,12 +435,24 @@ def _build_fe(c: AMEDLConfig, prep) -> FixedEffectsNetwork:
             n_genes, n_batches, c.hidden, c.n_latent, c.prior_scale, likelihood=c.likelihood,
             latent_activation=c.latent_activation, variational=c.fe_latent_kl_weight > 0,
             target_sum=prep.target_sum, input_center=torch.as_tensor(prep.center), input_scale=torch.as_tensor(prep.scale),
+            init_scale=c.re_init_scale,
         )
-    return FixedEffectsNetwork(ae, n_batches, c.adversary_hidden, c.adversary_input)
+    net = FixedEffectsNetwork(ae, n_batches, c.adversary_hidden, c.adversary_input)
+    if net.batch_aware:
+        net.membership = _build_membership(c, prep)
+    return net
+
+
+def _build_membership(c: AMEDLConfig, prep) -> BatchMembership | None:
+    # built after the network, so that the network's own initial weights do not depend on it
+    return None if c.membership_hidden is None else BatchMembership(len(prep.genes), len(prep.batches), c.membership_hidden)
 
 
 def _build_re(c: AMEDLConfig, prep) -> REAutoencoder:
-    return REAutoencoder(len(prep.genes), len(prep.batches), c.hidden, c.n_latent, c.prior_scale, c.classifier_hidden)
+    re = REAutoencoder(len(prep.genes), len(prep.batches), c.hidden, c.n_latent, c.prior_scale, c.classifier_hidden,
+                       init_scale=c.re_init_scale)
+    re.membership = _build_membership(c, prep)
+    return re
 
 
 def _build_ae(c: AMEDLConfig, prep) -> PlainAutoencoder:
@@ -380,6 +471,8 @@ class Network:
     patience: Callable[[AMEDLConfig], int | None]
     burn_in: bool = False  # no checkpoint before the adversary has learned
     latent_needs_batch: bool = False
+    # weight of the random effects' KL in adaptation, from (config, n_cells, n_genes)
+    adapt_kl_weight: Callable[[AMEDLConfig, int, int], float] | None = None
 
     def needs_counts(self, c: AMEDLConfig) -> bool:
         """Whether its minibatches must carry raw counts (a count likelihood)."""
@@ -387,7 +480,9 @@ class Network:
 
 
 NETWORKS: dict[str, Network] = {
-    "fe": Network("fe", "fixed effects", 0, _build_fe, AdversarialPlan, lambda c: c.patience, burn_in=True),
-    "re": Network("re", "random effects", 1, _build_re, RandomEffectsPlan, lambda c: c.re_patience, latent_needs_batch=True),
+    "fe": Network("fe", "fixed effects", 0, _build_fe, AdversarialPlan, lambda c: c.patience, burn_in=True,
+                  adapt_kl_weight=lambda c, n, g: c.fe_re_kl_weight / (n * g * c.fe_recon_weight)),
+    "re": Network("re", "random effects", 1, _build_re, RandomEffectsPlan, lambda c: c.re_patience, latent_needs_batch=True,
+                  adapt_kl_weight=lambda c, n, g: c.re_kl_weight / c.re_recon_weight),
     "ae": Network("ae", "plain autoencoder", 2, _build_ae, AutoencoderPlan, lambda c: c.patience),
 }

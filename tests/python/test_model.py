@@ -108,12 +108,19 @@ def test_genes_matched_by_name(small_model, sim):
         small_model.latent(missing, kind="fe")
 
 
-def test_new_batch_gets_zero_random_effects(small_model, sim):
+def test_new_batch_gets_predicted_or_zero_random_effects(small_model, sim):
     new = sim[:50].copy()
     new.obs["batch"] = "unseen_donor"
-    with pytest.warns(UserWarning, match="not seen in training.*zero"):
+    with pytest.warns(UserWarning, match="not seen in training.*batch-membership predictor"):
         z = small_model.latent(new, kind="re")
     assert z.shape == (50, 8) and np.isfinite(z).all()
+    small_model.unseen_batches = "zero"
+    try:
+        with pytest.warns(UserWarning, match="not seen in training.*set to zero"):
+            z0 = small_model.latent(new, kind="re")
+    finally:
+        small_model.unseen_batches = "predict"
+    assert not np.allclose(z, z0, atol=1e-4)
     # the FE latent needs no batch column at all
     del new.obs["batch"]
     with warnings.catch_warnings():

@@ -14,8 +14,11 @@ test_that("model_dir never replaces a folder that is not an amedl model, and a m
   model <- tempfile("amedl-model-")
   fit <- do.call(RunAMEDL, c(list(s$counts, batch = s$batch, model_dir = model), FAST))
   expect_true(file.exists(file.path(model, ".amedl-model")))
-  expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, model_dir = model), FAST)),
-               "already holds an amedl model; pass overwrite = TRUE to replace it")
+  # a folder holding a model is mapped onto, never retrained or rewritten, without overwrite = TRUE
+  before <- tools::md5sum(list.files(model, full.names = TRUE))
+  mapped <- do.call(RunAMEDL, c(list(s$counts, batch = s$batch, model_dir = model), FAST))
+  expect_equal(mapped$fe, fit$fe, tolerance = 1e-5)
+  expect_identical(tools::md5sum(list.files(model, full.names = TRUE)), before)
   again <- do.call(RunAMEDL, c(list(s$counts, batch = s$batch, model_dir = model, overwrite = TRUE, seed = 1), FAST))
   expect_false(isTRUE(all.equal(again$fe, fit$fe)))
   expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, model_dir = model, overwrite = NA), FAST)),

@@ -14,11 +14,12 @@ from .networks import (
     PlainAutoencoder,
     REAutoencoder,
     TiedAutoencoder,
+    predicts_unseen,
 )
-from .random_effects import REBlock, RandomEffects, one_hot, posterior_draw
+from .random_effects import BatchMembership, REBlock, RandomEffects, batch_design, one_hot, posterior_draw
 
 __all__ = [
-    "LIKELIHOODS", "Adversary", "DenseEncoder", "Encoded", "ExpressionHead", "FixedEffectsNetwork",
+    "LIKELIHOODS", "Adversary", "BatchMembership", "batch_design", "DenseEncoder", "Encoded", "ExpressionHead", "FixedEffectsNetwork",
     "MixedEffectsAutoencoder", "PlainAutoencoder", "REAutoencoder", "REBlock", "RandomEffects",
-    "RandomEffectsDecoder", "TiedAutoencoder", "negative_binomial_nll", "one_hot", "posterior_draw",
+    "RandomEffectsDecoder", "TiedAutoencoder", "negative_binomial_nll", "one_hot", "posterior_draw", "predicts_unseen",
 ]

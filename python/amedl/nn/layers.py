@@ -61,15 +61,18 @@ class ExpressionHead(nn.Module):
     ``out·(1+γ(Z)) + β(Z)`` with per-gene, per-batch random effects.
     """
 
-    def __init__(self, n_in: int, n_genes: int, n_batches: int, prior_scale: float, likelihood: str = "mse", target_sum: float = 1e4):
+    def __init__(
+        self, n_in: int, n_genes: int, n_batches: int, prior_scale: float, likelihood: str = "mse", target_sum: float = 1e4,
+        init_scale: float = 1e-3,
+    ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         self.likelihood = likelihood
         self.target_sum = float(target_sum)
         self.linear = nn.Linear(n_in, n_genes)
-        self.gamma = RandomEffects(n_batches, n_genes, prior_scale)
-        self.beta = RandomEffects(n_batches, n_genes, prior_scale)
+        self.gamma = RandomEffects(n_batches, n_genes, prior_scale, init_scale)
+        self.beta = RandomEffects(n_batches, n_genes, prior_scale, init_scale)
         if likelihood == "nb":
             self.log_theta = nn.Parameter(torch.zeros(n_genes))
 
@@ -139,12 +142,12 @@ class RandomEffectsDecoder(nn.Module):
 
     def __init__(
         self, n_latent: int, hidden: Sequence[int], n_genes: int, n_batches: int, prior_scale: float,
-        likelihood: str = "mse", target_sum: float = 1e4,
+        likelihood: str = "mse", target_sum: float = 1e4, init_scale: float = 1e-3,
     ):
         super().__init__()
         dims = [n_latent, *hidden]
-        self.blocks = nn.ModuleList(REBlock(a, b, n_batches, prior_scale) for a, b in zip(dims[:-1], dims[1:]))
-        self.head = ExpressionHead(dims[-1], n_genes, n_batches, prior_scale, likelihood, target_sum)
+        self.blocks = nn.ModuleList(REBlock(a, b, n_batches, prior_scale, init_scale) for a, b in zip(dims[:-1], dims[1:]))
+        self.head = ExpressionHead(dims[-1], n_genes, n_batches, prior_scale, likelihood, target_sum, init_scale)
 
     def forward(self, z: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
         h = z

@@ -13,6 +13,13 @@ never branches on the kind of network:
   ``target_sum``);
 * ``batch_aware``: whether ``reconstruct`` accepts a ``target``.
 
+A batch-aware network also holds a :class:`BatchMembership` predictor
+(``membership``; ``None`` when disabled or in models saved before it
+existed): cells of batches not seen in training (code -1) get the predicted
+mixture of the learned random effects while ``predict_unseen`` is true, zero
+effects otherwise; ``add_batches(n, init_scale)`` appends random effects for
+new batches (see :meth:`amedl.AMEDL.adapt`).
+
 Networks:
 
 * :class:`FixedEffectsNetwork`: an encoder without batch input whose latent an
@@ -35,7 +42,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import DenseEncoder, Encoded, ExpressionHead, RandomEffectsDecoder, _activation
-from .random_effects import REBlock, RandomEffects, _kl_of_random_effects, one_hot
+from .random_effects import (
+    BatchMembership, REBlock, RandomEffects, _kl_of_random_effects, batch_design, grow_output, grow_random_effects, one_hot,
+)
+
+
+def predicts_unseen(net: nn.Module) -> bool:
+    """Whether ``net`` gives cells of unseen batches predicted random effects."""
+    return getattr(net, "membership", None) is not None and bool(getattr(net, "predict_unseen", False))
 
 
 class TiedAutoencoder(nn.Module):
@@ -113,12 +127,13 @@ class MixedEffectsAutoencoder(nn.Module):
         target_sum: float = 1e4,
         input_center: torch.Tensor | None = None,
         input_scale: torch.Tensor | None = None,
+        init_scale: float = 1e-3,
     ):
         super().__init__()
         self.n_batches = n_batches
         self.encoder = DenseEncoder(n_genes, hidden, n_latent, latent_activation, variational)
         self.decoder = RandomEffectsDecoder(
-            n_latent, list(reversed(hidden)), n_genes, n_batches, prior_scale, likelihood, target_sum
+            n_latent, list(reversed(hidden)), n_genes, n_batches, prior_scale, likelihood, target_sum, init_scale
         )
         self.layer_sizes = self.encoder.layer_sizes
         # the input scaling, to feed decoded expression back to the encoder (cycle consistency)
@@ -174,14 +189,20 @@ class FixedEffectsNetwork(nn.Module):
     encoder batch-blind. ``adversary_input="all"`` shows the adversary every
     encoder layer's output, ``"latent"`` only the latent."""
 
-    def __init__(self, autoencoder: nn.Module, n_batches: int, adversary_hidden: Sequence[int], adversary_input: str = "all"):
+    def __init__(
+        self, autoencoder: nn.Module, n_batches: int, adversary_hidden: Sequence[int], adversary_input: str = "all",
+        membership: BatchMembership | None = None,
+    ):
         super().__init__()
         if adversary_input not in ("all", "latent"):
             raise ValueError(f"adversary_input must be 'all' or 'latent', got {adversary_input!r}")
         self.autoencoder = autoencoder
+        self.n_batches = n_batches
         self.adversary_input = adversary_input
         n_in = sum(autoencoder.layer_sizes) if adversary_input == "all" else autoencoder.layer_sizes[-1]
         self.adversary = Adversary(n_in, n_batches, adversary_hidden)
+        self.membership = membership if autoencoder.batch_aware else None
+        self.predict_unseen = True
 
     @property
     def output_space(self) -> str:
@@ -203,10 +224,37 @@ class FixedEffectsNetwork(nn.Module):
     def latent(self, mb) -> torch.Tensor:
         return self.autoencoder.encode(mb.x).mean
 
+    def batch_input(self, mb) -> torch.Tensor:
+        """The cells' own batches as the random effects read them (see :func:`batch_design`)."""
+        return batch_design(mb.batch, mb.x, self.membership if self.predict_unseen else None, self.n_batches)
+
     def reconstruct(self, mb, target: torch.Tensor | None = None) -> torch.Tensor:
         ae = self.autoencoder
-        out = ae.decode(ae.encode(mb.x).mean, mb.batch if target is None else target)
+        out = ae.decode(ae.encode(mb.x).mean, self.batch_input(mb) if target is None else target)
         return ae.expression(out, mb)
+
+    def adaptation_loss(self, mb) -> torch.Tensor:
+        """Reconstruction loss of cells decoded as their own batches from their (fixed) latent."""
+        ae = self.autoencoder
+        return ae.recon_loss(ae.decode(ae.encode(mb.x).mean.detach(), mb.batch), mb)
+
+    def kl(self) -> torch.Tensor:
+        """KL of the decoder's random effects to their prior."""
+        return self.autoencoder.kl()
+
+    def add_batches(self, n_new: int, init_scale: float) -> list:
+        """Random effects for ``n_new`` new batches (returns the grown parameters, see
+        :func:`grow_random_effects`); the adversary and the predictor get outputs for
+        them that are never chosen."""
+        if not self.batch_aware:
+            return []
+        grown = grow_random_effects(self.autoencoder, n_new, init_scale)
+        grow_output(self.adversary.net[-1], n_new)
+        if self.membership is not None:
+            grow_output(self.membership.net[-1], n_new, bias=-30.0)
+        self.n_batches += n_new
+        self.autoencoder.n_batches += n_new
+        return grown
 
 
 class PlainAutoencoder(nn.Module):
@@ -249,13 +297,19 @@ class REAutoencoder(nn.Module):
         n_latent: int = 50,
         prior_scale: float = 0.25,
         classifier_hidden: int = 32,
+        init_scale: float = 1e-3,
+        membership: BatchMembership | None = None,
     ):
         super().__init__()
         self.n_batches = n_batches
+        self.membership = membership
+        self.predict_unseen = True
         enc_dims = [n_genes, *hidden]
-        self.encoder = nn.ModuleList(REBlock(a, b, n_batches, prior_scale) for a, b in zip(enc_dims[:-1], enc_dims[1:]))
+        self.encoder = nn.ModuleList(REBlock(a, b, n_batches, prior_scale, init_scale) for a, b in zip(enc_dims[:-1], enc_dims[1:]))
         self.latent_layer = nn.Linear(hidden[-1], n_latent)
-        self.decoder = RandomEffectsDecoder(n_latent, list(reversed(hidden)), n_genes, n_batches, prior_scale, "mse")
+        self.decoder = RandomEffectsDecoder(
+            n_latent, list(reversed(hidden)), n_genes, n_batches, prior_scale, "mse", init_scale=init_scale
+        )
         self.classifier = nn.Sequential(nn.Linear(n_latent, classifier_hidden), nn.ReLU(), nn.Linear(classifier_hidden, n_batches))
 
     def one_hot(self, codes: torch.Tensor) -> torch.Tensor:
@@ -294,9 +348,26 @@ class REAutoencoder(nn.Module):
     def kl(self) -> torch.Tensor:
         return _kl_of_random_effects(self)
 
+    def batch_input(self, mb) -> torch.Tensor:
+        """The cells' own batches as the random effects read them (see :func:`batch_design`)."""
+        return batch_design(mb.batch, mb.x, self.membership if self.predict_unseen else None, self.n_batches)
+
     def latent(self, mb) -> torch.Tensor:
-        return self.encode(mb.x, mb.batch)
+        return self.encode(mb.x, self.batch_input(mb))
 
     def reconstruct(self, mb, target: torch.Tensor | None = None) -> torch.Tensor:
-        z = self.encode(mb.x, mb.batch)
-        return self.decode(z, mb.batch if target is None else target)
+        Z = self.batch_input(mb)
+        return self.decode(self.encode(mb.x, Z), Z if target is None else target)
+
+    def adaptation_loss(self, mb) -> torch.Tensor:
+        """Reconstruction loss of cells encoded and decoded as their own batches."""
+        return F.mse_loss(self.decode(self.encode(mb.x, mb.batch), mb.batch), mb.x)
+
+    def add_batches(self, n_new: int, init_scale: float) -> list:
+        """Random effects for ``n_new`` new batches (see :meth:`FixedEffectsNetwork.add_batches`)."""
+        grown = grow_random_effects(self, n_new, init_scale)
+        grow_output(self.classifier[-1], n_new)
+        if self.membership is not None:
+            grow_output(self.membership.net[-1], n_new, bias=-30.0)
+        self.n_batches += n_new
+        return grown

@@ -67,16 +67,74 @@ class RandomEffects(nn.Module):
 class REBlock(nn.Module):
     """Dense → BatchNorm → per-batch scale and shift ``h·(1+γ(Z)) + β(Z)`` → SELU."""
 
-    def __init__(self, n_in: int, n_out: int, n_batches: int, prior_scale: float):
+    def __init__(self, n_in: int, n_out: int, n_batches: int, prior_scale: float, init_scale: float = 1e-3):
         super().__init__()
         self.linear = nn.Linear(n_in, n_out)
         self.norm = nn.BatchNorm1d(n_out)
-        self.gamma = RandomEffects(n_batches, n_out, prior_scale)
-        self.beta = RandomEffects(n_batches, n_out, prior_scale)
+        self.gamma = RandomEffects(n_batches, n_out, prior_scale, init_scale)
+        self.beta = RandomEffects(n_batches, n_out, prior_scale, init_scale)
 
     def forward(self, x: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
         h = self.norm(self.linear(x))
         return F.selu(h * (1 + self.gamma(Z)) + self.beta(Z))
+
+
+class BatchMembership(nn.Module):
+    """Predicts a cell's batch from its expression (the batch-membership model of
+    ARMED, Nguyen et al., IEEE TPAMI 2023). Its softmax over the training batches
+    is the design row of a cell from a batch not seen in training, so that the
+    cell gets the predicted mixture of the learned random effects instead of none."""
+
+    def __init__(self, n_genes: int, n_batches: int, hidden: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_genes, hidden), nn.ReLU(), nn.Linear(hidden, n_batches))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits over the batches."""
+        return self.net(x)
+
+
+def batch_design(codes: torch.Tensor, x: torch.Tensor, membership: "BatchMembership | None", n_batches: int) -> torch.Tensor:
+    """The batch input of the random effects for a minibatch: the codes themselves
+    when every batch is known (or there is no predictor; unseen batches then get
+    zero effects), else a design matrix with one-hot rows for known batches and
+    the predicted batch probabilities for cells of unseen batches (code -1)."""
+    if codes.is_floating_point():
+        return codes
+    unseen = codes < 0
+    if membership is None or not bool(unseen.any()):
+        return codes
+    Z = one_hot(codes, n_batches)
+    probs = torch.softmax(membership(x[unseen]), dim=1)
+    Z[unseen, : probs.shape[1]] = probs
+    return Z
+
+
+def grow_random_effects(module: nn.Module, n_new: int, init_scale: float) -> list[tuple[nn.Parameter, int]]:
+    """Append ``n_new`` batches (rows with zero mean and posterior scale
+    ``init_scale``) to every :class:`RandomEffects` of ``module``. Returns each
+    grown parameter with the number of rows it had, so that training can be
+    restricted to the new rows."""
+    grown = []
+    for m in module.modules():
+        if isinstance(m, RandomEffects):
+            n_old, n_feat = m.mean.shape
+            with torch.no_grad():
+                mean = torch.cat([m.mean, m.mean.new_zeros(n_new, n_feat)])
+                raw = torch.cat([m.raw_scale, m.raw_scale.new_full((n_new, n_feat), _inverse_softplus(init_scale))])
+            m.mean, m.raw_scale = nn.Parameter(mean), nn.Parameter(raw)
+            grown += [(m.mean, n_old), (m.raw_scale, n_old)]
+    return grown
+
+
+def grow_output(linear: nn.Linear, n_new: int, bias: float = 0.0) -> None:
+    """Append ``n_new`` outputs (zero weights, constant ``bias``) to a layer whose
+    outputs are batches, e.g. a classifier, after new batches were added."""
+    with torch.no_grad():
+        weight = torch.cat([linear.weight, linear.weight.new_zeros(n_new, linear.in_features)])
+        b = torch.cat([linear.bias, linear.bias.new_full((n_new,), bias)])
+    linear.weight, linear.bias = nn.Parameter(weight), nn.Parameter(b)
+    linear.out_features += n_new
 
 
 def _kl_of_random_effects(module: nn.Module) -> torch.Tensor:
