@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from . import __version__, modelfile
+from . import __version__, distributed, modelfile
 from .config import RULES, AMEDLConfig, make_config
 from .data import AMEDLInputError, CSRLoader, DeviceCSR, Preprocessor
 from .errors import AMEDLConfigError, AMEDLModelError
@@ -197,11 +197,16 @@ class AMEDL:
             )
             val_loader = CSRLoader(X, self._codes, self.prep, rows=val_idx, batch_size=1024, device=self.device, library=library)
             trainer = network.plan(modules, c, context)
+            if distributed.active():  # a torchrun launch: this rank's shard, gradients averaged by DDP
+                distributed.check_shardable(n_train, len(val_idx))
+                train_loader = distributed.ShardedLoader(train_loader, self._codes, seed + network.seed_offset)
+                val_loader = distributed.ShardedLoader(val_loader, self._codes, seed, train=False)
+                distributed.wrap_plan(trainer)
             settings = LoopSettings(
                 max_epochs=epochs, patience=network.patience(c), min_epochs=min(c.min_epochs, epochs),
                 burn_in=c.fe_burn_in_epochs(n_train, epochs) if network.burn_in else 0, restore_best=c.restore_best,
                 callback=None if callback is None else (lambda e, r, k=kind: callback(self, k, e, r)),
-                progress=progress, desc=f"aMEDL {kind.upper()}",
+                progress=progress and distributed.rank() == 0, desc=f"aMEDL {kind.upper()}",
             )
             t0 = time.perf_counter()
             previous = self.modules.get(kind)
@@ -232,6 +237,8 @@ class AMEDL:
                 "chance_accuracy": chance_acc,
                 "chance_cross_entropy": chance_ce,
             }
+            if distributed.active():
+                self.train_info[kind]["epochs_per_rank"] = distributed.gather(int(len(history)))
             logger.info("amedl: trained %s in %.1fs (%d epochs)", KIND_NAMES[kind], seconds, len(history))
         return self
 
