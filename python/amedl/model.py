@@ -18,7 +18,7 @@ from torch import nn
 
 from . import __version__, distributed, modelfile
 from .config import RULES, AMEDLConfig, make_config
-from .data import AMEDLInputError, CSRLoader, DeviceCSR, Preprocessor
+from .data import AMEDLInputError, CSRLoader, DeviceCSR, Preprocessor, make_loader
 from .errors import AMEDLConfigError, AMEDLModelError
 from .train import NETWORKS, LoopSettings, PlanContext, batch_entropy, fit_loop
 from ._utils import Staging, apply_threads, resolve_device, seed_everything
@@ -77,15 +77,22 @@ class AMEDL:
         self.preset = preset
         self.batch_key = batch_key
         self.layer = layer
-        self.prep, self._X, self._codes = Preprocessor.fit(
-            adata,
-            batch_key,
-            layer=layer,
-            n_top_genes=self.config.n_top_genes,
-            scaling=self.config.scaling,
-            genes=genes,
-        )
-        self._library = Preprocessor.library_size(adata, layer)
+        if getattr(adata, "isbacked", False):  # out of core: statistics in chunks, minibatches read from disk
+            from .data.backed import fit_backed
+
+            self.prep, self._X, self._codes, self._library = fit_backed(
+                adata, batch_key, layer=layer, n_top_genes=self.config.n_top_genes, scaling=self.config.scaling, genes=genes,
+            )
+        else:
+            self.prep, self._X, self._codes = Preprocessor.fit(
+                adata,
+                batch_key,
+                layer=layer,
+                n_top_genes=self.config.n_top_genes,
+                scaling=self.config.scaling,
+                genes=genes,
+            )
+            self._library = Preprocessor.library_size(adata, layer)
         self._X_on_device: DeviceCSR | None = None
         self.modules: dict[str, nn.Module] = {}
         self.history: dict[str, pd.DataFrame] = {}
@@ -190,12 +197,14 @@ class AMEDL:
             modules = self._build(kind).to(self.device)
             X = self._matrix_for_device(self._X)
             library = self._library if network.needs_counts(c) else None
-            train_loader = CSRLoader(
+            blocks = (c.block_size, c.buffer_blocks) if c.block_size else None
+            train_loader = make_loader(
                 X, self._codes, self.prep, rows=train_idx, batch_size=batch_size, shuffle=True,
                 rng=np.random.default_rng([seed, network.seed_offset]), device=self.device,
-                drop_last=n_train % batch_size == 1, library=library,
+                drop_last=n_train % batch_size == 1, library=library, blocks=blocks,
             )
-            val_loader = CSRLoader(X, self._codes, self.prep, rows=val_idx, batch_size=1024, device=self.device, library=library)
+            val_loader = make_loader(X, self._codes, self.prep, rows=val_idx, batch_size=1024, device=self.device,
+                                     library=library, blocks=blocks)
             trainer = network.plan(modules, c, context)
             if distributed.active():  # a torchrun launch: this rank's shard, gradients averaged by DDP
                 distributed.check_shardable(n_train, len(val_idx))
@@ -261,8 +270,13 @@ class AMEDL:
                 raise AMEDLInputError("this model was loaded from disk: pass the AnnData to embed (adata=...).")
             return self._X, self._codes, self._library
         layer = self.layer if layer is None else layer
-        X = self.prep.transform(adata, layer=layer)
-        library = Preprocessor.library_size(adata, layer)
+        if getattr(adata, "isbacked", False):
+            from .data.backed import model_inputs
+
+            X, library = model_inputs(self, adata, layer)
+        else:
+            X = self.prep.transform(adata, layer=layer)
+            library = Preprocessor.library_size(adata, layer)
         if self.batch_key in adata.obs.columns:
             batch = adata.obs[self.batch_key]
             if batch.isna().any():
@@ -288,7 +302,7 @@ class AMEDL:
     def _matrix_for_device(self, X: sp.csr_matrix):
         """``X`` as the loaders should read it: on an accelerator the matrix is
         copied there once (the training matrix is kept for later fits)."""
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" or not sp.issparse(X):  # rows read from disk stay there
             return X
         if X is self._X:
             if self._X_on_device is None or self._X_on_device.device != self.device:
@@ -299,7 +313,7 @@ class AMEDL:
     def _loader(self, inputs, batch_size: int, library: bool = False) -> CSRLoader:
         """Minibatches of ``inputs`` in order (with raw counts when ``library``)."""
         X, codes, lib = inputs
-        return CSRLoader(
+        return make_loader(
             self._matrix_for_device(X), codes, self.prep, batch_size=batch_size, device=self.device,
             library=lib if library else None,
         )

@@ -108,3 +108,66 @@ def test_launch_refuses_bad_process_counts():
     from amedl.cli import main
 
     assert main(["fit", "x.h5ad", "--batch-key", "b", "--out", "o.h5ad", "--nproc", "0"]) == 2
+
+
+# ------------------------------------------------------------------------------ out of core
+
+
+@pytest.fixture(scope="module")
+def csr_file(tmp_path_factory):
+    import scipy.sparse as sp
+
+    a = amedl.datasets.simulate(n_cells=700, n_genes=300, n_batches=3, n_cell_types=4, seed=4)
+    a.X = sp.csr_matrix(a.X)
+    path = tmp_path_factory.mktemp("backed") / "cells.h5ad"
+    a.write_h5ad(path)
+    return path
+
+
+def test_backed_training_matches_memory_on_the_same_blocks(csr_file):
+    """From disk (chunked statistics, blocks read from the file) and from memory with the
+    same block order: the same genes and scaling, and the same latents."""
+    settings = {**SMALL, "block_size": 64, "buffer_blocks": 3}
+    memory = amedl.AMEDL(ad.read_h5ad(csr_file), "batch", **settings)
+    backed_adata = ad.read_h5ad(csr_file, backed="r")
+    backed = amedl.AMEDL(backed_adata, "batch", **settings)
+    assert backed._X.__class__.__name__ == "BackedMatrix"
+    assert backed.genes == memory.genes and len(backed.genes) == 200
+    np.testing.assert_array_equal(backed.prep.center, memory.prep.center)
+    np.testing.assert_array_equal(backed.prep.scale, memory.prep.scale)
+    for m in (memory, backed):
+        m.fit(seed=0, max_epochs=3, progress=False)
+    for kind in ("fe", "re"):
+        z_mem, z_disk = memory.latent(kind=kind), backed.latent(backed_adata, kind=kind)
+        np.testing.assert_allclose(z_disk, z_mem, rtol=0, atol=1e-5)
+        assert z_mem.std(0).min() > 1e-3
+    assert backed.history["fe"]["val_monitor"].tolist() == pytest.approx(memory.history["fe"]["val_monitor"].tolist(), abs=1e-6)
+
+
+def test_block_order_reads_contiguous_blocks():
+    from amedl.data import block_order
+
+    rows = np.sort(np.random.default_rng(0).choice(1000, 700, replace=False))
+    order, bounds = block_order(rows, np.random.default_rng(1), 50, 4, return_bounds=True)
+    assert sorted(order.tolist()) == rows.tolist()
+    assert bounds[0] == 0 and bounds[-1] == len(rows)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        assert len(np.unique(order[lo:hi] // 50)) <= 4  # a buffer is at most 4 blocks, read whole
+    assert not np.array_equal(order, rows)
+
+
+def test_backed_command_line(csr_file, tmp_path):
+    from amedl.cli import main
+
+    out = tmp_path / "out.h5ad"
+    assert main(["fit", str(csr_file), "--batch-key", "batch", "--out", str(out), "--backed", "--epochs", "2",
+                 "--n-top-genes", "100", "--n-latent", "6", "--threads", "1", "--quiet", "--model-dir",
+                 str(tmp_path / "model")]) == 0
+    result = ad.read_h5ad(out)
+    assert result.obsm["X_amedl_fe"].shape == (700, 6) and np.isfinite(result.obsm["X_amedl_re"]).all()
+    assert result.uns["amedl"]["batch_key"] == "batch" and result.n_vars == 300  # the input, plus the latents
+    model = amedl.AMEDL.load(tmp_path / "model", threads=1)
+    np.testing.assert_allclose(model.latent(result, kind="fe"), result.obsm["X_amedl_fe"], atol=1e-5)
+    rds = tmp_path / "cells.rds"
+    rds.write_text("not an h5ad")
+    assert main(["fit", str(rds), "--batch-key", "batch", "--out", str(out), "--backed"]) == 1
