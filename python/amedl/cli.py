@@ -139,11 +139,48 @@ def _require_columns(adata, path: str, columns: dict, layer: str | None = None) 
 
 
 def cmd_fit(args) -> int:
+    from . import distributed
+
     columns = {"--batch-key": args.batch_key, "--label-key": args.label_key}
+    if args.backed and Path(args.input).suffix.lower() != ".h5ad":
+        raise AMEDLInputError(f"--backed reads an .h5ad file from disk; {args.input} is not one "
+                              "(convert it with amedl.io.read(...).write_h5ad(...), or drop --backed)")
     _check_input(args.input, columns, args.layer)
     settings = _settings(args)
     out = _check_output(args.out)
+    if args.backed and out.suffix.lower() != ".h5ad":
+        raise AMEDLPathError(f"with --backed the output is the input .h5ad plus the latents; --out {args.out} must end in .h5ad")
     _check_model_dir(args.model_dir, args.overwrite, out)
+    if args.nproc > 1 and not distributed.launched():  # this process only launches the ranks
+        return distributed.launch(_without_nproc(args.argv), args.nproc)
+    if distributed.launched():
+        distributed.init_from_env()
+    try:
+        return _fit(args, columns, settings, out)
+    finally:
+        distributed.shutdown()
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line without ``--nproc N`` (what each rank runs)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _fit(args, columns: dict, settings: dict, out: Path) -> int:
+    from . import distributed
+
+    if args.backed:
+        from .data.backed import fit_backed_command
+
+        return fit_backed_command(args, settings, out, _say)
 
     t0 = time.perf_counter()
     adata = _read(args.input)
@@ -158,6 +195,8 @@ def cmd_fit(args) -> int:
 
     model = AMEDL(adata, args.batch_key, layer=args.layer, preset=args.preset, **settings)
     model.fit(seed=args.seed, max_epochs=args.epochs, progress=not args.quiet)
+    if distributed.rank() != 0:  # rank 0 writes the outputs
+        return 0
     tl.add_latents(adata, model)
     for kind, info in model.train_info.items():
         _say(f"{kind.upper()}: {info['epochs_run']} epochs (best {info['best_epoch']}, "
@@ -287,7 +326,8 @@ def cmd_demo(args) -> int:
 
 
 def _say(msg: str) -> None:
-    print(msg, flush=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(msg, flush=True)
 
 
 # ------------------------------------------------------------------------------ parser
@@ -328,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--n-top-genes", type=_whole(2))
     f.add_argument("--device", help="'auto' (default: a GPU when PyTorch sees one), 'cpu', 'cuda', 'cuda:N', 'mps'")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.add_argument("--nproc", type=_whole(1), default=1,
+                   help="train data-parallel in this many processes on this machine (torchrun; gloo on CPUs, "
+                        "nccl on GPUs); for several machines run 'torchrun ... -m amedl.cli fit ...' instead")
+    f.add_argument("--backed", action="store_true",
+                   help="train out of core: read the .h5ad input from disk in blocks of cells instead of into memory")
     f.set_defaults(func=cmd_fit)
 
     e = sub.add_parser("embed", parents=[common, threads], help="latents of new cells from a saved model")
@@ -432,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(__version__)
             return 0
+        args.argv = argv
         if not getattr(args, "func", None):
             build_parser().print_help()
             return 2

@@ -28,6 +28,12 @@ class AMEDLConfig:
     valid range. ``threads`` (``None``: the libraries' defaults) is the number
     of CPU threads of torch, numba and BLAS for the whole run; results are
     bit-identical for a fixed seed *and* thread count.
+
+    ``block_size`` and ``buffer_blocks`` set the training order for data read
+    from disk (``AMEDL(adata_backed, ...)``): blocks of ``block_size``
+    contiguous cells in a shuffled order, cells shuffled within each run of
+    ``buffer_blocks`` blocks. ``block_size=None`` shuffles single cells in
+    memory and reads blocks of 1,024 cells from disk.
     """
 
     # data
@@ -70,6 +76,9 @@ class AMEDLConfig:
     re_recon_weight: float = 1.0
     re_cls_weight: float = 0.1
     re_kl_weight: float = 1e-5
+    # minibatch order: blocks of contiguous rows, shuffled within buffers of blocks (out of core)
+    block_size: int | None = None
+    buffer_blocks: int = 16
     # runtime
     device: str = "auto"
     threads: int | None = None
@@ -255,6 +264,8 @@ RULES: dict[str, Rule] = {
     "re_recon_weight": _WEIGHT,
     "re_cls_weight": _WEIGHT,
     "re_kl_weight": _WEIGHT,
+    "block_size": _int(1, none="random rows in memory, 1024 rows from disk"),
+    "buffer_blocks": _int(1),
     # which devices exist is checked when a model is created (amedl._utils.resolve_device)
     "device": Rule("str", pattern=r"auto|cpu|mps|[a-z]+(:\d+)?", text="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
     "threads": _int(1, none="the libraries' defaults"),

@@ -17,9 +17,9 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from . import __version__, modelfile
+from . import __version__, distributed, modelfile
 from .config import RULES, AMEDLConfig, make_config
-from .data import AMEDLInputError, CSRLoader, DeviceCSR, Preprocessor
+from .data import AMEDLInputError, CSRLoader, DeviceCSR, Preprocessor, make_loader
 from .errors import AMEDLConfigError, AMEDLModelError
 from .nn import predicts_unseen
 from .train import NETWORKS, LoopSettings, PlanContext, adapt_new_batches, batch_entropy, fit_loop
@@ -79,15 +79,22 @@ class AMEDL:
         self.preset = preset
         self.batch_key = batch_key
         self.layer = layer
-        self.prep, self._X, self._codes = Preprocessor.fit(
-            adata,
-            batch_key,
-            layer=layer,
-            n_top_genes=self.config.n_top_genes,
-            scaling=self.config.scaling,
-            genes=genes,
-        )
-        self._library = Preprocessor.library_size(adata, layer)
+        if getattr(adata, "isbacked", False):  # out of core: statistics in chunks, minibatches read from disk
+            from .data.backed import fit_backed
+
+            self.prep, self._X, self._codes, self._library = fit_backed(
+                adata, batch_key, layer=layer, n_top_genes=self.config.n_top_genes, scaling=self.config.scaling, genes=genes,
+            )
+        else:
+            self.prep, self._X, self._codes = Preprocessor.fit(
+                adata,
+                batch_key,
+                layer=layer,
+                n_top_genes=self.config.n_top_genes,
+                scaling=self.config.scaling,
+                genes=genes,
+            )
+            self._library = Preprocessor.library_size(adata, layer)
         self._X_on_device: DeviceCSR | None = None
         self.modules: dict[str, nn.Module] = {}
         self.history: dict[str, pd.DataFrame] = {}
@@ -193,18 +200,25 @@ class AMEDL:
             modules = self._build(kind).to(self.device)
             X = self._matrix_for_device(self._X)
             library = self._library if network.needs_counts(c) else None
-            train_loader = CSRLoader(
+            blocks = (c.block_size, c.buffer_blocks) if c.block_size else None
+            train_loader = make_loader(
                 X, self._codes, self.prep, rows=train_idx, batch_size=batch_size, shuffle=True,
                 rng=np.random.default_rng([seed, network.seed_offset]), device=self.device,
-                drop_last=n_train % batch_size == 1, library=library,
+                drop_last=n_train % batch_size == 1, library=library, blocks=blocks,
             )
-            val_loader = CSRLoader(X, self._codes, self.prep, rows=val_idx, batch_size=1024, device=self.device, library=library)
+            val_loader = make_loader(X, self._codes, self.prep, rows=val_idx, batch_size=1024, device=self.device,
+                                     library=library, blocks=blocks)
             trainer = network.plan(modules, c, context)
+            if distributed.active():  # a torchrun launch: this rank's shard, gradients averaged by DDP
+                distributed.check_shardable(n_train, len(val_idx))
+                train_loader = distributed.ShardedLoader(train_loader, self._codes, seed + network.seed_offset)
+                val_loader = distributed.ShardedLoader(val_loader, self._codes, seed, train=False)
+                distributed.wrap_plan(trainer)
             settings = LoopSettings(
                 max_epochs=epochs, patience=network.patience(c), min_epochs=min(c.min_epochs, epochs),
                 burn_in=c.fe_burn_in_epochs(n_train, epochs) if network.burn_in else 0, restore_best=c.restore_best,
                 callback=None if callback is None else (lambda e, r, k=kind: callback(self, k, e, r)),
-                progress=progress, desc=f"aMEDL {kind.upper()}",
+                progress=progress and distributed.rank() == 0, desc=f"aMEDL {kind.upper()}",
             )
             t0 = time.perf_counter()
             previous = self.modules.get(kind)
@@ -235,6 +249,8 @@ class AMEDL:
                 "chance_accuracy": chance_acc,
                 "chance_cross_entropy": chance_ce,
             }
+            if distributed.active():
+                self.train_info[kind]["epochs_per_rank"] = distributed.gather(int(len(history)))
             logger.info("amedl: trained %s in %.1fs (%d epochs)", KIND_NAMES[kind], seconds, len(history))
         return self
 
@@ -343,8 +359,13 @@ class AMEDL:
                 raise AMEDLInputError("this model was loaded from disk: pass the AnnData to embed (adata=...).")
             return self._X, self._codes, self._library
         layer = self.layer if layer is None else layer
-        X = self.prep.transform(adata, layer=layer)
-        library = Preprocessor.library_size(adata, layer)
+        if getattr(adata, "isbacked", False):
+            from .data.backed import model_inputs
+
+            X, library = model_inputs(self, adata, layer)
+        else:
+            X = self.prep.transform(adata, layer=layer)
+            library = Preprocessor.library_size(adata, layer)
         if self.batch_key in adata.obs.columns:
             batch = adata.obs[self.batch_key]
             if batch.isna().any():
@@ -374,7 +395,7 @@ class AMEDL:
     def _matrix_for_device(self, X: sp.csr_matrix):
         """``X`` as the loaders should read it: on an accelerator the matrix is
         copied there once (the training matrix is kept for later fits)."""
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" or not sp.issparse(X):  # rows read from disk stay there
             return X
         if X is self._X:
             if self._X_on_device is None or self._X_on_device.device != self.device:
@@ -385,7 +406,7 @@ class AMEDL:
     def _loader(self, inputs, batch_size: int, library: bool = False) -> CSRLoader:
         """Minibatches of ``inputs`` in order (with raw counts when ``library``)."""
         X, codes, lib = inputs
-        return CSRLoader(
+        return make_loader(
             self._matrix_for_device(X), codes, self.prep, batch_size=batch_size, device=self.device,
             library=lib if library else None,
         )

@@ -24,6 +24,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import AMEDLConfig
 from .nn import (
     BatchMembership,
@@ -140,7 +141,7 @@ class _EpochMeans:
     def means(self) -> dict:
         if not self.steps:
             return {}
-        return dict(zip(self.names, (self.sums.double() / self.steps).tolist()))
+        return distributed.reduce_means(dict(zip(self.names, (self.sums.double() / self.steps).tolist())))
 
 
 class _ValidationSums:
@@ -156,7 +157,8 @@ class _ValidationSums:
         self.n += n
 
     def means(self) -> dict:
-        return {k: v / max(self.n, 1) for k, v in self.sums.items()}
+        sums, n = distributed.reduce_sums(self.sums, self.n)  # all ranks' validation cells
+        return {k: v / max(n, 1) for k, v in sums.items()}
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,37 @@ class DeviceCSR:
         return out
 
 
+class RowBlocks:
+    """What a loader reads a matrix through when it is not in memory (see :mod:`amedl.data.backed`):
+    ``shape`` and ``read_log(lo, hi)``, the log1p-normalised CSR of rows ``lo:hi``."""
+
+    shape: tuple[int, int]
+
+    def read_log(self, lo: int, hi: int) -> sp.csr_matrix:  # pragma: no cover - the interface
+        raise NotImplementedError
+
+
+def block_order(rows: np.ndarray, rng: np.random.Generator, block_size: int, buffer_blocks: int,
+                return_bounds: bool = False):
+    """An epoch's order of ``rows`` for reading from disk: the rows are grouped in blocks of
+    ``block_size`` contiguous row numbers, the blocks are shuffled, and the rows of each
+    run of ``buffer_blocks`` consecutive blocks (one shuffle buffer) are shuffled together.
+    With ``return_bounds`` also the positions where the buffers start (and the end)."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64))  # the order depends on the set of rows only
+    if len(rows) == 0:
+        return (rows, np.zeros(1, np.int64)) if return_bounds else rows
+    block_of = rows // block_size
+    starts = np.flatnonzero(np.r_[True, block_of[1:] != block_of[:-1]])
+    groups = np.split(rows, starts[1:])
+    picked = rng.permutation(len(groups))
+    out = []
+    for lo in range(0, len(picked), buffer_blocks):
+        buffer = np.concatenate([groups[g] for g in picked[lo : lo + buffer_blocks]])
+        out.append(buffer[rng.permutation(len(buffer))])
+    order = np.concatenate(out)
+    return (order, np.cumsum([0] + [len(o) for o in out])) if return_bounds else order
+
+
 class Minibatch(NamedTuple):
     """One minibatch: ``x`` the scaled model input (cells x genes, float32),
     ``batch`` the integer batch codes (-1: a batch not seen in training),
@@ -81,8 +112,9 @@ class CSRLoader:
         device: torch.device | str = "cpu",
         drop_last: bool = False,
         library: np.ndarray | None = None,
+        blocks: tuple[int, int] | None = None,
     ):
-        if not isinstance(X, DeviceCSR) and not sp.isspmatrix_csr(X):
+        if not isinstance(X, (DeviceCSR, RowBlocks)) and not sp.isspmatrix_csr(X):
             X = sp.csr_matrix(X)
         self.X = X
         self.codes = np.asarray(codes, dtype=np.int64)
@@ -93,6 +125,7 @@ class CSRLoader:
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.device = torch.device(device)
         self.drop_last = drop_last
+        self.blocks = blocks
         self._center = torch.as_tensor(prep.center, device=self.device)
         self._inv_scale = torch.as_tensor(1.0 / prep.scale, device=self.device)
         self._library = None
@@ -119,7 +152,10 @@ class CSRLoader:
 
     def __iter__(self) -> Iterator[Minibatch]:
         n = len(self.rows)
-        rows = self.rows[self.rng.permutation(n)] if self.shuffle else self.rows
+        if self.shuffle:
+            rows = block_order(self.rows, self.rng, *self.blocks) if self.blocks else self.rows[self.rng.permutation(n)]
+        else:
+            rows = self.rows
         if isinstance(self.X, DeviceCSR):
             yield from self._iter_on_device(rows)
             return
@@ -138,3 +174,13 @@ class CSRLoader:
             x = self.X.dense_rows(idx).to(self.device)
             library = None if self._library is None else self._library[idx]
             yield self._minibatch(x, self._codes_on_device[idx].to(self.device), library)
+
+
+def make_loader(X, codes: np.ndarray, prep: Preprocessor, **options) -> CSRLoader:
+    """The loader for ``X``: :class:`CSRLoader` for a matrix in memory (or on a device),
+    :class:`~amedl.data.backed.BackedLoader` for rows read from disk."""
+    if isinstance(X, RowBlocks):
+        from .backed import BackedLoader
+
+        return BackedLoader(X, codes, prep, **options)
+    return CSRLoader(X, codes, prep, **options)

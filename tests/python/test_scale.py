@@ -1,0 +1,173 @@
+"""Scaling out and beyond memory: data-parallel training on torch.distributed (2 gloo
+processes on localhost) and out-of-core training from an on-disk .h5ad."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+
+import amedl
+from amedl import distributed
+from amedl.metrics import silhouette_batch
+
+#: Small networks, few genes: each fit takes seconds on one thread.
+SMALL = dict(n_top_genes=200, hidden=(64, 32), n_latent=8, adversary_hidden=(64, 32), threads=1)
+#: Early stopping that fires within the budget, so that the ranks have something to agree on.
+STOPPING = dict(patience=2, re_patience=2, min_epochs=1, fe_burn_in_steps=20)
+ROOT = Path(__file__).resolve().parents[2]
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    torch.set_num_threads(1)
+    import anndata as ad
+    import amedl
+    from amedl import distributed
+
+    distributed.init_from_env()
+    data, out, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    m = amedl.AMEDL(ad.read_h5ad(data), "batch", **settings)
+    m.fit(seed=0, max_epochs=30, progress=False)
+    info = {"rank": distributed.rank(), "world": distributed.world_size(),
+            "epochs": {k: v["epochs_run"] for k, v in m.train_info.items()},
+            "epochs_per_rank": {k: v["epochs_per_rank"] for k, v in m.train_info.items()}}
+    with open(f"{out}/rank{distributed.rank()}.json", "w") as fh:
+        json.dump(info, fh)
+    if distributed.rank() == 0:
+        m.save(f"{out}/model")
+    distributed.shutdown()
+    """
+)
+
+
+def _env(tmp_path: Path) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT / "python"), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.fixture(scope="module")
+def sim_file(tmp_path_factory):
+    a = amedl.datasets.simulate(n_cells=900, n_genes=300, n_batches=3, n_cell_types=4, seed=3)
+    path = tmp_path_factory.mktemp("scale") / "sim.h5ad"
+    a.write_h5ad(path)
+    return path
+
+
+def test_two_gloo_processes_match_one(sim_file, tmp_path):
+    """2 ranks (torchrun's launcher, gloo): a valid model whose latents integrate as the
+    single-process fit does, and every rank stops at the same epoch."""
+    (tmp_path / "ddp_worker.py").write_text(WORKER)
+    settings = {**SMALL, **STOPPING}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from amedl.distributed import launch; "
+         "sys.exit(launch(sys.argv[1:], 2, module='ddp_worker'))", str(sim_file), str(tmp_path), json.dumps(settings)],
+        env=_env(tmp_path), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["epochs"] == ranks[1]["epochs"]
+    for kind in ("fe", "re"):
+        assert ranks[0]["epochs_per_rank"][kind] == [ranks[0]["epochs"][kind]] * 2
+    assert min(ranks[0]["epochs"].values()) < 30, ranks[0]  # early stopping fired (and was agreed on)
+
+    adata = ad.read_h5ad(sim_file)
+    ddp = amedl.AMEDL.load(tmp_path / "model", threads=1)
+    one = amedl.AMEDL(adata, "batch", **settings).fit(seed=0, max_epochs=30, progress=False)
+    assert ddp.genes == one.genes
+    for kind in ("fe", "re"):
+        z_ddp, z_one = ddp.latent(adata, kind=kind), one.latent(adata, kind=kind)
+        assert np.isfinite(z_ddp).all() and z_ddp.std(0).min() > 1e-3
+        asw_ddp, asw_one = silhouette_batch(z_ddp, adata.obs["batch"]), silhouette_batch(z_one, adata.obs["batch"])
+        assert abs(asw_ddp - asw_one) <= 0.03, (kind, asw_ddp, asw_one)
+
+
+def test_stratified_shards_cover_every_batch():
+    codes = np.repeat([0, 1, 2], [50, 7, 23])
+    rows = np.arange(len(codes))
+    shards = [distributed.stratified_shard(rows, codes, r, 3, np.random.default_rng(5)) for r in range(3)]
+    assert {len(s) for s in shards} == {len(rows) // 3}
+    assert len(np.unique(np.concatenate(shards))) == 3 * (len(rows) // 3)  # disjoint
+    for s in shards:
+        assert set(codes[s]) == {0, 1, 2}
+        assert abs(np.sum(codes[s] == 1) - 7 / 3) < 1.01
+
+
+def test_launch_refuses_bad_process_counts():
+    with pytest.raises(amedl.AMEDLConfigError, match="whole number >= 1"):
+        distributed.launch(["fit"], 0)
+    from amedl.cli import main
+
+    assert main(["fit", "x.h5ad", "--batch-key", "b", "--out", "o.h5ad", "--nproc", "0"]) == 2
+
+
+# ------------------------------------------------------------------------------ out of core
+
+
+@pytest.fixture(scope="module")
+def csr_file(tmp_path_factory):
+    import scipy.sparse as sp
+
+    a = amedl.datasets.simulate(n_cells=700, n_genes=300, n_batches=3, n_cell_types=4, seed=4)
+    a.X = sp.csr_matrix(a.X)
+    path = tmp_path_factory.mktemp("backed") / "cells.h5ad"
+    a.write_h5ad(path)
+    return path
+
+
+def test_backed_training_matches_memory_on_the_same_blocks(csr_file):
+    """From disk (chunked statistics, blocks read from the file) and from memory with the
+    same block order: the same genes and scaling, and the same latents."""
+    settings = {**SMALL, "block_size": 64, "buffer_blocks": 3}
+    memory = amedl.AMEDL(ad.read_h5ad(csr_file), "batch", **settings)
+    backed_adata = ad.read_h5ad(csr_file, backed="r")
+    backed = amedl.AMEDL(backed_adata, "batch", **settings)
+    assert backed._X.__class__.__name__ == "BackedMatrix"
+    assert backed.genes == memory.genes and len(backed.genes) == 200
+    np.testing.assert_array_equal(backed.prep.center, memory.prep.center)
+    np.testing.assert_array_equal(backed.prep.scale, memory.prep.scale)
+    for m in (memory, backed):
+        m.fit(seed=0, max_epochs=3, progress=False)
+    for kind in ("fe", "re"):
+        z_mem, z_disk = memory.latent(kind=kind), backed.latent(backed_adata, kind=kind)
+        np.testing.assert_allclose(z_disk, z_mem, rtol=0, atol=1e-5)
+        assert z_mem.std(0).min() > 1e-3
+    assert backed.history["fe"]["val_monitor"].tolist() == pytest.approx(memory.history["fe"]["val_monitor"].tolist(), abs=1e-6)
+
+
+def test_block_order_reads_contiguous_blocks():
+    from amedl.data import block_order
+
+    rows = np.sort(np.random.default_rng(0).choice(1000, 700, replace=False))
+    order, bounds = block_order(rows, np.random.default_rng(1), 50, 4, return_bounds=True)
+    assert sorted(order.tolist()) == rows.tolist()
+    assert bounds[0] == 0 and bounds[-1] == len(rows)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        assert len(np.unique(order[lo:hi] // 50)) <= 4  # a buffer is at most 4 blocks, read whole
+    assert not np.array_equal(order, rows)
+
+
+def test_backed_command_line(csr_file, tmp_path):
+    from amedl.cli import main
+
+    out = tmp_path / "out.h5ad"
+    assert main(["fit", str(csr_file), "--batch-key", "batch", "--out", str(out), "--backed", "--epochs", "2",
+                 "--n-top-genes", "100", "--n-latent", "6", "--threads", "1", "--quiet", "--model-dir",
+                 str(tmp_path / "model")]) == 0
+    result = ad.read_h5ad(out)
+    assert result.obsm["X_amedl_fe"].shape == (700, 6) and np.isfinite(result.obsm["X_amedl_re"]).all()
+    assert result.uns["amedl"]["batch_key"] == "batch" and result.n_vars == 300  # the input, plus the latents
+    model = amedl.AMEDL.load(tmp_path / "model", threads=1)
+    np.testing.assert_allclose(model.latent(result, kind="fe"), result.obsm["X_amedl_fe"], atol=1e-5)
+    rds = tmp_path / "cells.rds"
+    rds.write_text("not an h5ad")
+    assert main(["fit", str(rds), "--batch-key", "batch", "--out", str(out), "--backed"]) == 1
