@@ -241,6 +241,10 @@ def cmd_embed(args) -> int:
 
     make_config(**{k: v for k, v in {"device": args.device, "threads": args.threads}.items() if v is not None})
     out = _check_output(args.out)
+    if args.adapted_model_dir and not args.adapt:
+        raise AMEDLInputError("--adapted-model-dir saves the model adapted to the input's new batches: add --adapt")
+    if args.adapted_model_dir:
+        modelfile.check_target(os.path.expanduser(args.adapted_model_dir), args.overwrite, flag="--overwrite")
 
     from . import io, tl
     from ._utils import Staging
@@ -257,9 +261,23 @@ def cmd_embed(args) -> int:
              "(the RE latent needs each cell's batch)")
     if args.layer is not None:
         model.layer = args.layer
+    if args.adapt:
+        if model.batch_key not in adata.obs.columns:
+            raise AMEDLInputError(f"--adapt learns the random effects of the input's new batches, but the input has no "
+                                  f"{model.batch_key!r} column (the model's batch key)")
+        new = [b for b in adata.obs[model.batch_key].astype(str).unique() if b not in set(model.batches)]
+        if new:
+            t1 = time.perf_counter()
+            model.adapt(adata, steps=args.adapt_steps, progress=not args.quiet)
+            _say(f"adapted {len(new)} new batch(es) ({', '.join(new[:5])}{' ...' if len(new) > 5 else ''}) "
+                 f"in {time.perf_counter() - t1:.1f}s, the model's weights frozen")
+        else:
+            _say("--adapt: every batch of the input is known to the model; nothing to adapt")
     tl.add_latents(adata, model, kinds=kinds)
     with Staging() as stage:
         io.write(adata, stage.add(out))
+        if args.adapted_model_dir:
+            model.save(args.adapted_model_dir, overwrite=args.overwrite, staging=stage)
         _stop_if_terminated()
     _say(f"wrote {args.out} (obsm {', '.join(f'X_amedl_{k}' for k in kinds)}; model {args.model_dir}, "
          f"written by amedl {meta.get('amedl_version', '?')}) in {time.perf_counter() - t0:.1f}s")
@@ -381,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help=f"output ({FORMATS_TEXT}) with obsm X_amedl_fe (and X_amedl_re "
                                                 "when the input has the model's batch column)")
     e.add_argument("--layer", help="layer holding raw counts (default: the model's)")
+    e.add_argument("--adapt", action="store_true",
+                   help="learn random effects for the input's batches that the model has not seen (the model's "
+                        "weights frozen; without it they get the batch-membership predictor's mixture)")
+    e.add_argument("--adapt-steps", type=int, default=300, help="adaptation steps (default 300)")
+    e.add_argument("--adapted-model-dir", help="also save the adapted model here (MODEL_DIR is never changed)")
+    e.add_argument("--overwrite", action="store_true", help="replace the amedl model in --adapted-model-dir")
     e.add_argument("--device", help="'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
     e.add_argument("--quiet", action="store_true", help="no progress output")
     e.set_defaults(func=cmd_embed)

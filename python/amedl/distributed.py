@@ -212,7 +212,7 @@ def _ddp_classes():
 
 
 #: The modules of the training plans that DDP wraps, and the method that opens each step's graph.
-_ENTRIES = {"ae": "encode", "adv": "forward", "re": "forward"}
+_ENTRIES = {"ae": "encode", "adv": "forward", "membership": "forward", "re": "forward"}
 
 
 def wrap_plan(plan) -> None:

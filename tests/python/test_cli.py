@@ -87,6 +87,24 @@ def test_embed_without_the_batch_column_writes_the_fe_latent(fitted_files, tiny,
     assert out.obsm["X_amedl_fe"].shape == (40, 3) and "X_amedl_re" not in out.obsm
 
 
+def test_embed_adapt_learns_new_batches_and_saves_the_adapted_model_apart(fitted_files, tiny, capsys):
+    root = fitted_files
+    new = tiny[:60].copy()
+    new.obs["batch"] = "donor_new"
+    io.write(new, root / "query.h5ad")
+    before = {p.name: p.read_bytes() for p in (root / "model").iterdir()}
+    args = ["embed", str(root / "model"), str(root / "query.h5ad"), "--out", str(root / "query_out.h5ad"), "--threads", "1"]
+    assert main([*args, "--adapted-model-dir", str(root / "adapted")]) == 1
+    assert "add --adapt" in capsys.readouterr().err
+    assert main([*args, "--adapt", "--adapt-steps", "20", "--adapted-model-dir", str(root / "adapted")]) == 0
+    assert "adapted 1 new batch(es) (donor_new)" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (root / "model").iterdir()} == before  # MODEL_DIR untouched
+    adapted = amedl.AMEDL.load(root / "adapted")
+    assert adapted.adapted_batches == ["donor_new"] and adapted.batches[-1] == "donor_new"
+    out = io.read(root / "query_out.h5ad")
+    assert np.allclose(out.obsm["X_amedl_re"], adapted.latent(new, kind="re"), atol=1e-5)
+
+
 def test_fit_checks_the_label_key_and_the_output_before_training(fitted_files, capsys):
     """Was: reported only after the whole training."""
     root = fitted_files
