@@ -8,7 +8,9 @@
 - Demo simulation (known cell types): the FE latent's neighbourhoods are far
   more mixed than PCA's, with pure cell types.
 - Pseudo-batches (one Kang sample split at random): nothing to remove, so the
-  FE latent keeps cell types as PCA does.
+  FE latent keeps cell types as PCA does, and the batch-specific outputs (RE
+  latent, credible differential expression) stay near zero while they are
+  large on the real samples (calibration).
 
 The models train with one thread so that the scores are those measured when the
 thresholds were set (results are bit-identical for a seed and a thread count).
@@ -102,7 +104,7 @@ def test_kang_adversary_near_chance_and_classifier_far_above(kang):
     fe_best = model.history["fe"].set_index("epoch").loc[model.train_info["fe"]["best_epoch"]]
     re_best = model.history["re"].set_index("epoch").loc[model.train_info["re"]["best_epoch"]]
     assert fe_best["val_adv_acc"] < chance + 0.15, (chance, fe_best["val_adv_acc"])
-    assert re_best["val_cls_acc"] > 0.85, re_best["val_cls_acc"]
+    assert re_best["val_cls_acc"] > 0.75, re_best["val_cls_acc"]  # measured 0.85 (classifier weight 0.03)
 
 
 def test_demo_fe_mixes_batches_and_keeps_cell_types():
@@ -121,16 +123,44 @@ def test_demo_fe_mixes_batches_and_keeps_cell_types():
     assert fe["label_purity"] >= 0.9, fe
 
 
-def test_pseudo_batches_fe_keeps_cell_types_like_pca(data_dir):
+@pytest.fixture(scope="module")
+def kang_null(data_dir):
+    """One Kang sample (stim101, 500 cells) split at random into 3 pseudo-batches, FE and RE fitted."""
     fname, batch_key, label_key = SHARED["kang"]
     null = pseudo_batches(ad.read_h5ad(data_dir / fname), batch_key, n=3, seed=0)
     model = amedl.AMEDL(null, "pseudo_batch", threads=1)
-    model.fit(seed=0, progress=False, kinds=("fe",))
+    model.fit(seed=0, progress=False)
+    return model, null, label_key
+
+
+def test_pseudo_batches_fe_keeps_cell_types_like_pca(kang_null):
+    model, null, label_key = kang_null
     batch, labels = null.obs["pseudo_batch"].to_numpy(), null.obs[label_key].to_numpy()
     fe = _scores(model.latent(null, kind="fe"), batch, labels)
     pca = _scores(pca_latent(model), batch, labels)
     assert fe["label_asw"] >= pca["label_asw"] - 0.02, (fe, pca)
     assert fe["label_purity"] >= pca["label_purity"] - 0.02, (fe, pca)
+
+
+def test_random_effects_calibrated_real_samples_vs_pseudo_batches(kang, kang_null):
+    """Where batches differ the batch-specific outputs say so; where they cannot (pseudo-batches) they stay silent."""
+    model, adata, batch_key, _ = kang
+    null_model, null, _ = kang_null
+    real_re = silhouette_batch(model.latent(adata, kind="re"), adata.obs[batch_key].to_numpy())
+    null_re = silhouette_batch(null_model.latent(null, kind="re"), null.obs["pseudo_batch"].to_numpy())
+    # measured (seed 0, one thread): +0.19 on the four samples, +0.05 on the pseudo-batches
+    assert real_re > 0.12 and null_re < 0.08 and null_re < real_re / 2, (real_re, null_re)
+    stim = model.differential(adata, "stim101", "ctrl101", n_samples=30)
+    donors = model.differential(adata, "ctrl107", "ctrl101", n_samples=30)
+    null_de = null_model.differential(null, "pseudo_1", "pseudo_2", n_samples=30)
+    # fraction of genes whose 95% interval excludes 0: measured 43% (stimulation), 9% (donors), 0.6% (none)
+    assert stim["credible"].mean() > 0.25, stim["credible"].mean()
+    assert donors["credible"].mean() > 0.04, donors["credible"].mean()
+    assert null_de["credible"].mean() < 0.03, null_de["credible"].mean()
+    assert (null_de["p_effect"] > 0.95).mean() < 0.01
+    # the intervals of pseudo-batches contain 0 because the posterior learned its width, not because it never moved
+    sd = [float(m.scale.detach().median()) for m in null_model.modules["fe"].modules() if isinstance(m, amedl.nn.RandomEffects)]
+    assert min(sd) > 0.035, sd
 
 
 def test_pseudo_batches_split_one_batch_at_random():
