@@ -144,10 +144,11 @@
 # Map a query onto a saved model: new batches get their own random effects (adapt = TRUE)
 # or the batch-membership predictor's mixture of the learned ones.
 .amedl_map <- function(bridge, counts, batch, model_dir, adapt = TRUE, seed = 0, verbose = TRUE) {
+  # adaptation takes seconds: a message says what was done, no progress bar
   if (!is.logical(adapt) || length(adapt) != 1L || is.na(adapt)) .stop("`adapt` must be TRUE or FALSE")
   res <- tryCatch(
     bridge$map_query(path.expand(model_dir), counts, colnames(counts), rownames(counts), as.character(batch),
-                     batch_levels = levels(batch), adapt = adapt, seed = seed, progress = isTRUE(verbose)),
+                     batch_levels = levels(batch), adapt = adapt, seed = seed, progress = FALSE),
     error = .py_error
   )
   new <- unlist(res$new_batches)
