@@ -142,18 +142,20 @@ def test_a_loaded_model_gives_the_same_latents(saved, tiny):
 # ------------------------------------------------------------------ inputs
 
 
-def test_a_backed_anndata_is_refused_clearly(saved, tiny, tmp_path):
-    """Was: IndexError in AMEDL() and latent()."""
+def test_a_backed_anndata_is_read_from_disk(saved, tiny, tmp_path):
+    """Was: IndexError in AMEDL() and latent(), then a refusal; now read in blocks from disk (issue 15)."""
     path = tmp_path / "cells.h5ad"
     io.write(tiny, path)
     import anndata as ad
 
     backed = ad.read_h5ad(path, backed="r")
-    with pytest.raises(AMEDLInputError, match=r"backed.*adata\.to_memory\(\)"):
-        amedl.AMEDL(backed, "batch", **SETTINGS)
-    with pytest.raises(AMEDLInputError, match=r"backed.*adata\.to_memory\(\)"):
-        saved[0].latent(backed, kind="fe")
-    backed.file.close()
+    try:
+        model = saved[0]
+        assert np.allclose(model.latent(backed, kind="fe"), model.latent(tiny, kind="fe"), atol=1e-5)
+        from_disk = amedl.AMEDL(backed, "batch", **SETTINGS)
+        assert from_disk.genes == amedl.AMEDL(tiny, "batch", **SETTINGS).genes
+    finally:
+        backed.file.close()
 
 
 def test_normalised_data_say_where_the_counts_are(tiny):
