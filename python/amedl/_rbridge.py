@@ -162,13 +162,13 @@ def fit(
                   **config)
     model.fit(seed=_as_int(seed, 0), max_epochs=_as_int(epochs), progress=bool(progress))
     rec = tl.add_latents(adata, model)
-    return {
-        "fe": adata.obsm["X_amedl_fe"],
-        "re": adata.obsm["X_amedl_re"],
-        "model": model,
-        "record": rec,
-        "model_dir": save_model(model, model_dir, overwrite) if model_dir else None,
-    }
+    return _result(adata, model, rec, save_model(model, model_dir, overwrite) if model_dir else None)
+
+
+def _result(adata, model, record: dict, model_dir: str | None) -> dict:
+    """What :func:`fit` and :func:`map_query` hand back to R."""
+    return {"fe": adata.obsm["X_amedl_fe"], "re": adata.obsm["X_amedl_re"], "model": model, "record": record,
+            "model_dir": model_dir}
 
 
 def is_model_dir(model_dir: str | None) -> bool:
@@ -194,18 +194,14 @@ def map_query(model_dir: str, X, cells, genes, batch, batch_levels=None, adapt: 
     path = Path(os.path.expanduser(str(model_dir))).resolve()
     model = AMEDL.load(path)
     adata = make_adata(X, cells, genes, batch, batch_key=model.batch_key, batch_levels=batch_levels)
-    new = [b for b in pd.unique(adata.obs[model.batch_key].astype(str)) if b not in set(model.batches)]
+    new = model.new_batches(adata)
     if new and adapt:
         model.adapt(adata, steps=_as_int(steps, 300), seed=_as_int(seed, 0), progress=bool(progress))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the R side says how unseen batches were treated
         rec = tl.add_latents(adata, model)
     return {
-        "fe": adata.obsm["X_amedl_fe"],
-        "re": adata.obsm["X_amedl_re"],
-        "model": model,
-        "record": rec,
-        "model_dir": str(path),
+        **_result(adata, model, rec, str(path)),
         "new_batches": new,
         "unseen_batches": "adapted" if (new and adapt) else model.unseen_batches,
     }

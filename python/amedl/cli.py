@@ -265,7 +265,7 @@ def cmd_embed(args) -> int:
         if model.batch_key not in adata.obs.columns:
             raise AMEDLInputError(f"--adapt learns the random effects of the input's new batches, but the input has no "
                                   f"{model.batch_key!r} column (the model's batch key)")
-        new = [b for b in adata.obs[model.batch_key].astype(str).unique() if b not in set(model.batches)]
+        new = model.new_batches(adata)
         if new:
             t1 = time.perf_counter()
             model.adapt(adata, steps=args.adapt_steps, progress=not args.quiet)

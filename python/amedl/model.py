@@ -296,8 +296,7 @@ class AMEDL:
         if batch.isna().any():
             raise AMEDLInputError(f"adata.obs[{self.batch_key!r}] has missing values; give every cell a batch.")
         batch = batch.astype(str).to_numpy()
-        known = set(self.prep.batches)
-        new = [b for b in pd.unique(batch) if b not in known]
+        new = self.new_batches(adata)
         if not new:
             raise AMEDLInputError(f"every batch in adata.obs[{self.batch_key!r}] is already known to the model; "
                                   "adapt() learns effects for new batches only")
@@ -333,6 +332,13 @@ class AMEDL:
         )
         logger.info("amedl: adapted %d new batch(es) in %.1fs (%s)", len(new), time.perf_counter() - t0, info)
         return self
+
+    def new_batches(self, adata: ad.AnnData) -> list[str]:
+        """The batches of ``adata.obs[batch_key]`` the model does not know, in order of appearance."""
+        if self.batch_key not in adata.obs.columns:
+            return []
+        known = set(self.prep.batches)
+        return [b for b in pd.unique(adata.obs[self.batch_key].astype(str)) if b not in known]
 
     @property
     def adapted_batches(self) -> list[str]:
