@@ -86,12 +86,12 @@ def embed(method: str, adata, tr, te, batch_key, settings: dict, seed: int, n_la
     train = adata[tr].copy()
     info: dict = {}
     if method == "pca":
-        m = amedl.AMEDL(train, batch_key)
+        m = amedl.AMEDL(train, batch_key, n_latent=n_latent)
         return pca_latent(m, adata[te]), info
     if method == "harmony":
         import harmonypy
 
-        m = amedl.AMEDL(train, batch_key)
+        m = amedl.AMEDL(train, batch_key, n_latent=n_latent)
         pcs = np.asarray(pca_latent(m, adata), dtype=np.float64)
         meta = pd.DataFrame({"batch": adata.obs[batch_key].astype(str).to_numpy()})
         ho = harmonypy.run_harmony(pcs, meta, "batch", random_state=seed, verbose=False)
@@ -142,7 +142,8 @@ def run(args) -> None:
                 if method in REFERENCES and any(all(d.get(k) == v for k, v in key.items()) for d in done):
                     continue
                 if unintegrated is None:
-                    unintegrated = pca_latent(amedl.AMEDL(adata[tr].copy(), batch_key), adata[te])
+                    n_pcs = settings.get("n_latent", 50)
+                    unintegrated = pca_latent(amedl.AMEDL(adata[tr].copy(), batch_key, n_latent=n_pcs), adata[te])
                 t0 = time.perf_counter()
                 z, info = embed(method, adata, tr, te, batch_key, settings, seed=args.seed + f,
                                 n_latent=settings.get("n_latent", 50))

@@ -34,6 +34,12 @@ class AMEDLConfig:
     contiguous cells in a shuffled order, cells shuffled within each run of
     ``buffer_blocks`` blocks. ``block_size=None`` shuffles single cells in
     memory and reads blocks of 1,024 cells from disk.
+
+    Measured and kept off by default (``docs/tuning.md``):
+    ``fe_decorrelation_weight`` penalises correlated coordinates of the FE
+    latent (mean squared off-diagonal correlation over a minibatch);
+    ``fe_monitor="accuracy"`` measures the adversary's lead over chance for
+    early stopping by its accuracy instead of its cross-entropy.
     """
 
     # data
@@ -71,8 +77,10 @@ class AMEDLConfig:
     fe_latent_kl_weight: float = 0.0
     fe_re_kl_weight: float = 1.0
     fe_cycle_weight: float = 0.0
+    fe_decorrelation_weight: float = 0.0
     fe_ema_decay: float | None = 0.99
     adversarial_loss: str = "ce"
+    fe_monitor: str = "ce"
     re_recon_weight: float = 1.0
     re_cls_weight: float = 0.03
     re_kl_weight: float = 1e-5
@@ -259,8 +267,10 @@ RULES: dict[str, Rule] = {
     "fe_latent_kl_weight": _WEIGHT,
     "fe_re_kl_weight": _WEIGHT,
     "fe_cycle_weight": _WEIGHT,
+    "fe_decorrelation_weight": _WEIGHT,
     "fe_ema_decay": _float(0.0, high=1.0, open_low=True, open_high=True, none="no weight averaging"),
     "adversarial_loss": _choice("ce", "uniform"),
+    "fe_monitor": _choice("ce", "accuracy"),
     "re_recon_weight": _WEIGHT,
     "re_cls_weight": _WEIGHT,
     "re_kl_weight": _WEIGHT,

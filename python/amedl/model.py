@@ -193,7 +193,8 @@ class AMEDL:
         epochs = int(max_epochs) if max_epochs is not None else c.epochs_for(n_train)
         batch_size = min(c.batch_size, n_train)
         chance_ce, chance_acc = batch_entropy(self._codes[train_idx], len(self.prep.batches))
-        context = PlanContext(n_train=n_train, n_genes=len(self.prep.genes), n_batches=len(self.prep.batches), chance_ce=chance_ce)
+        context = PlanContext(n_train=n_train, n_genes=len(self.prep.genes), n_batches=len(self.prep.batches), chance_ce=chance_ce,
+                              chance_acc=chance_acc)
         for kind in kinds:
             network = NETWORKS[kind]
             seed_everything(seed + network.seed_offset)

@@ -169,6 +169,7 @@ class PlanContext:
     n_genes: int
     n_batches: int
     chance_ce: float
+    chance_acc: float | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -205,6 +206,15 @@ class AutoencoderPlan:
         return out
 
 
+def _decorrelation(z: torch.Tensor) -> torch.Tensor:
+    """Mean squared off-diagonal correlation of the latent's coordinates over a
+    minibatch: 0 when every coordinate carries its own direction."""
+    zs = (z - z.mean(0)) / (z.std(0) + 1e-4)
+    corr = zs.T @ zs / max(1, z.shape[0] - 1)
+    d = corr.shape[0]
+    return (corr - torch.diag(torch.diagonal(corr))).square().sum() / max(1, d * (d - 1))
+
+
 class AdversarialPlan:
     """Alternating adversarial training of a :class:`~amedl.nn.FixedEffectsNetwork`.
 
@@ -238,8 +248,11 @@ class AdversarialPlan:
         self.latent_kl = config.fe_latent_kl_weight / ctx.n_genes
         self.re_kl = config.fe_re_kl_weight / (ctx.n_train * ctx.n_genes)
         self.cycle_weight = config.fe_cycle_weight if net.batch_aware else 0.0
+        self.decorrelation_weight = config.fe_decorrelation_weight
         self.n_batches = ctx.n_batches
         self.chance_ce = ctx.chance_ce
+        self.chance_acc = ctx.chance_acc
+        self.monitor_leak = config.fe_monitor
         self.adversarial_loss = config.adversarial_loss
         self.membership = net.membership
         trained = [*self.ae.parameters(), *(self.membership.parameters() if self.membership is not None else [])]
@@ -278,6 +291,8 @@ class AdversarialPlan:
             loss = self.recon_weight * recon + self.adv_weight * fool + self.latent_kl * kl_latent + self.re_kl * kl_re
             cycle = self._cycle_loss(enc, mb) if self.cycle_weight > 0 else kl_re.new_zeros(())
             loss = loss + self.cycle_weight * cycle
+            if self.decorrelation_weight > 0:
+                loss = loss + self.decorrelation_weight * _decorrelation(enc.mean)
             if self.membership is not None:  # its own parameters: the sum only saves an optimiser step
                 member_ce = F.cross_entropy(self.membership(mb.x), mb.batch)
                 loss = loss + member_ce
@@ -320,8 +335,14 @@ class AdversarialPlan:
                 **extra,
             )
         out = sums.means()
-        out["monitor"] = self.recon_weight * out["recon"] + self.adv_weight * max(0.0, self.chance_ce - out["adv_ce"])
+        out["monitor"] = self.recon_weight * out["recon"] + self.adv_weight * self._leak(out)
         return out
+
+    def _leak(self, out: dict) -> float:
+        """How far the adversary beats chance on held-out cells, in cross-entropy units."""
+        if self.monitor_leak == "accuracy" and self.chance_acc is not None and self.chance_acc < 1:
+            return self.chance_ce * max(0.0, out["adv_acc"] - self.chance_acc) / (1.0 - self.chance_acc)
+        return max(0.0, self.chance_ce - out["adv_ce"])
 
 
 class RandomEffectsPlan:

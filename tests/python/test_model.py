@@ -261,3 +261,31 @@ def test_random_effects_lookup_equals_design_matrix():
         re(x, batch)[0].square().sum().backward()
         grads.append(re.out_gamma.mean.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_decorrelation_penalty_measures_and_reduces_latent_correlation(sim):
+    import torch
+
+    from amedl.train import _decorrelation
+
+    g = torch.Generator().manual_seed(0)
+    independent = torch.randn(2000, 6, generator=g)
+    assert float(_decorrelation(independent)) < 0.01
+    shared = torch.randn(2000, 1, generator=g).repeat(1, 6) + 0.01 * torch.randn(2000, 6, generator=g)
+    assert float(_decorrelation(shared)) > 0.95
+
+    def off_diagonal(weight):
+        m = amedl.AMEDL(sim, "batch", fe_decorrelation_weight=weight, **SMALL)
+        m.fit(seed=0, max_epochs=6, kinds=("fe",), progress=False)
+        return float(_decorrelation(torch.as_tensor(m.latent(kind="fe"))))
+
+    assert off_diagonal(5.0) < 0.5 * off_diagonal(0.0)
+
+
+def test_accuracy_monitor_counts_how_far_the_adversary_beats_chance(sim):
+    m = amedl.AMEDL(sim, "batch", fe_monitor="accuracy", **SMALL)
+    m.fit(seed=0, max_epochs=3, kinds=("fe",), progress=False)
+    h, info, c = m.history["fe"], m.train_info["fe"], m.config
+    chance_acc, chance_ce = info["chance_accuracy"], info["chance_cross_entropy"]
+    leak = chance_ce * np.clip(h["val_adv_acc"] - chance_acc, 0, None) / (1 - chance_acc)
+    np.testing.assert_allclose(h["val_monitor"], c.fe_recon_weight * h["val_recon"] + c.fe_adv_weight * leak, rtol=1e-6)
