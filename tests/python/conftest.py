@@ -14,6 +14,15 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 DATA_DIR = Path(os.environ.get("AMEDL_DATA_DIR") or Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
 
 
+#: Test modules that train full-size models on real data: collected first, so that with
+#: several pytest-xdist workers (``--dist loadfile``) the longest file starts at once.
+HEAVY_FIRST = ("test_shared_data.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in HEAVY_FIRST)  # stable: order kept otherwise
+
+
 @pytest.fixture(scope="session")
 def sim():
     """A small simulated dataset: 3 batches, 4 cell types, 300 genes."""

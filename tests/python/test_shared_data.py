@@ -5,8 +5,6 @@
   control cells as if from the stimulated sample reproduces the real
   stimulation response per cell type, interferon-stimulated genes first; the
   RE latent shows the batch.
-- Demo simulation (known cell types): the FE latent's neighbourhoods are far
-  more mixed than PCA's, with pure cell types.
 - Pseudo-batches (one Kang sample split at random): nothing to remove, so the
   FE latent keeps cell types as PCA does, and the batch-specific outputs (RE
   latent, credible differential expression) stay near zero while they are
@@ -26,7 +24,6 @@ import amedl
 from amedl.baselines import pca_latent
 from amedl.counterfactual import counterfactual_scores, predicted_change
 from amedl.datasets import SHARED, pseudo_batches, simulate
-from amedl.demo import DEMO_SIMULATION
 from amedl.metrics import neighbour_fractions, silhouette_batch, silhouette_label
 
 #: Interferon-stimulated genes that dominate the real response in the Kang data.
@@ -105,22 +102,6 @@ def test_kang_adversary_near_chance_and_classifier_far_above(kang):
     re_best = model.history["re"].set_index("epoch").loc[model.train_info["re"]["best_epoch"]]
     assert fe_best["val_adv_acc"] < chance + 0.15, (chance, fe_best["val_adv_acc"])
     assert re_best["val_cls_acc"] > 0.75, re_best["val_cls_acc"]  # measured 0.85 (classifier weight 0.03)
-
-
-def test_demo_fe_mixes_batches_and_keeps_cell_types():
-    sim = simulate(seed=0, **DEMO_SIMULATION)
-    model = amedl.AMEDL(sim, "batch", threads=1)
-    model.fit(seed=0, progress=False, kinds=("fe",))
-    batch, labels = sim.obs["batch"].to_numpy(), sim.obs["cell_type"].to_numpy()
-    fe = neighbour_fractions(model.latent(sim, kind="fe"), batch, labels)
-    pca = neighbour_fractions(pca_latent(model), batch, labels)
-    assert pca["same_batch_neighbours"] - pca["same_batch_mixed"] > 0.2, pca  # there is a batch effect to remove
-    # measured (seed 0): 0.54 with threads=1 (as `amedl demo --threads 1`), 0.38 with the libraries'
-    # thread defaults under OMP_NUM_THREADS=1, against 0.33 perfectly mixed and PCA's 0.71 (Harmony
-    # 0.31): the adversarial fit is sensitive to float-level differences, and the 0.05 of issue 12
-    # is not reached reliably
-    assert fe["same_batch_neighbours"] < pca["same_batch_neighbours"] - 0.1, (fe, pca)
-    assert fe["label_purity"] >= 0.9, fe
 
 
 @pytest.fixture(scope="module")
