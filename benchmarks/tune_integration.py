@@ -129,6 +129,7 @@ def run(args) -> None:
         done = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     settings = json.loads(args.settings)
     methods = args.methods.split(",")
+    n_latent = settings.get("n_latent", 50)
     for name in args.datasets.split(","):
         adata, batch_key, label_key = load(name, args.data_dir)
         batch = adata.obs[batch_key].astype(str).to_numpy()
@@ -142,11 +143,9 @@ def run(args) -> None:
                 if method in REFERENCES and any(all(d.get(k) == v for k, v in key.items()) for d in done):
                     continue
                 if unintegrated is None:
-                    n_pcs = settings.get("n_latent", 50)
-                    unintegrated = pca_latent(amedl.AMEDL(adata[tr].copy(), batch_key, n_latent=n_pcs), adata[te])
+                    unintegrated = pca_latent(amedl.AMEDL(adata[tr].copy(), batch_key, n_latent=n_latent), adata[te])
                 t0 = time.perf_counter()
-                z, info = embed(method, adata, tr, te, batch_key, settings, seed=args.seed + f,
-                                n_latent=settings.get("n_latent", 50))
+                z, info = embed(method, adata, tr, te, batch_key, settings, seed=args.seed + f, n_latent=n_latent)
                 row = {**key, "name": args.name if method not in REFERENCES else method,
                        "settings": settings if method not in REFERENCES else {}, "seed": args.seed,
                        "seconds": time.perf_counter() - t0, **score(z, batch[te], labels[te], unintegrated),
