@@ -244,7 +244,7 @@ RULES: dict[str, Rule] = {
     "n_latent": _int(1),
     "latent_activation": _choice("selu", "linear"),
     "adversary_hidden": Rule("ints", low=1),
-    "adversary_input": _choice("all", "latent"),
+    "adversary_input": _choice("all", "latent", "both"),
     "classifier_hidden": _int(1),
     "membership_hidden": _int(1, none="no batch-membership predictor: unseen batches get zero effects"),
     "prior_scale": _float(0.0, open_low=True),

@@ -243,7 +243,7 @@ class AdversarialPlan:
     def __init__(self, net: FixedEffectsNetwork, config: AMEDLConfig, ctx: PlanContext):
         if config.adversarial_loss not in ("ce", "uniform"):
             raise ValueError("adversarial_loss must be 'ce' or 'uniform'")
-        self.net, self.ae, self.adv = net, net.autoencoder, net.adversary
+        self.net, self.ae, self.advs = net, net.autoencoder, net.adversaries
         self.recon_weight, self.adv_weight = config.fe_recon_weight, config.fe_adv_weight
         self.latent_kl = config.fe_latent_kl_weight / ctx.n_genes
         self.re_kl = config.fe_re_kl_weight / (ctx.n_train * ctx.n_genes)
@@ -257,7 +257,7 @@ class AdversarialPlan:
         self.membership = net.membership
         trained = [*self.ae.parameters(), *(self.membership.parameters() if self.membership is not None else [])]
         self.opt_ae = torch.optim.Adam(_param_groups(trained, self.ae, config), lr=config.lr)
-        self.opt_adv = torch.optim.Adam(self.adv.parameters(), lr=config.adversary_lr or config.lr)
+        self.opt_adv = torch.optim.Adam([p for a in self.advs for p in a.parameters()], lr=config.adversary_lr or config.lr)
         decay = config.fe_ema_decay
         self.ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
 
@@ -275,17 +275,18 @@ class AdversarialPlan:
         means = _EpochMeans()
         for mb in loader:
             enc = self.ae.encode(mb.x)
-            view = self.net.adversary_view(enc)
+            views = self.net.adversary_views(enc)
             # (1) adversary step on detached encoder outputs
-            adv_logits = self.adv([o.detach() for o in view])
-            adv_ce = F.cross_entropy(adv_logits, mb.batch)
+            adv_logits = [adv([o.detach() for o in view]) for adv, view in zip(self.advs, views)]
+            adv_ces = [F.cross_entropy(logits, mb.batch) for logits in adv_logits]
             self.opt_adv.zero_grad(set_to_none=True)
-            adv_ce.backward()
+            sum(adv_ces).backward()
             self.opt_adv.step()
-            # (2) autoencoder step against the updated, frozen adversary
-            self.adv.requires_grad_(False)
+            # (2) autoencoder step against the updated, frozen adversaries
+            for adv in self.advs:
+                adv.requires_grad_(False)
             recon = self.ae.recon_loss(self.ae.decode(enc.z, mb.batch), mb)
-            fool = self._fooling_loss(self.adv(view), mb.batch)
+            fool = sum(self._fooling_loss(adv(view), mb.batch) for adv, view in zip(self.advs, views)) / len(self.advs)
             kl_latent = _gaussian_kl(enc.mean, enc.logvar)
             kl_re = self.ae.kl()
             loss = self.recon_weight * recon + self.adv_weight * fool + self.latent_kl * kl_latent + self.re_kl * kl_re
@@ -299,10 +300,11 @@ class AdversarialPlan:
             self.opt_ae.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_ae.step()
-            self.adv.requires_grad_(True)
+            for adv in self.advs:
+                adv.requires_grad_(True)
             if self.ema is not None:
                 self.ema.update_parameters(self.net)
-            means.add(recon=recon, adv_ce=adv_ce, adv_acc=(adv_logits.argmax(1) == mb.batch).float().mean(),
+            means.add(recon=recon, **self._adversary_stats(adv_logits, mb.batch, adv_ces),
                       kl_latent=kl_latent, kl_re=kl_re, cycle=cycle)
         return means.means()
 
@@ -325,24 +327,38 @@ class AdversarialPlan:
         sums = _ValidationSums()
         for mb in loader:
             enc = ae.encode(mb.x)
-            logits = self.adv(net.adversary_view(enc))
+            logits = [adv(view) for adv, view in zip(self.advs, net.adversary_views(enc))]
             extra = {} if net.membership is None else {"membership_acc": (net.membership(mb.x).argmax(1) == mb.batch).float().mean()}
             sums.add(
                 len(mb.x),
                 recon=ae.recon_loss(ae.decode(enc.z, mb.batch), mb),
-                adv_ce=F.cross_entropy(logits, mb.batch),
-                adv_acc=(logits.argmax(1) == mb.batch).float().mean(),
+                **self._adversary_stats(logits, mb.batch),
                 **extra,
             )
         out = sums.means()
         out["monitor"] = self.recon_weight * out["recon"] + self.adv_weight * self._leak(out)
         return out
 
+    @staticmethod
+    def _adversary_stats(logits: list, b: torch.Tensor, ces: list | None = None) -> dict:
+        """Cross-entropy and accuracy of each adversary: ``adv_*`` for the first,
+        ``latent_adv_*`` for the latent adversary beside it."""
+        ces = ces if ces is not None else [F.cross_entropy(lg, b) for lg in logits]
+        out = {}
+        for prefix, lg, ce in zip(("adv", "latent_adv"), logits, ces):
+            out[f"{prefix}_ce"] = ce
+            out[f"{prefix}_acc"] = (lg.argmax(1) == b).float().mean()
+        return out
+
     def _leak(self, out: dict) -> float:
-        """How far the adversary beats chance on held-out cells, in cross-entropy units."""
+        """How far the adversaries beat chance on held-out cells, in cross-entropy
+        units (the larger lead where there are two)."""
+        return max(self._leak_of(out, prefix) for prefix in ("adv", "latent_adv")[: len(self.advs)])
+
+    def _leak_of(self, out: dict, prefix: str) -> float:
         if self.monitor_leak == "accuracy" and self.chance_acc is not None and self.chance_acc < 1:
-            return self.chance_ce * max(0.0, out["adv_acc"] - self.chance_acc) / (1.0 - self.chance_acc)
-        return max(0.0, self.chance_ce - out["adv_ce"])
+            return self.chance_ce * max(0.0, out[f"{prefix}_acc"] - self.chance_acc) / (1.0 - self.chance_acc)
+        return max(0.0, self.chance_ce - out[f"{prefix}_ce"])
 
 
 class RandomEffectsPlan:

@@ -289,3 +289,23 @@ def test_accuracy_monitor_counts_how_far_the_adversary_beats_chance(sim):
     chance_acc, chance_ce = info["chance_accuracy"], info["chance_cross_entropy"]
     leak = chance_ce * np.clip(h["val_adv_acc"] - chance_acc, 0, None) / (1 - chance_acc)
     np.testing.assert_allclose(h["val_monitor"], c.fe_recon_weight * h["val_recon"] + c.fe_adv_weight * leak, rtol=1e-6)
+
+
+def test_a_latent_adversary_beside_the_all_layer_one(sim, tmp_path):
+    m = amedl.AMEDL(sim, "batch", adversary_input="both", **SMALL)
+    net = m._build("fe")
+    assert len(net.adversaries) == 2
+    assert net.adversary.net[0].in_features == sum(net.autoencoder.layer_sizes)
+    assert net.latent_adversary.net[0].in_features == SMALL["n_latent"]
+    m.fit(seed=0, max_epochs=3, kinds=("fe",), progress=False)
+    h, info, c = m.history["fe"], m.train_info["fe"], m.config
+    chance = info["chance_cross_entropy"]
+    leak = np.maximum(np.clip(chance - h["val_adv_ce"], 0, None), np.clip(chance - h["val_latent_adv_ce"], 0, None))
+    np.testing.assert_allclose(h["val_monitor"], c.fe_recon_weight * h["val_recon"] + c.fe_adv_weight * leak, rtol=1e-6)
+    assert {"train_latent_adv_acc", "val_latent_adv_acc"} <= set(h.columns)
+    m.save(tmp_path / "both")
+    again = amedl.AMEDL.load(tmp_path / "both")
+    np.testing.assert_array_equal(again.latent(sim, kind="fe"), m.latent(sim, kind="fe"))
+    fe = again.modules["fe"]
+    fe.add_batches(2, 1e-3)
+    assert [a.net[-1].out_features for a in fe.adversaries] == [fe.n_batches] * 2 == [len(m.batches) + 2] * 2

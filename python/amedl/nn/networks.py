@@ -187,20 +187,24 @@ class Adversary(nn.Module):
 class FixedEffectsNetwork(nn.Module):
     """An autoencoder (mixed-effects or tied) and the adversary that keeps its
     encoder batch-blind. ``adversary_input="all"`` shows the adversary every
-    encoder layer's output, ``"latent"`` only the latent."""
+    encoder layer's output, ``"latent"`` only the latent; ``"both"`` trains a
+    second adversary on the latent beside the all-layer one."""
 
     def __init__(
         self, autoencoder: nn.Module, n_batches: int, adversary_hidden: Sequence[int], adversary_input: str = "all",
         membership: BatchMembership | None = None,
     ):
         super().__init__()
-        if adversary_input not in ("all", "latent"):
-            raise ValueError(f"adversary_input must be 'all' or 'latent', got {adversary_input!r}")
+        if adversary_input not in ("all", "latent", "both"):
+            raise ValueError(f"adversary_input must be 'all', 'latent' or 'both', got {adversary_input!r}")
         self.autoencoder = autoencoder
         self.n_batches = n_batches
         self.adversary_input = adversary_input
-        n_in = sum(autoencoder.layer_sizes) if adversary_input == "all" else autoencoder.layer_sizes[-1]
+        n_in = autoencoder.layer_sizes[-1] if adversary_input == "latent" else sum(autoencoder.layer_sizes)
         self.adversary = Adversary(n_in, n_batches, adversary_hidden)
+        self.latent_adversary = (
+            Adversary(autoencoder.layer_sizes[-1], n_batches, adversary_hidden) if adversary_input == "both" else None
+        )
         self.membership = membership if autoencoder.batch_aware else None
         self.predict_unseen = True
 
@@ -218,8 +222,14 @@ class FixedEffectsNetwork(nn.Module):
         dec = getattr(self.autoencoder, "decoder", None)
         return None if dec is None else dec.head
 
-    def adversary_view(self, enc: Encoded) -> list:
-        return enc.layers if self.adversary_input == "all" else [enc.mean]
+    @property
+    def adversaries(self) -> list:
+        """The adversaries, in the order of :meth:`adversary_views`."""
+        return [a for a in (self.adversary, self.latent_adversary) if a is not None]
+
+    def adversary_views(self, enc: Encoded) -> list:
+        """For each adversary, the encoder outputs it reads."""
+        return {"all": [enc.layers], "latent": [[enc.mean]], "both": [enc.layers, [enc.mean]]}[self.adversary_input]
 
     def latent(self, mb) -> torch.Tensor:
         return self.autoencoder.encode(mb.x).mean
@@ -249,7 +259,8 @@ class FixedEffectsNetwork(nn.Module):
         if not self.batch_aware:
             return []
         grown = grow_random_effects(self.autoencoder, n_new, init_scale)
-        grow_output(self.adversary.net[-1], n_new)
+        for adv in self.adversaries:
+            grow_output(adv.net[-1], n_new)
         if self.membership is not None:
             grow_output(self.membership.net[-1], n_new, bias=-30.0)
         self.n_batches += n_new
