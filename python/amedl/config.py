@@ -39,7 +39,10 @@ class AMEDLConfig:
     ``fe_decorrelation_weight`` penalises correlated coordinates of the FE
     latent (mean squared off-diagonal correlation over a minibatch);
     ``fe_monitor="accuracy"`` measures the adversary's lead over chance for
-    early stopping by its accuracy instead of its cross-entropy.
+    early stopping by its accuracy instead of its cross-entropy;
+    ``adversary_input="both"`` trains a second adversary on the latent beside
+    the all-layer one (it removes Kang's stimulation, but also CellBench's
+    cell lines).
     """
 
     # data
