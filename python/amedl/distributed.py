@@ -212,15 +212,16 @@ def _ddp_classes():
 
 
 #: The modules of the training plans that DDP wraps, and the method that opens each step's graph.
-_ENTRIES = {"ae": "encode", "adv": "forward", "membership": "forward", "re": "forward"}
+_ENTRIES = {"ae": "encode", "advs": "forward", "membership": "forward", "re": "forward"}
 
 
 def wrap_plan(plan) -> None:
     """Route the plan's trainable modules through DistributedDataParallel (in place).
 
-    Each module named in ``_ENTRIES`` becomes its own DDP module (their
-    parameters are disjoint): the adversary's and the autoencoder's steps of the
-    FE plan each all-reduce their own gradients. The optimisers keep the same
+    Each module named in ``_ENTRIES`` (or each module of a list so named, such
+    as the FE plan's adversaries) becomes its own DDP module (their parameters
+    are disjoint): the adversaries' and the autoencoder's steps of the FE plan
+    each all-reduce their own gradients. The optimisers keep the same
     parameter tensors.
     """
     from torch import nn
@@ -230,6 +231,8 @@ def wrap_plan(plan) -> None:
         module = getattr(plan, attr, None)
         if isinstance(module, nn.Module):
             setattr(plan, attr, Synced(module, method))
+        elif isinstance(module, list) and module and all(isinstance(m, nn.Module) for m in module):
+            setattr(plan, attr, [Synced(m, method) for m in module])
 
 
 # ------------------------------------------------------------------------------ reductions
