@@ -240,6 +240,9 @@ class AdversarialPlan:
     checkpointed and kept.
     """
 
+    #: the names of the adversaries' records, in the order of ``net.adversaries``
+    ADVERSARY_NAMES = ("adv", "latent_adv")
+
     def __init__(self, net: FixedEffectsNetwork, config: AMEDLConfig, ctx: PlanContext):
         if config.adversarial_loss not in ("ce", "uniform"):
             raise ValueError("adversarial_loss must be 'ce' or 'uniform'")
@@ -339,13 +342,13 @@ class AdversarialPlan:
         out["monitor"] = self.recon_weight * out["recon"] + self.adv_weight * self._leak(out)
         return out
 
-    @staticmethod
-    def _adversary_stats(logits: list, b: torch.Tensor, ces: list | None = None) -> dict:
+    @classmethod
+    def _adversary_stats(cls, logits: list, b: torch.Tensor, ces: list | None = None) -> dict:
         """Cross-entropy and accuracy of each adversary: ``adv_*`` for the first,
         ``latent_adv_*`` for the latent adversary beside it."""
         ces = ces if ces is not None else [F.cross_entropy(lg, b) for lg in logits]
         out = {}
-        for prefix, lg, ce in zip(("adv", "latent_adv"), logits, ces):
+        for prefix, lg, ce in zip(cls.ADVERSARY_NAMES, logits, ces):
             out[f"{prefix}_ce"] = ce
             out[f"{prefix}_acc"] = (lg.argmax(1) == b).float().mean()
         return out
@@ -353,7 +356,7 @@ class AdversarialPlan:
     def _leak(self, out: dict) -> float:
         """How far the adversaries beat chance on held-out cells, in cross-entropy
         units (the larger lead where there are two)."""
-        return max(self._leak_of(out, prefix) for prefix in ("adv", "latent_adv")[: len(self.advs)])
+        return max(self._leak_of(out, prefix) for prefix in self.ADVERSARY_NAMES[: len(self.advs)])
 
     def _leak_of(self, out: dict, prefix: str) -> float:
         if self.monitor_leak == "accuracy" and self.chance_acc is not None and self.chance_acc < 1:
