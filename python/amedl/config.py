@@ -56,6 +56,7 @@ class AMEDLConfig:
     latent_activation: str = "selu"
     adversary_hidden: tuple[int, ...] = (512, 132)
     adversary_input: str = "all"
+    adversary_clusters: int | None = None
     classifier_hidden: int = 32
     membership_hidden: int | None = 128
     prior_scale: float = 0.25
@@ -248,6 +249,7 @@ RULES: dict[str, Rule] = {
     "latent_activation": _choice("selu", "linear"),
     "adversary_hidden": Rule("ints", low=1),
     "adversary_input": _choice("all", "latent", "both"),
+    "adversary_clusters": _int(1, none="every cell counts alike"),
     "classifier_hidden": _int(1),
     "membership_hidden": _int(1, none="no batch-membership predictor: unseen batches get zero effects"),
     "prior_scale": _float(0.0, open_low=True),

@@ -25,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import distributed
+from .balance import ClusterBalance, weighted_cross_entropy
 from .config import AMEDLConfig
 from .nn import (
     BatchMembership,
@@ -37,9 +38,14 @@ from .nn import (
 )
 
 
+def batch_proportions(codes: np.ndarray, n_batches: int) -> np.ndarray:
+    """Each batch's share of the cells."""
+    return np.bincount(codes, minlength=n_batches) / max(len(codes), 1)
+
+
 def batch_entropy(codes: np.ndarray, n_batches: int) -> tuple[float, float]:
     """Cross-entropy and accuracy of the best batch predictor that ignores the cell (chance level)."""
-    p = np.bincount(codes, minlength=n_batches) / max(len(codes), 1)
+    p = batch_proportions(codes, n_batches)
     nz = p[p > 0]
     return float(-(nz * np.log(nz)).sum()), float(p.max())
 
@@ -170,6 +176,7 @@ class PlanContext:
     n_batches: int
     chance_ce: float
     chance_acc: float | None = None
+    batch_prior: tuple[float, ...] | None = None  # the training cells' batch proportions
 
 
 # ---------------------------------------------------------------------------
@@ -234,6 +241,11 @@ class AdversarialPlan:
     ``H`` on held-out cells, so the best epoch reconstructs well *and* hides
     the batch.
 
+    With ``adversary_clusters`` every adversary cross-entropy (training and
+    validation) is weighted by :class:`~amedl.balance.ClusterBalance`, so that
+    batch composition that differs between latent clusters is not a batch
+    signal.
+
     With ``fe_ema_decay`` the weights of record are an exponential moving
     average of the trained weights (updated every step): the adversarial game
     oscillates from step to step, and the average is what is validated,
@@ -261,6 +273,11 @@ class AdversarialPlan:
         trained = [*self.ae.parameters(), *(self.membership.parameters() if self.membership is not None else [])]
         self.opt_ae = torch.optim.Adam(_param_groups(trained, self.ae, config), lr=config.lr)
         self.opt_adv = torch.optim.Adam([p for a in self.advs for p in a.parameters()], lr=config.adversary_lr or config.lr)
+        self.balance = None
+        if config.adversary_clusters is not None:
+            generator = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (1,))))
+            prior = torch.as_tensor(ctx.batch_prior or [1.0 / ctx.n_batches] * ctx.n_batches)
+            self.balance = ClusterBalance(config.adversary_clusters, prior, generator)
         decay = config.fe_ema_decay
         self.ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
 
@@ -268,10 +285,19 @@ class AdversarialPlan:
         """The weights of record: the moving average when there is one."""
         return (self.ema.module if self.ema is not None else self.net).state_dict()
 
-    def _fooling_loss(self, logits: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def _fooling_loss(self, logits: torch.Tensor, b: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
         if self.adversarial_loss == "ce":
-            return -F.cross_entropy(logits, b)
-        return -F.log_softmax(logits, dim=1).mean(dim=1).mean()
+            return -weighted_cross_entropy(logits, b, w)
+        per_cell = F.log_softmax(logits, dim=1).mean(dim=1)
+        return -(per_cell.mean() if w is None else (w * per_cell).sum() / w.sum())
+
+    def _weights(self, enc, b: torch.Tensor, update: bool) -> torch.Tensor | None:
+        """The adversary's per-cell weights (``None``: every cell alike)."""
+        if self.balance is None:
+            return None
+        if update:
+            self.balance.update(enc.mean, b)
+        return self.balance.weights(enc.mean, b)
 
     def train_epoch(self, loader) -> dict:
         self.net.train()
@@ -279,9 +305,10 @@ class AdversarialPlan:
         for mb in loader:
             enc = self.ae.encode(mb.x)
             views = self.net.adversary_views(enc)
+            w = self._weights(enc, mb.batch, update=True)
             # (1) adversary step on detached encoder outputs
             adv_logits = [adv([o.detach() for o in view]) for adv, view in zip(self.advs, views)]
-            adv_ces = [F.cross_entropy(logits, mb.batch) for logits in adv_logits]
+            adv_ces = [weighted_cross_entropy(logits, mb.batch, w) for logits in adv_logits]
             self.opt_adv.zero_grad(set_to_none=True)
             sum(adv_ces).backward()
             self.opt_adv.step()
@@ -289,7 +316,7 @@ class AdversarialPlan:
             for adv in self.advs:
                 adv.requires_grad_(False)
             recon = self.ae.recon_loss(self.ae.decode(enc.z, mb.batch), mb)
-            fool = sum(self._fooling_loss(adv(view), mb.batch) for adv, view in zip(self.advs, views)) / len(self.advs)
+            fool = sum(self._fooling_loss(adv(view), mb.batch, w) for adv, view in zip(self.advs, views)) / len(self.advs)
             kl_latent = _gaussian_kl(enc.mean, enc.logvar)
             kl_re = self.ae.kl()
             loss = self.recon_weight * recon + self.adv_weight * fool + self.latent_kl * kl_latent + self.re_kl * kl_re
@@ -331,11 +358,13 @@ class AdversarialPlan:
         for mb in loader:
             enc = ae.encode(mb.x)
             logits = [adv(view) for adv, view in zip(self.advs, net.adversary_views(enc))]
+            w = self._weights(enc, mb.batch, update=False)
+            ces = [weighted_cross_entropy(lg, mb.batch, w) for lg in logits]
             extra = {} if net.membership is None else {"membership_acc": (net.membership(mb.x).argmax(1) == mb.batch).float().mean()}
             sums.add(
                 len(mb.x),
                 recon=ae.recon_loss(ae.decode(enc.z, mb.batch), mb),
-                **self._adversary_stats(logits, mb.batch),
+                **self._adversary_stats(logits, mb.batch, ces),
                 **extra,
             )
         out = sums.means()
@@ -343,10 +372,10 @@ class AdversarialPlan:
         return out
 
     @classmethod
-    def _adversary_stats(cls, logits: list, b: torch.Tensor, ces: list | None = None) -> dict:
-        """Cross-entropy and accuracy of each adversary: ``adv_*`` for the first,
-        ``latent_adv_*`` for the latent adversary beside it."""
-        ces = ces if ces is not None else [F.cross_entropy(lg, b) for lg in logits]
+    def _adversary_stats(cls, logits: list, b: torch.Tensor, ces: list) -> dict:
+        """Cross-entropy (as given, weighted where the batches are balanced) and
+        accuracy of each adversary: ``adv_*`` for the first, ``latent_adv_*`` for
+        the latent adversary beside it."""
         out = {}
         for prefix, lg, ce in zip(cls.ADVERSARY_NAMES, logits, ces):
             out[f"{prefix}_ce"] = ce
