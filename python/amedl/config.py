@@ -43,6 +43,12 @@ class AMEDLConfig:
     ``adversary_input="both"`` trains a second adversary on the latent beside
     the all-layer one (it removes Kang's stimulation, but also CellBench's
     cell lines).
+
+    ``adversary_clusters=k`` balances the batches within ``k`` clusters of the
+    FE latent (an online k-means) in every adversary cross-entropy, each cell
+    weighted ``p(batch) / p(batch | cluster)`` (:mod:`amedl.balance`): a cell
+    type more common in one batch is then no batch signal, and only batch
+    differences inside a cluster are removed.
     """
 
     # data

@@ -1,6 +1,13 @@
 """Cluster-balanced adversary weights (amedl.balance) and their use in FE training."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +17,31 @@ from amedl.balance import ClusterBalance, weighted_cross_entropy
 from amedl.errors import AMEDLConfigError
 
 SMALL = dict(n_top_genes=200, hidden=(64, 32), n_latent=8, adversary_hidden=(64, 32))
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Each rank feeds its own half of every minibatch to a ClusterBalance.
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import torch
+    from amedl import distributed
+    from amedl.balance import ClusterBalance
+
+    distributed.init_from_env()
+    r = distributed.rank()
+    rng = np.random.default_rng(0)
+    balance = ClusterBalance(3, torch.tensor([0.5, 0.5]), torch.Generator().manual_seed(r))
+    for _ in range(20):
+        z = torch.as_tensor(rng.normal(size=(64, 2)), dtype=torch.float32)
+        z[:32, 0] += 5.0
+        b = torch.as_tensor(rng.integers(0, 2, 64))
+        balance.update(z[r::2], b[r::2])
+    with open(f"{sys.argv[1]}/rank{r}.json", "w") as fh:
+        json.dump({"centroids": balance.centroids.tolist(), "counts": balance.counts.tolist()}, fh)
+    distributed.shutdown()
+    """
+)
 
 
 def _confounded(n: int, rng: np.random.Generator):
@@ -81,3 +113,22 @@ def test_fe_training_with_balanced_adversary_is_reproducible(sim):
 def test_adversary_clusters_is_checked():
     with pytest.raises(AMEDLConfigError, match="adversary_clusters"):
         amedl.AMEDLConfig(adversary_clusters=0)
+
+
+def test_ranks_share_one_clustering(tmp_path):
+    """Under torch.distributed (2 gloo ranks, each with its own half of the cells) the
+    k-means sums are all-reduced: both ranks hold the same centroids, and the counts
+    cover every rank's cells."""
+    (tmp_path / "balance_worker.py").write_text(WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT / "python"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from amedl.distributed import launch; "
+         "sys.exit(launch(sys.argv[1:], 2, module='balance_worker'))", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    decayed_cells = sum(64 * 0.99**i for i in range(20))
+    assert np.isclose(np.sum(ranks[0]["counts"]), decayed_cells, rtol=1e-4)
