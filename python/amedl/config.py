@@ -39,7 +39,8 @@ class AMEDLConfig:
     ``fe_decorrelation_weight`` penalises correlated coordinates of the FE
     latent (mean squared off-diagonal correlation over a minibatch);
     ``fe_monitor="accuracy"`` measures the adversary's lead over chance for
-    early stopping by its accuracy instead of its cross-entropy;
+    early stopping by its accuracy instead of its cross-entropy, and
+    ``"calibrated"`` by its cross-entropy at the best softmax temperature;
     ``adversary_input="both"`` trains a second adversary on the latent beside
     the all-layer one (it removes Kang's stimulation, but also CellBench's
     cell lines).
@@ -281,7 +282,7 @@ RULES: dict[str, Rule] = {
     "fe_decorrelation_weight": _WEIGHT,
     "fe_ema_decay": _float(0.0, high=1.0, open_low=True, open_high=True, none="no weight averaging"),
     "adversarial_loss": _choice("ce", "uniform"),
-    "fe_monitor": _choice("ce", "accuracy"),
+    "fe_monitor": _choice("ce", "accuracy", "calibrated"),
     "re_recon_weight": _WEIGHT,
     "re_cls_weight": _WEIGHT,
     "re_kl_weight": _WEIGHT,

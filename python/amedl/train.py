@@ -239,7 +239,11 @@ class AdversarialPlan:
     The validation monitor is ``recon_weight·recon + adv_weight·max(0, H − CE)``:
     reconstruction plus how far the adversary beats the chance cross-entropy
     ``H`` on held-out cells, so the best epoch reconstructs well *and* hides
-    the batch.
+    the batch. ``fe_monitor="calibrated"`` takes for ``CE`` the lowest
+    held-out cross-entropy of the adversary's logits divided by a temperature
+    (:attr:`TEMPERATURES`), so that an over-confident adversary, whose plain
+    cross-entropy is above ``H`` although it predicts the batch, still counts
+    as a leak.
 
     With ``adversary_clusters`` every adversary cross-entropy (training and
     validation) is weighted by :class:`~amedl.balance.ClusterBalance`, so that
@@ -254,6 +258,8 @@ class AdversarialPlan:
 
     #: the names of the adversaries' records, in the order of ``net.adversaries``
     ADVERSARY_NAMES = ("adv", "latent_adv")
+    #: the softmax temperatures of ``fe_monitor="calibrated"`` (0.1 to 100, and 1)
+    TEMPERATURES = tuple(float(t) for t in torch.logspace(-1, 2, 31))
 
     def __init__(self, net: FixedEffectsNetwork, config: AMEDLConfig, ctx: PlanContext):
         if config.adversarial_loss not in ("ce", "uniform"):
@@ -361,6 +367,8 @@ class AdversarialPlan:
             w = self._weights(enc, mb.batch, update=False)
             ces = [weighted_cross_entropy(lg, mb.batch, w) for lg in logits]
             extra = {} if net.membership is None else {"membership_acc": (net.membership(mb.x).argmax(1) == mb.batch).float().mean()}
+            if self.monitor_leak == "calibrated":
+                extra.update(self._tempered_ces(logits, mb.batch, w))
             sums.add(
                 len(mb.x),
                 recon=ae.recon_loss(ae.decode(enc.z, mb.batch), mb),
@@ -368,6 +376,8 @@ class AdversarialPlan:
                 **extra,
             )
         out = sums.means()
+        if self.monitor_leak == "calibrated":
+            self._calibrate(out)
         out["monitor"] = self.recon_weight * out["recon"] + self.adv_weight * self._leak(out)
         return out
 
@@ -387,7 +397,21 @@ class AdversarialPlan:
         units (the larger lead where there are two)."""
         return max(self._leak_of(out, prefix) for prefix in self.ADVERSARY_NAMES[: len(self.advs)])
 
+    @classmethod
+    def _tempered_ces(cls, logits: list, b: torch.Tensor, w: torch.Tensor | None) -> dict:
+        return {f"{prefix}_ce_t{i}": weighted_cross_entropy(lg / t, b, w)
+                for prefix, lg in zip(cls.ADVERSARY_NAMES, logits) for i, t in enumerate(cls.TEMPERATURES)}
+
+    def _calibrate(self, out: dict) -> None:
+        """Replace the validation cross-entropies at every temperature by their
+        minimum, ``<prefix>_ce_calibrated``."""
+        for prefix in self.ADVERSARY_NAMES[: len(self.advs)]:
+            tempered = [out.pop(f"{prefix}_ce_t{i}") for i in range(len(self.TEMPERATURES))]
+            out[f"{prefix}_ce_calibrated"] = min(tempered)
+
     def _leak_of(self, out: dict, prefix: str) -> float:
+        if self.monitor_leak == "calibrated":
+            return max(0.0, self.chance_ce - out[f"{prefix}_ce_calibrated"])
         if self.monitor_leak == "accuracy" and self.chance_acc is not None and self.chance_acc < 1:
             return self.chance_ce * max(0.0, out[f"{prefix}_acc"] - self.chance_acc) / (1.0 - self.chance_acc)
         return max(0.0, self.chance_ce - out[f"{prefix}_ce"])

@@ -309,3 +309,16 @@ def test_a_latent_adversary_beside_the_all_layer_one(sim, tmp_path):
     fe = again.modules["fe"]
     fe.add_batches(2, 1e-3)
     assert [a.net[-1].out_features for a in fe.adversaries] == [fe.n_batches] * 2 == [len(m.batches) + 2] * 2
+
+
+def test_calibrated_monitor_scores_the_adversary_at_its_best_temperature(sim):
+    m = amedl.AMEDL(sim, "batch", fe_monitor="calibrated", adversary_input="both", **SMALL)
+    m.fit(seed=0, max_epochs=4, kinds=("fe",), progress=False)
+    h, info, c = m.history["fe"], m.train_info["fe"], m.config
+    for prefix in ("adv", "latent_adv"):
+        # temperature 1 is among those tried, so the calibrated cross-entropy is never above the plain one
+        assert (h[f"val_{prefix}_ce_calibrated"] <= h[f"val_{prefix}_ce"] + 1e-6).all()
+    assert not any("_ce_t" in col for col in h.columns)
+    chance = info["chance_cross_entropy"]
+    leak = np.clip(chance - h[["val_adv_ce_calibrated", "val_latent_adv_ce_calibrated"]].min(axis=1), 0, None)
+    np.testing.assert_allclose(h["val_monitor"], c.fe_recon_weight * h["val_recon"] + c.fe_adv_weight * leak, rtol=1e-6)
