@@ -95,7 +95,7 @@ def train(path: str, backed: bool, steps: int, threads: int, kinds=("fe", "re"),
 
     import amedl
     from amedl.data import make_loader
-    from amedl.train import NETWORKS, PlanContext, batch_entropy
+    from amedl.train import NETWORKS, PlanContext
 
     torch.set_num_threads(threads)
     rec = {"path": path, "mode": "backed" if backed else "memory", "steps": steps, "threads": threads}
@@ -107,8 +107,7 @@ def train(path: str, backed: bool, steps: int, threads: int, kinds=("fe", "re"),
     rec.update(preprocess_s=round(time.perf_counter() - t, 1), rss_after_preprocess=round(_rss_gib(), 2))
     c, prep = m.config, m.prep
     train_idx, _ = m._split(0)
-    chance, _ = batch_entropy(m._codes[train_idx], len(prep.batches))
-    ctx = PlanContext(len(train_idx), len(prep.genes), len(prep.batches), chance)
+    ctx = PlanContext.from_codes(m._codes[train_idx], len(prep.genes), len(prep.batches))
     for kind in kinds:
         net = NETWORKS[kind]
         modules = net.build(c, prep)

@@ -52,11 +52,11 @@ class ClusterBalance:
             pick = torch.randperm(len(z), generator=self.generator)[: self.k].to(z.device)
             # fewer cells than clusters: the first ones repeat and merge
             centroids = z[pick.repeat(-(-self.k // len(pick)))[: self.k]].clone()
-            self.centroids = _broadcast(centroids)
+            self.centroids = distributed.broadcast_from_first(centroids)
         a = self.assign(z)
         sums = torch.zeros_like(self.centroids).index_add_(0, a, z)
         table = torch.zeros_like(self.counts).index_put_((a, b), torch.ones_like(a, dtype=z.dtype), accumulate=True)
-        sums, table = _all_reduce(sums), _all_reduce(table)
+        sums, table = distributed.all_reduce_sum(sums), distributed.all_reduce_sum(table)
         n = table.sum(1, keepdim=True)
         seen = n[:, 0] > 0
         target = sums[seen] / n[seen]
@@ -80,18 +80,3 @@ def weighted_cross_entropy(logits: torch.Tensor, b: torch.Tensor, w: torch.Tenso
         return F.cross_entropy(logits, b)
     return (w * F.cross_entropy(logits, b, reduction="none")).sum() / w.sum()
 
-
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    if distributed.active():
-        import torch.distributed as dist
-
-        dist.all_reduce(t)
-    return t
-
-
-def _broadcast(t: torch.Tensor) -> torch.Tensor:
-    if distributed.active():
-        import torch.distributed as dist
-
-        dist.broadcast(t, src=0)
-    return t

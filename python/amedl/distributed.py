@@ -238,16 +238,33 @@ def wrap_plan(plan) -> None:
 # ------------------------------------------------------------------------------ reductions
 
 
+def all_reduce_sum(t):
+    """``t`` summed over all ranks, in place (unchanged when not distributed)."""
+    if active():
+        import torch.distributed as dist
+
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_from_first(t):
+    """Rank 0's ``t`` on every rank, in place (unchanged when not distributed)."""
+    if active():
+        import torch.distributed as dist
+
+        dist.broadcast(t, src=0)
+    return t
+
+
 def _agreed(values: Sequence[float], op: str) -> list[float]:
     import torch
     import torch.distributed as dist
 
     backend = dist.get_backend()
-    t = torch.tensor(list(values), dtype=torch.float64, device="cuda" if backend == "nccl" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t = all_reduce_sum(torch.tensor(list(values), dtype=torch.float64, device="cuda" if backend == "nccl" else "cpu"))
     if op == "mean":
         t /= dist.get_world_size()
-    dist.broadcast(t, src=0)  # the same bits on every rank, whatever the reduction's order
+    broadcast_from_first(t)  # the same bits on every rank, whatever the reduction's order
     return t.cpu().tolist()
 
 

@@ -22,7 +22,7 @@ from .config import RULES, AMEDLConfig, make_config
 from .data import AMEDLInputError, CSRLoader, DeviceCSR, Preprocessor, make_loader
 from .errors import AMEDLConfigError, AMEDLModelError
 from .nn import predicts_unseen
-from .train import NETWORKS, LoopSettings, PlanContext, adapt_new_batches, batch_entropy, batch_proportions, fit_loop
+from .train import NETWORKS, LoopSettings, PlanContext, adapt_new_batches, fit_loop
 from ._utils import Staging, apply_threads, resolve_device, seed_everything
 
 logger = logging.getLogger("amedl")
@@ -192,10 +192,7 @@ class AMEDL:
         n_train = len(train_idx)
         epochs = int(max_epochs) if max_epochs is not None else c.epochs_for(n_train)
         batch_size = min(c.batch_size, n_train)
-        chance_ce, chance_acc = batch_entropy(self._codes[train_idx], len(self.prep.batches))
-        prior = batch_proportions(self._codes[train_idx], len(self.prep.batches))
-        context = PlanContext(n_train=n_train, n_genes=len(self.prep.genes), n_batches=len(self.prep.batches), chance_ce=chance_ce,
-                              chance_acc=chance_acc, batch_prior=tuple(prior.tolist()))
+        context = PlanContext.from_codes(self._codes[train_idx], len(self.prep.genes), len(self.prep.batches))
         for kind in kinds:
             network = NETWORKS[kind]
             seed_everything(seed + network.seed_offset)
@@ -248,8 +245,8 @@ class AMEDL:
                 "seconds": round(seconds, 3),
                 "n_train": n_train,
                 "n_validation": int(len(val_idx)),
-                "chance_accuracy": chance_acc,
-                "chance_cross_entropy": chance_ce,
+                "chance_accuracy": context.chance_acc,
+                "chance_cross_entropy": context.chance_ce,
             }
             if distributed.active():
                 self.train_info[kind]["epochs_per_rank"] = distributed.gather(int(len(history)))

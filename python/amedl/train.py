@@ -45,9 +45,8 @@ def batch_proportions(codes: np.ndarray, n_batches: int) -> np.ndarray:
 
 def batch_entropy(codes: np.ndarray, n_batches: int) -> tuple[float, float]:
     """Cross-entropy and accuracy of the best batch predictor that ignores the cell (chance level)."""
-    p = batch_proportions(codes, n_batches)
-    nz = p[p > 0]
-    return float(-(nz * np.log(nz)).sum()), float(p.max())
+    ctx = PlanContext.from_codes(codes, 0, n_batches)
+    return ctx.chance_ce, ctx.chance_acc
 
 
 @dataclass
@@ -178,6 +177,14 @@ class PlanContext:
     chance_acc: float | None = None
     batch_prior: tuple[float, ...] | None = None  # the training cells' batch proportions
 
+    @classmethod
+    def from_codes(cls, codes: np.ndarray, n_genes: int, n_batches: int) -> "PlanContext":
+        """The context of training on the cells with batch ``codes``."""
+        p = batch_proportions(codes, n_batches)
+        nz = p[p > 0]
+        return cls(n_train=len(codes), n_genes=n_genes, n_batches=n_batches, chance_ce=float(-(nz * np.log(nz)).sum()),
+                   chance_acc=float(p.max()), batch_prior=tuple(p.tolist()))
+
 
 # ---------------------------------------------------------------------------
 # plans
@@ -282,7 +289,9 @@ class AdversarialPlan:
         self.balance = None
         if config.adversary_clusters is not None:
             generator = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (1,))))
-            prior = torch.as_tensor(ctx.batch_prior or [1.0 / ctx.n_batches] * ctx.n_batches)
+            if ctx.batch_prior is None:
+                raise ValueError("adversary_clusters needs the training cells' batch proportions: build the context with PlanContext.from_codes")
+            prior = torch.as_tensor(ctx.batch_prior)
             self.balance = ClusterBalance(config.adversary_clusters, prior, generator)
         decay = config.fe_ema_decay
         self.ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
