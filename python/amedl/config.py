@@ -89,6 +89,10 @@ class AMEDLConfig:
     fe_re_kl_weight: float = 1.0
     fe_cycle_weight: float = 0.0
     fe_decorrelation_weight: float = 0.0
+    fe_geometry_weight: float = 0.0
+    fe_geometry_dims: int = 50
+    fe_geometry: str = "distances"
+    fe_mixing_weight: float = 0.0
     fe_ema_decay: float | None = 0.99
     adversarial_loss: str = "ce"
     fe_monitor: str = "ce"
@@ -280,6 +284,10 @@ RULES: dict[str, Rule] = {
     "fe_re_kl_weight": _WEIGHT,
     "fe_cycle_weight": _WEIGHT,
     "fe_decorrelation_weight": _WEIGHT,
+    "fe_geometry_weight": _WEIGHT,
+    "fe_geometry_dims": _int(1),
+    "fe_geometry": _choice("distances", "neighbours"),
+    "fe_mixing_weight": _WEIGHT,
     "fe_ema_decay": _float(0.0, high=1.0, open_low=True, open_high=True, none="no weight averaging"),
     "adversarial_loss": _choice("ce", "uniform"),
     "fe_monitor": _choice("ce", "accuracy", "calibrated"),

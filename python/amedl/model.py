@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
 import time
@@ -195,6 +196,8 @@ class AMEDL:
         context = PlanContext.from_codes(self._codes[train_idx], len(self.prep.genes), len(self.prep.batches))
         for kind in kinds:
             network = NETWORKS[kind]
+            if kind == "fe" and c.fe_geometry_weight > 0:
+                context = dataclasses.replace(context, reference=self._reference_pca(train_idx, seed))
             seed_everything(seed + network.seed_offset)
             modules = self._build(kind).to(self.device)
             X = self._matrix_for_device(self._X)
@@ -252,6 +255,17 @@ class AMEDL:
                 self.train_info[kind]["epochs_per_rank"] = distributed.gather(int(len(history)))
             logger.info("amedl: trained %s in %.1fs (%d epochs)", KIND_NAMES[kind], seconds, len(history))
         return self
+
+    def _reference_pca(self, train_idx: np.ndarray, seed: int) -> tuple:
+        """(center, components) of a PCA of the training cells' scaled model input,
+        as torch tensors on the model's device."""
+        from sklearn.decomposition import PCA
+
+        x = self.prep.scale_dense(self._X[train_idx].toarray())
+        k = min(self.config.fe_geometry_dims, x.shape[0] - 1, x.shape[1])
+        pca = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit(x)
+        return (torch.as_tensor(pca.mean_, dtype=torch.float32, device=self.device),
+                torch.as_tensor(pca.components_.T.copy(), dtype=torch.float32, device=self.device))
 
     # ------------------------------------------------------------ adaptation
     def adapt(
