@@ -39,7 +39,8 @@
 #' @param features Genes to model. Default: for Seurat the variable features
 #'   when they are set, otherwise the engine picks `n_top_genes` highly
 #'   variable genes (batch-aware).
-#' @param n_latent Size of each latent.
+#' @param n_latent Size of each latent; `NULL` uses the preset's (10 by
+#'   default, 50 for `preset = "paper"`).
 #' @param n_top_genes Number of highly variable genes the engine selects when
 #'   `features` is not given.
 #' @param epochs Maximum number of epochs; `NULL` uses the engine's default
@@ -93,7 +94,7 @@ RunAMEDL <- function(object, ...) UseMethod("RunAMEDL")
 
 #' @rdname RunAMEDL
 #' @export
-RunAMEDL.default <- function(object, batch, features = NULL, n_latent = 50, n_top_genes = 2000,
+RunAMEDL.default <- function(object, batch, features = NULL, n_latent = NULL, n_top_genes = 2000,
                              epochs = NULL, seed = 0, model_dir = NULL, preset = "default",
                              verbose = TRUE, settings = list(), overwrite = FALSE, adapt = TRUE, ...) {
   if (!(is.matrix(object) || methods::is(object, "Matrix") || is.data.frame(object))) {

@@ -100,10 +100,10 @@
 }
 
 # Fit on a genes x cells matrix; returns list(fe, re, model, genes, batches, params).
-.amedl_fit <- function(counts, batch, batch_key = "batch", features = NULL, n_latent = 50, n_top_genes = 2000,
+.amedl_fit <- function(counts, batch, batch_key = "batch", features = NULL, n_latent = NULL, n_top_genes = 2000,
                        epochs = NULL, seed = 0, preset = "default", model_dir = NULL, verbose = TRUE,
                        settings = list(), overwrite = FALSE, adapt = TRUE) {
-  n_latent <- .scalar_int(n_latent, "n_latent", 1L)
+  n_latent <- .scalar_int(n_latent, "n_latent", 1L, null_ok = TRUE)
   n_top_genes <- .scalar_int(n_top_genes, "n_top_genes", 2L)
   epochs <- .scalar_int(epochs, "epochs", 1L, null_ok = TRUE)
   seed <- .scalar_int(seed, "seed", 0L)

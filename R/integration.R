@@ -74,7 +74,7 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
                              new.reduction = "integrated.amedl",
                              reduction.key = NULL, re.reduction = NULL,
                              re.key = NULL, counts.layer = "counts",
-                             n_latent = 50L, epochs = NULL, seed = 0L,
+                             n_latent = NULL, epochs = NULL, seed = 0L,
                              verbose = TRUE, ...) {
   if (!inherits(object, "StdAssay")) {
     stop("AMEDLIntegration() needs a Seurat 5 assay (Assay5), as passed by ",

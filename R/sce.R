@@ -9,7 +9,7 @@
 #' @rdname RunAMEDL
 #' @export
 RunAMEDL.SingleCellExperiment <- function(object, batch, assay = "counts", features = NULL,
-                                          n_latent = 50, n_top_genes = 2000, epochs = NULL, seed = 0,
+                                          n_latent = NULL, n_top_genes = 2000, epochs = NULL, seed = 0,
                                           model_dir = NULL, preset = "default", verbose = TRUE,
                                           settings = list(), overwrite = FALSE, adapt = TRUE, ...) {
   .check_dots(...)

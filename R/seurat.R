@@ -55,7 +55,7 @@ SeuratLayerCounts <- function(object, assay = NULL, layer = "counts") {
 #'   non-alphanumeric characters followed by `fe_` / `re_`.
 #' @export
 RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts", features = NULL,
-                            n_latent = 50, n_top_genes = 2000, epochs = NULL, seed = 0, model_dir = NULL,
+                            n_latent = NULL, n_top_genes = 2000, epochs = NULL, seed = 0, model_dir = NULL,
                             preset = "default", reduction.prefix = "amedl", verbose = TRUE,
                             settings = list(), overwrite = FALSE, adapt = TRUE, ...) {
   .check_dots(...)

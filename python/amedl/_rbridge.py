@@ -124,7 +124,7 @@ def fit(
     batch_key: str = "batch",
     batch_levels=None,
     features=None,
-    n_latent=50,
+    n_latent=None,
     n_top_genes=2000,
     epochs=None,
     seed=0,
@@ -155,7 +155,8 @@ def fit(
 
     adata = make_adata(X, cells, genes, batch, batch_key=batch_key, batch_levels=batch_levels)
     config = dict(settings or {})
-    config["n_latent"] = _as_int(n_latent, 50)
+    if n_latent is not None:  # else the preset's
+        config["n_latent"] = _as_int(n_latent)
     if features is None:
         config["n_top_genes"] = _as_int(n_top_genes, 2000)
     model = AMEDL(adata, batch_key, preset=str(preset), genes=_as_list(features) if features is not None else None,

@@ -196,7 +196,7 @@ class AMEDL:
         context = PlanContext.from_codes(self._codes[train_idx], len(self.prep.genes), len(self.prep.batches))
         for kind in kinds:
             network = NETWORKS[kind]
-            if kind == "fe" and c.fe_geometry_weight > 0:
+            if kind == "fe" and c.fe_neighbour_weight > 0:
                 context = dataclasses.replace(context, reference=self._reference_pca(train_idx, seed))
             seed_everything(seed + network.seed_offset)
             modules = self._build(kind).to(self.device)
@@ -261,8 +261,11 @@ class AMEDL:
         as torch tensors on the model's device."""
         from sklearn.decomposition import PCA
 
+        if not sp.issparse(self._X):
+            raise AMEDLConfigError("fe_neighbour_weight needs the data in memory; read the file without backed mode "
+                                   "or set fe_neighbour_weight=0")
         x = self.prep.scale_dense(self._X[train_idx].toarray())
-        k = min(self.config.fe_geometry_dims, x.shape[0] - 1, x.shape[1])
+        k = min(50, x.shape[0] - 1, x.shape[1])
         pca = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit(x)
         return (torch.as_tensor(pca.mean_, dtype=torch.float32, device=self.device),
                 torch.as_tensor(pca.components_.T.copy(), dtype=torch.float32, device=self.device))

@@ -176,7 +176,7 @@ class PlanContext:
     chance_ce: float
     chance_acc: float | None = None
     batch_prior: tuple[float, ...] | None = None  # the training cells' batch proportions
-    # (center, components) of a PCA of the training cells' model input: the within-batch geometry the FE latent keeps
+    # (center, components) of a PCA of the training cells' model input: the reference of fe_neighbour_weight
     reference: tuple | None = None
 
     @classmethod
@@ -222,25 +222,6 @@ class AutoencoderPlan:
         return out
 
 
-def _geometry_loss(z: torch.Tensor, ref: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Stress between the latent's and the reference's distances over the pairs of
-    cells of the same batch in a minibatch, each space's distances divided by their
-    root mean square (so only the shape of the geometry counts, not its scale)."""
-    same = b[:, None] == b[None, :]
-    same.fill_diagonal_(False)
-    if not bool(same.any()):
-        return z.new_zeros(())
-
-    def dist(a):
-        sq = (a.square().sum(1)[:, None] + a.square().sum(1)[None, :] - 2 * a @ a.T).clamp_min(0)
-        return (sq[same] + 1e-8).sqrt()
-
-    dz, dr = dist(z), dist(ref)
-    dz = dz / dz.square().mean().sqrt()
-    dr = dr / dr.square().mean().sqrt()
-    return (dz - dr).square().mean()
-
-
 def _neighbour_loss(z: torch.Tensor, ref: torch.Tensor, b: torch.Tensor, k: int = 5) -> torch.Tensor:
     """KL between each cell's soft neighbourhood among the cells of its own batch in
     a minibatch, in the reference and in the latent: ``p_j|i ∝ exp(-d²_ij / σ²_i)``
@@ -262,26 +243,6 @@ def _neighbour_loss(z: torch.Tensor, ref: torch.Tensor, b: torch.Tensor, k: int 
     log_p = torch.log_softmax(logits(ref), dim=1)
     log_q = torch.log_softmax(logits(z), dim=1)
     return (log_p.exp() * (log_p - log_q)).sum(1).mean()
-
-
-def _mixing_loss(z: torch.Tensor, b: torch.Tensor, n_batches: int, k: int = 15) -> torch.Tensor:
-    """How far the batch composition of each cell's soft neighbourhood in a minibatch
-    (``p_j|i ∝ exp(-(d²_ij - ρ_i) / σ_i)``, ``ρ_i`` the squared distance to its
-    nearest cell and ``ρ_i + σ_i`` to its ``k``-th nearest) is from the minibatch's: the mean KL(local ‖ overall), 0 when every
-    neighbourhood holds the batches in their overall proportions."""
-    n = z.shape[0]
-    if n <= k:
-        return z.new_zeros(())
-    sq = (z.square().sum(1)[:, None] + z.square().sum(1)[None, :] - 2 * z @ z.T).clamp_min(0)
-    eye = torch.eye(n, dtype=torch.bool, device=z.device)
-    others = sq.masked_fill(eye, float("inf"))
-    nearest = others.min(dim=1, keepdim=True).values
-    bandwidth = (others.kthvalue(k, dim=1, keepdim=True).values - nearest).clamp_min(1e-8)
-    p = torch.softmax((-(sq - nearest) / bandwidth.detach()).masked_fill(eye, -1e4), dim=1)
-    onehot = F.one_hot(b.clamp_min(0), n_batches).float()
-    local = (p @ onehot).clamp_min(1e-8)
-    overall = onehot.mean(0).clamp_min(1e-8)
-    return (local * (local.log() - overall.log())).sum(1).mean()
 
 
 def _decorrelation(z: torch.Tensor) -> torch.Tensor:
@@ -341,10 +302,8 @@ class AdversarialPlan:
         self.re_kl = config.fe_re_kl_weight / (ctx.n_train * ctx.n_genes)
         self.cycle_weight = config.fe_cycle_weight if net.batch_aware else 0.0
         self.decorrelation_weight = config.fe_decorrelation_weight
-        self.geometry_weight = config.fe_geometry_weight if ctx.reference is not None else 0.0
+        self.neighbour_weight = config.fe_neighbour_weight if ctx.reference is not None else 0.0
         self.reference = ctx.reference
-        self.geometry_kind = config.fe_geometry
-        self.mixing_weight = config.fe_mixing_weight
         self.n_batches = ctx.n_batches
         self.chance_ce = ctx.chance_ce
         self.chance_acc = ctx.chance_acc
@@ -407,16 +366,11 @@ class AdversarialPlan:
             loss = loss + self.cycle_weight * cycle
             if self.decorrelation_weight > 0:
                 loss = loss + self.decorrelation_weight * _decorrelation(enc.mean)
-            mixing = kl_re.new_zeros(())
-            if self.mixing_weight > 0:
-                mixing = _mixing_loss(enc.mean, mb.batch, self.n_batches)
-                loss = loss + self.mixing_weight * mixing
-            geometry = kl_re.new_zeros(())
-            if self.geometry_weight > 0:
+            neighbours = kl_re.new_zeros(())
+            if self.neighbour_weight > 0:
                 center, components = self.reference
-                loss_fn = _neighbour_loss if self.geometry_kind == "neighbours" else _geometry_loss
-                geometry = loss_fn(enc.mean, (mb.x - center) @ components, mb.batch)
-                loss = loss + self.geometry_weight * geometry
+                neighbours = _neighbour_loss(enc.mean, (mb.x - center) @ components, mb.batch)
+                loss = loss + self.neighbour_weight * neighbours
             if self.membership is not None:  # its own parameters: the sum only saves an optimiser step
                 member_ce = F.cross_entropy(self.membership(mb.x), mb.batch)
                 loss = loss + member_ce
@@ -428,7 +382,7 @@ class AdversarialPlan:
             if self.ema is not None:
                 self.ema.update_parameters(self.net)
             means.add(recon=recon, **self._adversary_stats(adv_logits, mb.batch, adv_ces),
-                      kl_latent=kl_latent, kl_re=kl_re, cycle=cycle, geometry=geometry, mixing=mixing)
+                      kl_latent=kl_latent, kl_re=kl_re, cycle=cycle, neighbours=neighbours)
         return means.means()
 
     def _cycle_loss(self, enc, mb) -> torch.Tensor:

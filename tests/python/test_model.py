@@ -282,6 +282,39 @@ def test_decorrelation_penalty_measures_and_reduces_latent_correlation(sim):
     assert off_diagonal(5.0) < 0.5 * off_diagonal(0.0)
 
 
+def test_neighbour_loss_compares_same_batch_neighbourhoods(sim):
+    import torch
+
+    from amedl.train import _neighbour_loss
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(120, 20, generator=g)
+    b = torch.arange(120) % 3
+    # only who is near whom counts: a rotated, scaled and shifted copy loses nothing
+    q, _ = torch.linalg.qr(torch.randn(20, 20, generator=g))
+    assert float(_neighbour_loss(3.0 * ref @ q + 1.0, ref, b)) < 1e-4
+    # pairs across batches do not count: moving one batch away from the others changes nothing
+    moved = ref + 10.0 * (b == 0).float()[:, None]
+    assert float(_neighbour_loss(moved, ref, b)) < 1e-4
+    assert float(_neighbour_loss(torch.randn(120, 20, generator=g), ref, b)) > 0.1
+    # a single cell per batch: nothing to compare
+    assert float(_neighbour_loss(ref[:3], ref[:3], torch.arange(3))) == 0.0
+
+    def loss_after(weight):
+        m = amedl.AMEDL(sim, "batch", fe_neighbour_weight=weight, **SMALL)
+        m.fit(seed=0, max_epochs=6, kinds=("fe",), progress=False)
+        center, components = m._reference_pca(np.arange(sim.n_obs), 0)
+        x = torch.as_tensor(m.transform())
+        z = torch.as_tensor(m.latent(kind="fe"))
+        return float(_neighbour_loss(z[:256], ((x - center) @ components)[:256], torch.as_tensor(m._codes[:256])))
+
+    assert loss_after(5.0) < 0.8 * loss_after(0.0)
+    backed_like = amedl.AMEDL(sim, "batch", fe_neighbour_weight=1.0, **SMALL)
+    backed_like._X = object()  # what a model reading from disk holds
+    with pytest.raises(amedl.errors.AMEDLConfigError, match="in memory"):
+        backed_like._reference_pca(np.arange(10), 0)
+
+
 def test_accuracy_monitor_counts_how_far_the_adversary_beats_chance(sim):
     m = amedl.AMEDL(sim, "batch", fe_monitor="accuracy", **SMALL)
     m.fit(seed=0, max_epochs=3, kinds=("fe",), progress=False)
