@@ -62,13 +62,10 @@ def neighbour_mixing(latent, batch, labels, k: int = 15) -> dict:
 
 
 def folds(batch, labels, k: int = 5, seed: int = 0):
-    from sklearn.model_selection import StratifiedKFold
+    """The benchmark's own folds (``amedl benchmark``: fold f here is its fold f + 1)."""
+    from amedl.benchmark.folds import stratified_folds
 
-    strata = pd.Series(batch).astype(str) + "|" + pd.Series(labels).astype(str)
-    counts = strata.map(strata.value_counts())
-    strata[counts < k] = "rare"
-    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return list(skf.split(np.zeros(len(strata)), strata))
+    return stratified_folds(batch, labels, k, seed)
 
 
 def score(latent, batch, labels, unintegrated) -> dict:
