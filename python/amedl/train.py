@@ -303,6 +303,7 @@ class AdversarialPlan:
         self.cycle_weight = config.fe_cycle_weight if net.batch_aware else 0.0
         self.decorrelation_weight = config.fe_decorrelation_weight
         self.neighbour_weight = config.fe_neighbour_weight if ctx.reference is not None else 0.0
+        self.scaled_weight = config.fe_scaled_weight
         self.reference = ctx.reference
         self.n_batches = ctx.n_batches
         self.chance_ce = ctx.chance_ce
@@ -357,7 +358,8 @@ class AdversarialPlan:
             # (2) autoencoder step against the updated, frozen adversaries
             for adv in self.advs:
                 adv.requires_grad_(False)
-            recon = self.ae.recon_loss(self.ae.decode(enc.z, mb.batch), mb)
+            decoded = self.ae.decode(enc.z, mb.batch)
+            recon = self.ae.recon_loss(decoded, mb)
             fool = sum(self._fooling_loss(adv(view), mb.batch, w) for adv, view in zip(self.advs, views)) / len(self.advs)
             kl_latent = _gaussian_kl(enc.mean, enc.logvar)
             kl_re = self.ae.kl()
@@ -366,6 +368,8 @@ class AdversarialPlan:
             loss = loss + self.cycle_weight * cycle
             if self.decorrelation_weight > 0:
                 loss = loss + self.decorrelation_weight * _decorrelation(enc.mean)
+            if self.scaled_weight > 0:
+                loss = loss + self.scaled_weight * F.mse_loss(self.ae.as_input(decoded, mb), mb.x)
             neighbours = kl_re.new_zeros(())
             if self.neighbour_weight > 0:
                 center, components = self.reference

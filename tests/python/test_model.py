@@ -315,6 +315,22 @@ def test_neighbour_loss_compares_same_batch_neighbourhoods(sim):
         backed_like._reference_pca(np.arange(10), 0)
 
 
+def test_scaled_weight_fits_the_scaled_input_beside_the_counts(sim):
+    def scaled_error(weight):
+        m = amedl.AMEDL(sim, "batch", fe_scaled_weight=weight, fe_ema_decay=None, **SMALL)
+        assert m.config.likelihood == "nb"
+        m.fit(seed=0, max_epochs=20, kinds=("fe",), progress=False)
+        x = m.transform()  # the scaled model input
+        decoded = m.prep.scale_dense(m.reconstruct(kind="fe"))
+        return float(np.mean((decoded - x) ** 2))
+
+    assert scaled_error(5.0) < 0.85 * scaled_error(0.0)
+    with pytest.raises(amedl.errors.AMEDLConfigError, match="fe_scaled_weight"):
+        amedl.AMEDL(sim, "batch", fe_scaled_weight=-1.0)
+    with pytest.raises(amedl.errors.AMEDLConfigError, match="fe_scaled_weight=0"):
+        amedl.AMEDL(sim, "batch", preset="paper", fe_scaled_weight=1.0)
+
+
 def test_accuracy_monitor_counts_how_far_the_adversary_beats_chance(sim):
     m = amedl.AMEDL(sim, "batch", fe_monitor="accuracy", **SMALL)
     m.fit(seed=0, max_epochs=3, kinds=("fe",), progress=False)
