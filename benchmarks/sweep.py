@@ -48,7 +48,7 @@ def _fit_one(name: str, settings: dict, dataset: str, fold: int, seed: int, data
     tr, te = tune.folds(batch, labels)[fold]
     t0 = time.perf_counter()
     z, info = tune.embed(kind, adata, tr, te, batch_key, dict(settings), seed=seed + fold,
-                         n_latent=settings.get("n_latent", 50))
+                         n_latent=tune.latent_size(settings))
     info["seconds"] = time.perf_counter() - t0
     path = _job_path(Path(out_dir), name, dataset, fold, seed)
     tmp = path.with_suffix(".tmp.npz")

@@ -75,6 +75,14 @@ def score(latent, batch, labels, unintegrated) -> dict:
     return {**out, **neighbour_mixing(latent, batch, labels)}
 
 
+def latent_size(settings: dict) -> int:
+    """The latent size of an aMEDL setting (the config's default unless it sets one): PCA,
+    Harmony and scVI are compared at it."""
+    from amedl import AMEDLConfig
+
+    return int(settings.get("n_latent", AMEDLConfig().n_latent))
+
+
 def embed(method: str, adata, tr, te, batch_key, settings: dict, seed: int, n_latent: int):
     """Latent of the held-out cells ``te`` (and train-time info)."""
     import amedl
@@ -126,7 +134,7 @@ def run(args) -> None:
         done = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     settings = json.loads(args.settings)
     methods = args.methods.split(",")
-    n_latent = settings.get("n_latent", 50)
+    n_latent = latent_size(settings)
     for name in args.datasets.split(","):
         adata, batch_key, label_key = load(name, args.data_dir)
         batch = adata.obs[batch_key].astype(str).to_numpy()

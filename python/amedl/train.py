@@ -302,7 +302,9 @@ class AdversarialPlan:
         self.re_kl = config.fe_re_kl_weight / (ctx.n_train * ctx.n_genes)
         self.cycle_weight = config.fe_cycle_weight if net.batch_aware else 0.0
         self.decorrelation_weight = config.fe_decorrelation_weight
-        self.neighbour_weight = config.fe_neighbour_weight if ctx.reference is not None else 0.0
+        self.neighbour_weight = config.fe_neighbour_weight
+        if self.neighbour_weight > 0 and ctx.reference is None:
+            raise ValueError("fe_neighbour_weight needs a reference PCA: build the context with reference=(center, components)")
         self.scaled_weight = config.fe_scaled_weight
         self.reference = ctx.reference
         self.n_batches = ctx.n_batches
