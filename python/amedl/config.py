@@ -49,9 +49,9 @@ class AMEDLConfig:
     ``fe_decorrelation_weight`` penalises correlated coordinates of the FE
     latent (mean squared off-diagonal correlation over a minibatch);
     ``fe_neighbour_weight`` asks each cell's nearest cells of its own batch
-    in the FE latent to be those of a 50-component PCA of the model input
-    (soft neighbourhoods within a minibatch, KL between the two; it sharpens
-    fine cell types on Symphony but costs batch mixing on Kang);
+    in the FE latent to be those of a ``fe_neighbour_pcs``-component PCA of
+    the model input (of at most 20,000 training cells; soft neighbourhoods
+    within a minibatch, KL between the two);
     ``fe_scaled_weight`` adds the mean squared error of the decoded
     expression on the scaled (z-scored log1p) model input to the count
     likelihood, so that every gene weighs alike as in a PCA (mixed-effects
@@ -100,6 +100,7 @@ class AMEDLConfig:
     fe_cycle_weight: float = 0.0
     fe_decorrelation_weight: float = 0.0
     fe_neighbour_weight: float = 0.0
+    fe_neighbour_pcs: int = 50
     fe_scaled_weight: float = 0.0
     fe_ema_decay: float | None = 0.99
     adversarial_loss: str = "ce"
@@ -299,6 +300,7 @@ RULES: dict[str, Rule] = {
     "fe_cycle_weight": _WEIGHT,
     "fe_decorrelation_weight": _WEIGHT,
     "fe_neighbour_weight": _WEIGHT,
+    "fe_neighbour_pcs": _int(1),
     "fe_scaled_weight": _WEIGHT,
     "fe_ema_decay": _float(0.0, high=1.0, open_low=True, open_high=True, none="no weight averaging"),
     "adversarial_loss": _choice("ce", "uniform"),

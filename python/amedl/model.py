@@ -30,6 +30,8 @@ logger = logging.getLogger("amedl")
 
 KINDS = tuple(NETWORKS)
 KIND_NAMES = {k: n.description for k, n in NETWORKS.items()}
+#: Training cells (at most) whose PCA is the within-batch neighbourhood reference of ``fe_neighbour_weight``.
+REFERENCE_CELLS = 20_000
 _CONFIG_FILE, _WEIGHTS_FILE = modelfile.CONFIG_FILE, modelfile.WEIGHTS_FILE
 
 
@@ -257,15 +259,16 @@ class AMEDL:
         return self
 
     def _reference_pca(self, train_idx: np.ndarray, seed: int) -> tuple:
-        """(center, components) of a PCA of the training cells' scaled model input,
-        as torch tensors on the model's device."""
+        """(center, components) of a ``fe_neighbour_pcs``-component PCA of the scaled
+        model input of at most :data:`REFERENCE_CELLS` training cells (a random
+        subset, the same for the same seed), as torch tensors on the model's device."""
         from sklearn.decomposition import PCA
 
-        if not sp.issparse(self._X):
-            raise AMEDLConfigError("fe_neighbour_weight needs the data in memory; read the file without backed mode "
-                                   "or set fe_neighbour_weight=0")
-        x = self.prep.scale_dense(self._X[train_idx].toarray())
-        k = min(50, x.shape[0] - 1, x.shape[1])
+        rng = np.random.default_rng([seed, 17])
+        rows = np.sort(rng.choice(np.asarray(train_idx), size=min(len(train_idx), REFERENCE_CELLS), replace=False))
+        log = self._X[rows] if sp.issparse(self._X) else self._X.read_rows(rows)
+        x = self.prep.scale_dense(log.toarray())
+        k = min(self.config.fe_neighbour_pcs, x.shape[0] - 1, x.shape[1])
         pca = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit(x)
         return (torch.as_tensor(pca.mean_, dtype=torch.float32, device=self.device),
                 torch.as_tensor(pca.components_.T.copy(), dtype=torch.float32, device=self.device))

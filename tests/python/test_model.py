@@ -309,10 +309,6 @@ def test_neighbour_loss_compares_same_batch_neighbourhoods(sim):
         return float(_neighbour_loss(z[:256], ((x - center) @ components)[:256], torch.as_tensor(m._codes[:256])))
 
     assert loss_after(5.0) < 0.8 * loss_after(0.0)
-    backed_like = amedl.AMEDL(sim, "batch", fe_neighbour_weight=1.0, **SMALL)
-    backed_like._X = object()  # what a model reading from disk holds
-    with pytest.raises(amedl.errors.AMEDLConfigError, match="in memory"):
-        backed_like._reference_pca(np.arange(10), 0)
 
 
 def test_scaled_weight_fits_the_scaled_input_beside_the_counts(sim):

@@ -152,6 +152,17 @@ def test_backed_training_matches_memory_on_the_same_blocks(csr_file):
     assert backed.history["fe"]["val_monitor"].tolist() == pytest.approx(memory.history["fe"]["val_monitor"].tolist(), abs=1e-6)
 
 
+def test_backed_neighbourhood_reference_is_the_in_memory_one(csr_file):
+    """The within-batch neighbourhood loss's reference PCA, read from disk by chunks of rows,
+    is the one computed in memory; it is fitted on a seeded subset of the training cells."""
+    memory = amedl.AMEDL(ad.read_h5ad(csr_file), "batch", **SMALL)
+    backed = amedl.AMEDL(ad.read_h5ad(csr_file, backed="r"), "batch", **SMALL)
+    train = np.arange(0, 700, 2)
+    for a, b in zip(memory._reference_pca(train, 0), backed._reference_pca(train, 0)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+    assert memory._reference_pca(train, 0)[1].shape == (200, memory.config.fe_neighbour_pcs)
+
+
 def test_block_order_reads_contiguous_blocks():
     from amedl.data import block_order
 

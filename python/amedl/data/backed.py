@@ -95,6 +95,17 @@ class BackedMatrix(RowBlocks):
         block = ad.AnnData(X=self.counts.read(lo, hi), var=self.var)
         return _normalised_log(block, None, self.target_sum, self.genes)
 
+    def read_rows(self, rows: np.ndarray) -> sp.csr_matrix:
+        """The log CSR of ``rows`` (sorted, unique), read one contiguous slice per
+        :data:`CHUNK` rows that holds any of them."""
+        rows = np.asarray(rows)
+        pieces = []
+        for c in np.unique(rows // CHUNK):
+            mine = rows[(rows // CHUNK) == c]
+            lo = int(mine[0])
+            pieces.append(self.read_log(lo, int(mine[-1]) + 1)[mine - lo])
+        return sp.vstack(pieces, format="csr") if len(pieces) > 1 else pieces[0]
+
 
 class BackedLoader(CSRLoader):
     """:class:`~amedl.data.CSRLoader` over a :class:`BackedMatrix`: the same minibatches
