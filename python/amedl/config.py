@@ -99,9 +99,9 @@ class AMEDLConfig:
     fe_re_kl_weight: float = 1.0
     fe_cycle_weight: float = 0.0
     fe_decorrelation_weight: float = 0.0
-    fe_neighbour_weight: float = 0.0
-    fe_neighbour_pcs: int = 50
-    fe_scaled_weight: float = 0.0
+    fe_neighbour_weight: float = 1.0
+    fe_neighbour_pcs: int = 10
+    fe_scaled_weight: float = 0.1
     fe_ema_decay: float | None = 0.99
     adversarial_loss: str = "ce"
     fe_monitor: str = "ce"
@@ -117,12 +117,6 @@ class AMEDLConfig:
 
     def __post_init__(self):
         _validate(self)
-        if self.fe_scaled_weight > 0 and (self.fe_decoder != "mixed" or self.likelihood != "nb"):
-            raise AMEDLConfigError(
-                "fe_scaled_weight adds a scaled-input error beside the count likelihood of the mixed-effects "
-                f"decoder; this model has fe_decoder={self.fe_decoder!r}, likelihood={self.likelihood!r} "
-                "(its reconstruction loss already is the scaled-input error): set fe_scaled_weight=0"
-            )
 
     def epochs_for(self, n_train: int) -> int:
         """Epoch budget: ``max_epochs`` if set, else enough epochs for about
@@ -350,6 +344,8 @@ PAPER = dict(
     likelihood="mse",
     fe_ema_decay=None,
     fe_cycle_weight=0.0,
+    fe_neighbour_weight=0.0,
+    fe_scaled_weight=0.0,
     scaling="minmax",
     lr=1e-4,
     batch_size=512,

@@ -305,7 +305,8 @@ class AdversarialPlan:
         self.neighbour_weight = config.fe_neighbour_weight
         if self.neighbour_weight > 0 and ctx.reference is None:
             raise ValueError("fe_neighbour_weight needs a reference PCA: build the context with reference=(center, components)")
-        self.scaled_weight = config.fe_scaled_weight
+        # with a scaled-input likelihood (MSE) the reconstruction already is this error
+        self.scaled_weight = config.fe_scaled_weight if net.batch_aware and config.likelihood == "nb" else 0.0
         self.reference = ctx.reference
         self.n_batches = ctx.n_batches
         self.chance_ce = ctx.chance_ce

@@ -301,7 +301,7 @@ def test_neighbour_loss_compares_same_batch_neighbourhoods(sim):
     assert float(_neighbour_loss(ref[:3], ref[:3], torch.arange(3))) == 0.0
 
     def loss_after(weight):
-        m = amedl.AMEDL(sim, "batch", fe_neighbour_weight=weight, **SMALL)
+        m = amedl.AMEDL(sim, "batch", fe_neighbour_weight=weight, fe_neighbour_pcs=50, fe_scaled_weight=0.0, **SMALL)
         m.fit(seed=0, max_epochs=6, kinds=("fe",), progress=False)
         center, components = m._reference_pca(np.arange(sim.n_obs), 0)
         x = torch.as_tensor(m.transform())
@@ -323,8 +323,12 @@ def test_scaled_weight_fits_the_scaled_input_beside_the_counts(sim):
     assert scaled_error(5.0) < 0.85 * scaled_error(0.0)
     with pytest.raises(amedl.errors.AMEDLConfigError, match="fe_scaled_weight"):
         amedl.AMEDL(sim, "batch", fe_scaled_weight=-1.0)
-    with pytest.raises(amedl.errors.AMEDLConfigError, match="fe_scaled_weight=0"):
-        amedl.AMEDL(sim, "batch", preset="paper", fe_scaled_weight=1.0)
+    assert amedl.AMEDL(sim, "batch", preset="paper").config.fe_scaled_weight == 0.0
+    # an MSE reconstruction already is the scaled-input error: the term is not added twice
+    from amedl.train import AdversarialPlan, PlanContext
+    tied = amedl.AMEDL(sim, "batch", preset="paper", fe_scaled_weight=1.0, **SMALL)
+    ctx = PlanContext.from_codes(tied._codes, len(tied.prep.genes), len(tied.prep.batches))
+    assert AdversarialPlan(tied._build("fe"), tied.config, ctx).scaled_weight == 0.0
 
 
 def test_accuracy_monitor_counts_how_far_the_adversary_beats_chance(sim):
