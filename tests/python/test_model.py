@@ -324,6 +324,7 @@ def test_scaled_weight_fits_the_scaled_input_beside_the_counts(sim):
     with pytest.raises(amedl.errors.AMEDLConfigError, match="fe_scaled_weight"):
         amedl.AMEDL(sim, "batch", fe_scaled_weight=-1.0)
     assert amedl.AMEDL(sim, "batch", preset="paper").config.fe_scaled_weight == 0.0
+    assert amedl.AMEDL(sim, "batch").config.fe_neighbour_weight > 0  # the default keeps PCA neighbourhoods
     # an MSE reconstruction already is the scaled-input error: the term is not added twice
     from amedl.train import AdversarialPlan, PlanContext
     tied = amedl.AMEDL(sim, "batch", preset="paper", fe_scaled_weight=1.0, **SMALL)
