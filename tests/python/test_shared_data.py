@@ -135,7 +135,7 @@ def test_random_effects_calibrated_real_samples_vs_pseudo_batches(kang, kang_nul
     donors = model.differential(adata, "ctrl107", "ctrl101", n_samples=30)
     null_de = null_model.differential(null, "pseudo_1", "pseudo_2", n_samples=30)
     # fraction of genes whose 95% interval excludes 0; pseudo-batches: at most the 5% that a
-    # calibrated 95% interval excludes by chance (measured 3.4% with the 10-dimensional latent)
+    # calibrated 95% interval excludes by chance (measured 2.6% with the default, 5.4% between the donors)
     assert stim["credible"].mean() > 0.25, stim["credible"].mean()
     assert donors["credible"].mean() > 0.04, donors["credible"].mean()
     assert null_de["credible"].mean() < 0.05, null_de["credible"].mean()
