@@ -55,8 +55,7 @@ class AMEDLConfig:
     likelihood, so that every gene weighs alike as in a PCA (a mixed-effects
     decoder with ``likelihood="nb"`` only: an MSE reconstruction already is
     that error; with the neighbourhoods it raised Kang and CellBench but
-    halved the genes with a credible donor effect);
-    ``fe_decorrelation_weight``
+    halved the genes with a credible donor effect); ``fe_decorrelation_weight``
     penalises correlated coordinates of the FE latent (mean squared
     off-diagonal correlation over a minibatch);
     ``fe_monitor="accuracy"`` measures the adversary's lead over chance for
@@ -368,12 +367,11 @@ PAPER = dict(
 
 # The default preset is the AMEDLConfig defaults, tuned by measurement on the
 # shared datasets (docs/tuning.md): the mixed-effects FE network with a negative
-# binomial likelihood on counts, a
-# 10-dimensional latent that keeps each cell's within-batch neighbours of a
-# 10-component PCA (weight 1), two adversaries (every encoder layer, and the
-# latent) whose batches are balanced within 20 clusters of the latent, adversary
-# weight 0.3 after a 250-step burn-in and an exponential moving average (0.99) of
-# its weights; random-effects posteriors
+# binomial likelihood on counts, a 10-dimensional latent that keeps each cell's
+# within-batch neighbours of a 10-component PCA (weight 1), two adversaries (every
+# encoder layer, and the latent) whose batches are balanced within 20 clusters of
+# the latent, adversary weight 0.3 after a 250-step burn-in and an exponential
+# moving average (0.99) of its weights; random-effects posteriors
 # that start at scale 0.03 and learn their scales at 1e-2 (calibrated on
 # pseudo-batches, docs/tuning.md); z-score scaling for the RE
 # network, Adam 1e-3, minibatch 256, RE 1 : 0.03 : 1e-5 (a classifier weight

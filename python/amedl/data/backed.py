@@ -95,13 +95,13 @@ class BackedMatrix(RowBlocks):
         block = ad.AnnData(X=self.counts.read(lo, hi), var=self.var)
         return _normalised_log(block, None, self.target_sum, self.genes)
 
-    def read_rows(self, rows: np.ndarray) -> sp.csr_matrix:
+    def read_rows(self, rows: np.ndarray, chunk: int = CHUNK) -> sp.csr_matrix:
         """The log CSR of ``rows`` (sorted, unique), read one contiguous slice per
-        :data:`CHUNK` rows that holds any of them."""
+        ``chunk`` rows that holds any of them."""
         rows = np.asarray(rows)
         pieces = []
-        for c in np.unique(rows // CHUNK):
-            mine = rows[(rows // CHUNK) == c]
+        for c in np.unique(rows // chunk):
+            mine = rows[(rows // chunk) == c]
             lo = int(mine[0])
             pieces.append(self.read_log(lo, int(mine[-1]) + 1)[mine - lo])
         return sp.vstack(pieces, format="csr") if len(pieces) > 1 else pieces[0]
@@ -146,13 +146,7 @@ class BackedLoader(CSRLoader):
     def _read(self, rows: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
         """The log CSR of ``rows`` (sorted), read as one contiguous slice per block."""
         rows = np.sort(rows)
-        block_size = self.blocks[0]
-        pieces = []
-        for b in np.unique(rows // block_size):
-            mine = rows[(rows // block_size) == b]
-            lo = int(mine[0])
-            pieces.append(self.X.read_log(lo, int(mine[-1]) + 1)[mine - lo])
-        return rows, sp.vstack(pieces, format="csr") if len(pieces) > 1 else pieces[0]
+        return rows, self.X.read_rows(rows, chunk=self.blocks[0])
 
 
 
