@@ -55,7 +55,10 @@ class AMEDLConfig:
     likelihood, so that every gene weighs alike as in a PCA (a mixed-effects
     decoder with ``likelihood="nb"`` only: an MSE reconstruction already is
     that error; with the neighbourhoods it raised Kang and CellBench but
-    halved the genes with a credible donor effect); ``fe_decorrelation_weight``
+    halved the genes with a credible donor effect), and ``fe_scaled_path``
+    says which weights that error trains: all (``"network"``), the
+    encoder's only (``"encoder"``) or all but the random effects
+    (``"fixed"``); ``fe_decorrelation_weight``
     penalises correlated coordinates of the FE latent (mean squared
     off-diagonal correlation over a minibatch);
     ``fe_monitor="accuracy"`` measures the adversary's lead over chance for
@@ -103,6 +106,7 @@ class AMEDLConfig:
     fe_neighbour_weight: float = 1.0
     fe_neighbour_pcs: int = 10
     fe_scaled_weight: float = 0.0
+    fe_scaled_path: str = "network"
     fe_ema_decay: float | None = 0.99
     adversarial_loss: str = "ce"
     fe_monitor: str = "ce"
@@ -297,6 +301,7 @@ RULES: dict[str, Rule] = {
     "fe_neighbour_weight": _WEIGHT,
     "fe_neighbour_pcs": _int(1),
     "fe_scaled_weight": _WEIGHT,
+    "fe_scaled_path": _choice("network", "encoder", "fixed"),
     "fe_ema_decay": _float(0.0, high=1.0, open_low=True, open_high=True, none="no weight averaging"),
     "adversarial_loss": _choice("ce", "uniform"),
     "fe_monitor": _choice("ce", "accuracy", "calibrated"),

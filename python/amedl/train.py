@@ -32,6 +32,7 @@ from .nn import (
     FixedEffectsNetwork,
     MixedEffectsAutoencoder,
     PlainAutoencoder,
+    RandomEffects,
     REAutoencoder,
     TiedAutoencoder,
     _gaussian_kl,
@@ -307,6 +308,7 @@ class AdversarialPlan:
             raise ValueError("fe_neighbour_weight needs a reference PCA: build the context with reference=(center, components)")
         # with a scaled-input likelihood (MSE) the reconstruction already is this error
         self.scaled_weight = config.fe_scaled_weight if net.batch_aware and config.likelihood == "nb" else 0.0
+        self.scaled_path = config.fe_scaled_path
         self.reference = ctx.reference
         self.n_batches = ctx.n_batches
         self.chance_ce = ctx.chance_ce
@@ -372,7 +374,7 @@ class AdversarialPlan:
             if self.decorrelation_weight > 0:
                 loss = loss + self.decorrelation_weight * _decorrelation(enc.mean)
             if self.scaled_weight > 0:
-                loss = loss + self.scaled_weight * F.mse_loss(self.ae.as_input(decoded, mb), mb.x)
+                loss = loss + self.scaled_weight * self._scaled_loss(decoded, enc, mb)
             neighbours = kl_re.new_zeros(())
             if self.neighbour_weight > 0:
                 center, components = self.reference
@@ -391,6 +393,19 @@ class AdversarialPlan:
             means.add(recon=recon, **self._adversary_stats(adv_logits, mb.batch, adv_ces),
                       kl_latent=kl_latent, kl_re=kl_re, cycle=cycle, neighbours=neighbours)
         return means.means()
+
+    def _scaled_loss(self, decoded: torch.Tensor, enc, mb) -> torch.Tensor:
+        """Mean squared error of the decoded expression on the scaled model input.
+        ``fe_scaled_path`` says which weights it trains: all (``"network"``), the
+        encoder's only (``"encoder"``: the decoder is used with its weights
+        detached) or all but the random effects (``"fixed"``)."""
+        if self.scaled_path != "network":
+            decoder = self.ae.decoder
+            random = {id(p) for m in decoder.modules() if isinstance(m, RandomEffects) for p in m.parameters()}
+            params = {name: (p.detach() if self.scaled_path == "encoder" or id(p) in random else p)
+                      for name, p in decoder.named_parameters()}
+            decoded = torch.func.functional_call(decoder, params, (enc.z, mb.batch))
+        return F.mse_loss(self.ae.as_input(decoded, mb), mb.x)
 
     def _cycle_loss(self, enc, mb) -> torch.Tensor:
         """Cycle consistency: each cell decoded as another (random) batch and encoded

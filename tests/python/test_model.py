@@ -332,6 +332,44 @@ def test_scaled_weight_fits_the_scaled_input_beside_the_counts(sim):
     assert AdversarialPlan(tied._build("fe"), tied.config, ctx).scaled_weight == 0.0
 
 
+def test_scaled_path_says_which_weights_the_scaled_error_trains(sim):
+    import dataclasses
+
+    import torch
+
+    from amedl.data import Minibatch
+    from amedl.nn import RandomEffects
+    from amedl.train import AdversarialPlan, PlanContext
+
+    m = amedl.AMEDL(sim, "batch", fe_scaled_weight=1.0, **SMALL)
+    net = m._build("fe")
+    ae = net.autoencoder
+    x = torch.as_tensor(m.transform()[:64])
+    counts = sim[:64, m.genes].X
+    counts = torch.as_tensor(np.asarray(counts.todense() if hasattr(counts, "todense") else counts), dtype=torch.float32)
+    mb = Minibatch(x, torch.as_tensor(m._codes[:64]), counts, counts.sum(1))
+    random = {id(p) for mod in ae.decoder.modules() if isinstance(mod, RandomEffects) for p in mod.parameters()}
+
+    def trained_by(path):
+        config = dataclasses.replace(m.config, fe_scaled_path=path)
+        ctx = dataclasses.replace(PlanContext.from_codes(m._codes, len(m.genes), len(m.batches)),
+                                  reference=m._reference_pca(np.arange(sim.n_obs), 0))
+        plan = AdversarialPlan(net, config, ctx)
+        net.zero_grad(set_to_none=True)
+        enc = ae.encode(mb.x)
+        plan._scaled_loss(ae.decode(enc.z, mb.batch), enc, mb).backward()
+        touched = lambda params: any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in params)
+        dec = list(ae.decoder.parameters())
+        return (touched(ae.encoder.parameters()), touched([p for p in dec if id(p) not in random]),
+                touched([p for p in dec if id(p) in random]))
+
+    assert trained_by("network") == (True, True, True)
+    assert trained_by("fixed") == (True, True, False)
+    assert trained_by("encoder") == (True, False, False)
+    with pytest.raises(amedl.errors.AMEDLConfigError, match="fe_scaled_path"):
+        amedl.AMEDL(sim, "batch", fe_scaled_path="decoder")
+
+
 def test_accuracy_monitor_counts_how_far_the_adversary_beats_chance(sim):
     m = amedl.AMEDL(sim, "batch", fe_monitor="accuracy", **SMALL)
     m.fit(seed=0, max_epochs=3, kinds=("fe",), progress=False)
