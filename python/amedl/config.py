@@ -46,19 +46,20 @@ class AMEDLConfig:
     (without it the latent adversary also removes CellBench's cell lines).
 
     The FE latent keeps the cell types a PCA sees (``docs/tuning.md``, eighth
-    round): ``fe_neighbour_weight`` asks each cell's nearest cells of its own
-    batch in the FE latent to be those of a ``fe_neighbour_pcs``-component
-    PCA of the model input (of at most 20,000 training cells; soft
-    neighbourhoods within a minibatch, KL between the two). Off by default:
-    ``fe_scaled_weight`` adds the mean squared error of the decoded
-    expression on the scaled (z-scored log1p) model input to the count
-    likelihood, so that every gene weighs alike as in a PCA (a mixed-effects
-    decoder with ``likelihood="nb"`` only: an MSE reconstruction already is
-    that error; with the neighbourhoods it raised Kang and CellBench but
-    halved the genes with a credible donor effect), and ``fe_scaled_path``
-    says which weights that error trains: all (``"network"``), the
-    encoder's only (``"encoder"``) or all but the random effects
-    (``"fixed"``); ``fe_decorrelation_weight``
+    and ninth rounds): ``fe_neighbour_weight`` asks each cell's nearest
+    cells of its own batch in the FE latent to be those of a
+    ``fe_neighbour_pcs``-component PCA of the model input (of at most
+    20,000 training cells; soft neighbourhoods within a minibatch, KL
+    between the two), and ``fe_scaled_weight`` adds the mean squared error
+    of the decoded expression on the scaled (z-scored log1p) model input to
+    the count likelihood, so that every gene weighs alike as in a PCA (a
+    mixed-effects decoder with ``likelihood="nb"`` only: an MSE
+    reconstruction already is that error). ``fe_scaled_path`` says which
+    weights that error trains: all but the random effects (``"fixed"``, the
+    default: the random effects learn from the counts alone, so the
+    batches' differences keep their credible intervals), all
+    (``"network"``: it halved the genes with a credible donor effect on
+    Kang) or the encoder's only (``"encoder"``). ``fe_decorrelation_weight``
     penalises correlated coordinates of the FE latent (mean squared
     off-diagonal correlation over a minibatch);
     ``fe_monitor="accuracy"`` measures the adversary's lead over chance for
@@ -105,8 +106,8 @@ class AMEDLConfig:
     fe_decorrelation_weight: float = 0.0
     fe_neighbour_weight: float = 1.0
     fe_neighbour_pcs: int = 10
-    fe_scaled_weight: float = 0.0
-    fe_scaled_path: str = "network"
+    fe_scaled_weight: float = 0.1
+    fe_scaled_path: str = "fixed"
     fe_ema_decay: float | None = 0.99
     adversarial_loss: str = "ce"
     fe_monitor: str = "ce"
