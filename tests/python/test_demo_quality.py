@@ -21,9 +21,8 @@ def test_demo_fe_mixes_batches_and_keeps_cell_types():
     fe = neighbour_fractions(model.latent(sim, kind="fe"), batch, labels)
     pca = neighbour_fractions(pca_latent(model), batch, labels)
     assert pca["same_batch_neighbours"] - pca["same_batch_mixed"] > 0.2, pca  # there is a batch effect to remove
-    # measured (seed 0, one thread): 0.385 against 0.334 perfectly mixed and PCA's 0.71 (Harmony 0.31);
-    # seeds 1-3: 0.373, 0.373, 0.365 (docs/tuning.md, sixth round). Issue 12 asks for 0.05 above
-    # mixed: met on three of four seeds, seed 0 misses it by 0.001.
+    # measured (seed 0, one thread): 0.360 against 0.334 perfectly mixed and PCA's 0.71 (Harmony 0.31);
+    # seeds 1-3: 0.343, 0.356, 0.354 (docs/tuning.md, ninth round); issue 12 asks for at most 0.05 above mixed
     assert fe["same_batch_neighbours"] < pca["same_batch_neighbours"] - 0.1, (fe, pca)
-    assert fe["same_batch_neighbours"] <= fe["same_batch_mixed"] + 0.06, fe
+    assert fe["same_batch_neighbours"] <= fe["same_batch_mixed"] + 0.05, fe
     assert fe["label_purity"] >= 0.95, fe
