@@ -246,6 +246,11 @@ def _neighbour_loss(z: torch.Tensor, ref: torch.Tensor, b: torch.Tensor, k: int 
     return (log_p.exp() * (log_p - log_q)).sum(1).mean()
 
 
+def _is_random_effect(module: nn.Module, name: str) -> bool:
+    """Whether parameter ``name`` of ``module`` belongs to a :class:`~amedl.nn.RandomEffects`."""
+    return isinstance(module.get_submodule(name.rpartition(".")[0]), RandomEffects)
+
+
 def _decorrelation(z: torch.Tensor) -> torch.Tensor:
     """Mean squared off-diagonal correlation of the latent's coordinates over a
     minibatch: 0 when every coordinate carries its own direction."""
@@ -308,7 +313,11 @@ class AdversarialPlan:
             raise ValueError("fe_neighbour_weight needs a reference PCA: build the context with reference=(center, components)")
         # with a scaled-input likelihood (MSE) the reconstruction already is this error
         self.scaled_weight = config.fe_scaled_weight if net.batch_aware and config.likelihood == "nb" else 0.0
-        self.scaled_path = config.fe_scaled_path
+        # the decoder parameters the scaled error must not train (fe_scaled_path)
+        self.scaled_detached = frozenset(
+            name for name, _ in self.ae.decoder.named_parameters()
+            if config.fe_scaled_path == "encoder" or (config.fe_scaled_path == "fixed" and _is_random_effect(self.ae.decoder, name))
+        ) if self.scaled_weight > 0 else frozenset()
         self.reference = ctx.reference
         self.n_batches = ctx.n_batches
         self.chance_ce = ctx.chance_ce
@@ -399,11 +408,9 @@ class AdversarialPlan:
         ``fe_scaled_path`` says which weights it trains: all (``"network"``), the
         encoder's only (``"encoder"``: the decoder is used with its weights
         detached) or all but the random effects (``"fixed"``)."""
-        if self.scaled_path != "network":
+        if self.scaled_detached:
             decoder = self.ae.decoder
-            random = {id(p) for m in decoder.modules() if isinstance(m, RandomEffects) for p in m.parameters()}
-            params = {name: (p.detach() if self.scaled_path == "encoder" or id(p) in random else p)
-                      for name, p in decoder.named_parameters()}
+            params = {name: (p.detach() if name in self.scaled_detached else p) for name, p in decoder.named_parameters()}
             decoded = torch.func.functional_call(decoder, params, (enc.z, mb.batch))
         return F.mse_loss(self.ae.as_input(decoded, mb), mb.x)
 
