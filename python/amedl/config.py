@@ -108,6 +108,8 @@ class AMEDLConfig:
     fe_neighbour_pcs: int = 10
     fe_scaled_weight: float = 0.1
     fe_scaled_path: str = "fixed"
+    fe_cluster_weight: float = 0.0
+    fe_stop_leak: float | None = None
     fe_ema_decay: float | None = 0.99
     adversarial_loss: str = "ce"
     fe_monitor: str = "ce"
@@ -303,6 +305,8 @@ RULES: dict[str, Rule] = {
     "fe_neighbour_pcs": _int(1),
     "fe_scaled_weight": _WEIGHT,
     "fe_scaled_path": _choice("network", "encoder", "fixed"),
+    "fe_cluster_weight": _WEIGHT,
+    "fe_stop_leak": _float(0.0, high=1.0, none="early stopping on the monitor alone"),
     "fe_ema_decay": _float(0.0, high=1.0, open_low=True, open_high=True, none="no weight averaging"),
     "adversarial_loss": _choice("ce", "uniform"),
     "fe_monitor": _choice("ce", "accuracy", "calibrated"),

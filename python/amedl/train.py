@@ -57,6 +57,8 @@ class LoopSettings:
     min_epochs: int = 1
     burn_in: int = 0
     restore_best: bool = True
+    # until it first says True of a validation record after burn-in, no epoch is checkpointed and patience is not counted
+    settled: Callable[[dict], bool] | None = None
     callback: Callable[[int, dict], None] | None = None
     progress: bool = True
     desc: str = "training"
@@ -77,13 +79,16 @@ def fit_loop(
     average); they are what is checkpointed and finally loaded into ``modules``.
 
     The first ``burn_in`` epochs are never taken as the best (an adversary that
-    has barely trained makes any latent look batch-blind).
+    has barely trained makes any latent look batch-blind), nor are the epochs
+    before ``settled(validation record)`` is first true after them; patience
+    counts from then. The last epoch is taken when no other was.
 
     Returns the per-epoch history; ``history.attrs`` holds ``best_epoch`` and
     ``stopped_early``.
     """
     snapshot = snapshot or modules.state_dict
     best, best_state, best_epoch, wait = math.inf, None, 0, 0
+    settled = settings.settled is None
     rows = []
     stopped = False
     bar = tqdm(range(1, settings.max_epochs + 1), desc=settings.desc, disable=not settings.progress, leave=False, unit="epoch")
@@ -91,7 +96,8 @@ def fit_loop(
         tr = train_epoch()
         ev = evaluate()
         rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in tr.items()}, **{f"val_{k}": v for k, v in ev.items()}})
-        if epoch <= settings.burn_in and epoch < settings.max_epochs:
+        settled = settled or (epoch > settings.burn_in and bool(settings.settled(ev)))
+        if (epoch <= settings.burn_in or not settled) and epoch < settings.max_epochs:
             pass
         elif ev["monitor"] < best:
             best, best_epoch, wait = ev["monitor"], epoch, 0
@@ -246,6 +252,14 @@ def _neighbour_loss(z: torch.Tensor, ref: torch.Tensor, b: torch.Tensor, k: int 
     return (log_p.exp() * (log_p - log_q)).sum(1).mean()
 
 
+def _compactness(z: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Squared distance of each cell to its nearest centroid, over its squared distance
+    to the minibatch mean (within-cluster over total spread: scale does not count)."""
+    within = torch.cdist(z, centroids).min(1).values.square().mean()
+    total = (z - z.mean(0)).square().sum(1).mean()
+    return within / (total + 1e-8)
+
+
 def _is_random_effect(module: nn.Module, name: str) -> bool:
     """Whether parameter ``name`` of ``module`` belongs to a :class:`~amedl.nn.RandomEffects`."""
     return isinstance(module.get_submodule(name.rpartition(".")[0]), RandomEffects)
@@ -309,6 +323,10 @@ class AdversarialPlan:
         self.cycle_weight = config.fe_cycle_weight if net.batch_aware else 0.0
         self.decorrelation_weight = config.fe_decorrelation_weight
         self.neighbour_weight = config.fe_neighbour_weight
+        self.cluster_weight = config.fe_cluster_weight
+        if self.cluster_weight > 0 and config.adversary_clusters is None:
+            raise ValueError("fe_cluster_weight pulls cells to the clusters of adversary_clusters: set adversary_clusters (e.g. 20)")
+        self.stop_leak = config.fe_stop_leak
         if self.neighbour_weight > 0 and ctx.reference is None:
             raise ValueError("fe_neighbour_weight needs a reference PCA: build the context with reference=(center, components)")
         # with a scaled-input likelihood (MSE) the reconstruction already is this error
@@ -389,6 +407,8 @@ class AdversarialPlan:
                 center, components = self.reference
                 neighbours = _neighbour_loss(enc.mean, (mb.x - center) @ components, mb.batch)
                 loss = loss + self.neighbour_weight * neighbours
+            if self.cluster_weight > 0:
+                loss = loss + self.cluster_weight * _compactness(enc.mean, self.balance.centroids)
             if self.membership is not None:  # its own parameters: the sum only saves an optimiser step
                 member_ce = F.cross_entropy(self.membership(mb.x), mb.batch)
                 loss = loss + member_ce
@@ -461,6 +481,15 @@ class AdversarialPlan:
             out[f"{prefix}_ce"] = ce
             out[f"{prefix}_acc"] = (lg.argmax(1) == b).float().mean()
         return out
+
+    def settled(self, out: dict) -> bool:
+        """Whether early stopping may begin: every adversary's held-out accuracy has
+        covered at most ``fe_stop_leak`` of the way from chance to perfect
+        (always, without ``fe_stop_leak``)."""
+        if self.stop_leak is None or self.chance_acc is None or self.chance_acc >= 1:
+            return True
+        leads = [(out[f"{p}_acc"] - self.chance_acc) / (1.0 - self.chance_acc) for p in self.ADVERSARY_NAMES[: len(self.advs)]]
+        return max(leads) <= self.stop_leak
 
     def _leak(self, out: dict) -> float:
         """How far the adversaries beat chance on held-out cells, in cross-entropy

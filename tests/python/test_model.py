@@ -410,3 +410,62 @@ def test_calibrated_monitor_scores_the_adversary_at_its_best_temperature(sim):
     chance = info["chance_cross_entropy"]
     leak = np.clip(chance - h[["val_adv_ce_calibrated", "val_latent_adv_ce_calibrated"]].min(axis=1), 0, None)
     np.testing.assert_allclose(h["val_monitor"], c.fe_recon_weight * h["val_recon"] + c.fe_adv_weight * leak, rtol=1e-6)
+
+
+def test_early_stopping_counts_patience_from_the_first_settled_epoch():
+    import torch
+
+    from amedl.train import LoopSettings, fit_loop
+
+    net = torch.nn.Linear(1, 1)
+    monitor = [3.0, 1.0] + [2.0] * 18  # epoch 2 is the best by the monitor alone
+
+    def run(settled, burn_in=0):
+        epochs = iter(range(1, 21))
+
+        def evaluate():
+            e = next(epochs)
+            return {"monitor": monitor[e - 1], "epoch": e}
+
+        h = fit_loop(net, lambda: {}, evaluate, LoopSettings(max_epochs=20, patience=3, progress=False, settled=settled,
+                                                                       burn_in=burn_in))
+        return h.attrs["best_epoch"], len(h)
+
+    assert run(None) == (2, 5)
+    # settled from epoch 8 on (and once settled, always): epochs before it are no candidates
+    assert run(lambda ev: ev["epoch"] in (8, 12)) == (8, 11)
+    # a record settled during burn-in does not count
+    assert run(lambda ev: ev["epoch"] in (3, 9), burn_in=5) == (9, 12)
+    # never settled: the whole budget, and the last epoch is kept
+    assert run(lambda ev: False) == (20, 20)
+
+
+def test_stop_leak_settles_when_the_adversaries_are_near_chance(sim):
+    from amedl.train import AdversarialPlan, PlanContext, _compactness
+    import dataclasses
+
+    import torch
+
+    m = amedl.AMEDL(sim, "batch", fe_stop_leak=0.5, **SMALL)
+    ctx = dataclasses.replace(PlanContext.from_codes(m._codes, len(m.genes), len(m.batches)),
+                              reference=m._reference_pca(np.arange(sim.n_obs), 0))
+    plan = AdversarialPlan(m._build("fe"), m.config, ctx)
+    chance = plan.chance_acc
+    halfway = chance + 0.5 * (1 - chance)
+    assert plan.settled({"adv_acc": chance, "latent_adv_acc": chance})
+    assert plan.settled({"adv_acc": halfway - 0.01, "latent_adv_acc": chance})
+    assert not plan.settled({"adv_acc": chance, "latent_adv_acc": halfway + 0.01})
+    assert not plan.settled({"adv_acc": 1.0, "latent_adv_acc": 1.0})
+    unset = AdversarialPlan(m._build("fe"), dataclasses.replace(m.config, fe_stop_leak=None), ctx)
+    assert unset.settled({"adv_acc": 1.0, "latent_adv_acc": 1.0})
+
+    # the cluster term: within- over total spread, 0 at the centroids, blind to scale
+    g = torch.Generator().manual_seed(0)
+    centroids = 5 * torch.randn(5, 4, generator=g)
+    z = centroids[torch.arange(50) % 5] + 0.1 * torch.randn(50, 4, generator=g)
+    assert float(_compactness(centroids, centroids)) == 0.0
+    assert 0 < float(_compactness(z, centroids)) < 0.05
+    assert float(_compactness(z, centroids[:1])) > 0.5
+    torch.testing.assert_close(_compactness(3 * z, 3 * centroids), _compactness(z, centroids), rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="adversary_clusters"):
+        AdversarialPlan(m._build("fe"), dataclasses.replace(m.config, fe_cluster_weight=1.0, adversary_clusters=None), ctx)
