@@ -65,6 +65,16 @@ class AMEDLConfig:
     ``fe_monitor="accuracy"`` measures the adversary's lead over chance for
     early stopping by its accuracy instead of its cross-entropy, and
     ``"calibrated"`` by its cross-entropy at the best softmax temperature.
+
+    Options measured in ``docs/tuning.md`` (tenth round), off by default:
+    ``fe_cluster_weight`` pulls each cell of the FE latent to its nearest
+    centroid of the adversaries' online k-means (within-cluster over total
+    spread; needs ``adversary_clusters``); ``fe_stop_leak`` makes early
+    stopping wait (no checkpoint, no patience counted) until every
+    adversary's held-out accuracy has covered at most that fraction of the
+    way from chance to perfect; ``fe_monitor_window`` takes for the
+    monitor's leak the largest of the last that many validations, so that
+    an epoch where the adversaries stumble is not taken as the best.
     """
 
     # data
@@ -113,6 +123,7 @@ class AMEDLConfig:
     fe_ema_decay: float | None = 0.99
     adversarial_loss: str = "ce"
     fe_monitor: str = "ce"
+    fe_monitor_window: int = 1
     re_recon_weight: float = 1.0
     re_cls_weight: float = 0.03
     re_kl_weight: float = 1e-5
@@ -310,6 +321,7 @@ RULES: dict[str, Rule] = {
     "fe_ema_decay": _float(0.0, high=1.0, open_low=True, open_high=True, none="no weight averaging"),
     "adversarial_loss": _choice("ce", "uniform"),
     "fe_monitor": _choice("ce", "accuracy", "calibrated"),
+    "fe_monitor_window": _int(1),
     "re_recon_weight": _WEIGHT,
     "re_cls_weight": _WEIGHT,
     "re_kl_weight": _WEIGHT,

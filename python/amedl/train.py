@@ -11,6 +11,7 @@ that the model never branches on the kind.
 """
 from __future__ import annotations
 
+import collections
 import copy
 import math
 from dataclasses import dataclass
@@ -291,7 +292,10 @@ class AdversarialPlan:
     The validation monitor is ``recon_weight·recon + adv_weight·max(0, H − CE)``:
     reconstruction plus how far the adversary beats the chance cross-entropy
     ``H`` on held-out cells, so the best epoch reconstructs well *and* hides
-    the batch. ``fe_monitor="calibrated"`` takes for ``CE`` the lowest
+    the batch. With ``fe_monitor_window`` w > 1 the leak is the largest of the
+    last w validations, so that an epoch where the adversaries happen to
+    stumble is not taken for one where the batch is hidden.
+    ``fe_monitor="calibrated"`` takes for ``CE`` the lowest
     held-out cross-entropy of the adversary's logits divided by a temperature
     (:attr:`TEMPERATURES`), so that an over-confident adversary, whose plain
     cross-entropy is above ``H`` although it predicts the batch, still counts
@@ -341,6 +345,7 @@ class AdversarialPlan:
         self.chance_ce = ctx.chance_ce
         self.chance_acc = ctx.chance_acc
         self.monitor_leak = config.fe_monitor
+        self.recent_leaks = collections.deque(maxlen=config.fe_monitor_window)
         self.adversarial_loss = config.adversarial_loss
         self.membership = net.membership
         trained = [*self.ae.parameters(), *(self.membership.parameters() if self.membership is not None else [])]
@@ -468,7 +473,9 @@ class AdversarialPlan:
         out = sums.means()
         if self.monitor_leak == "calibrated":
             self._calibrate(out)
-        out["monitor"] = self.recon_weight * out["recon"] + self.adv_weight * self._leak(out)
+        out["leak"] = self._leak(out)
+        self.recent_leaks.append(out["leak"])
+        out["monitor"] = self.recon_weight * out["recon"] + self.adv_weight * max(self.recent_leaks)
         return out
 
     @classmethod

@@ -469,3 +469,14 @@ def test_stop_leak_settles_when_the_adversaries_are_near_chance(sim):
     torch.testing.assert_close(_compactness(3 * z, 3 * centroids), _compactness(z, centroids), rtol=1e-3, atol=1e-6)
     with pytest.raises(ValueError, match="adversary_clusters"):
         AdversarialPlan(m._build("fe"), dataclasses.replace(m.config, fe_cluster_weight=1.0, adversary_clusters=None), ctx)
+
+
+def test_monitor_window_takes_the_largest_recent_leak(sim):
+    m = amedl.AMEDL(sim, "batch", fe_monitor_window=3, **SMALL)
+    m.fit(seed=0, max_epochs=6, kinds=("fe",), progress=False)
+    h, c = m.history["fe"], m.config
+    chance_ce = m.train_info["fe"]["chance_cross_entropy"]
+    leak = np.clip(chance_ce - np.minimum(h["val_adv_ce"], h["val_latent_adv_ce"]), 0, None)
+    np.testing.assert_allclose(h["val_leak"], leak, rtol=1e-5, atol=1e-7)
+    window = h["val_leak"].rolling(3, min_periods=1).max()
+    np.testing.assert_allclose(h["val_monitor"], c.fe_recon_weight * h["val_recon"] + c.fe_adv_weight * window, rtol=1e-6)
