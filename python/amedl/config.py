@@ -66,15 +66,13 @@ class AMEDLConfig:
     early stopping by its accuracy instead of its cross-entropy, and
     ``"calibrated"`` by its cross-entropy at the best softmax temperature.
 
-    Options measured in ``docs/tuning.md`` (tenth round), off by default:
-    ``fe_cluster_weight`` pulls each cell of the FE latent to its nearest
-    centroid of the adversaries' online k-means (within-cluster over total
-    spread; needs ``adversary_clusters``); ``fe_stop_leak`` makes early
-    stopping wait (no checkpoint, no patience counted) until every
-    adversary's held-out accuracy has covered at most that fraction of the
-    way from chance to perfect; ``fe_monitor_window`` takes for the
-    monitor's leak the largest of the last that many validations, so that
-    an epoch where the adversaries stumble is not taken as the best.
+    ``fe_monitor_adversaries`` says whose held-out lead the monitor counts:
+    every adversary's (``"every"``) or only that of the adversary reading
+    the latent (``"latent"``; needs ``adversary_input`` ``"both"`` or
+    ``"latent"``). ``fe_cluster_weight`` (off) pulls each cell of the FE
+    latent to its nearest centroid of the adversaries' online k-means
+    (within-cluster over total spread; needs ``adversary_clusters``).
+    ``docs/tuning.md``, tenth round.
     """
 
     # data
@@ -119,11 +117,10 @@ class AMEDLConfig:
     fe_scaled_weight: float = 0.1
     fe_scaled_path: str = "fixed"
     fe_cluster_weight: float = 0.0
-    fe_stop_leak: float | None = None
     fe_ema_decay: float | None = 0.99
     adversarial_loss: str = "ce"
     fe_monitor: str = "ce"
-    fe_monitor_window: int = 1
+    fe_monitor_adversaries: str = "every"
     re_recon_weight: float = 1.0
     re_cls_weight: float = 0.03
     re_kl_weight: float = 1e-5
@@ -317,11 +314,10 @@ RULES: dict[str, Rule] = {
     "fe_scaled_weight": _WEIGHT,
     "fe_scaled_path": _choice("network", "encoder", "fixed"),
     "fe_cluster_weight": _WEIGHT,
-    "fe_stop_leak": _float(0.0, high=1.0, none="early stopping on the monitor alone"),
     "fe_ema_decay": _float(0.0, high=1.0, open_low=True, open_high=True, none="no weight averaging"),
     "adversarial_loss": _choice("ce", "uniform"),
     "fe_monitor": _choice("ce", "accuracy", "calibrated"),
-    "fe_monitor_window": _int(1),
+    "fe_monitor_adversaries": _choice("every", "latent"),
     "re_recon_weight": _WEIGHT,
     "re_cls_weight": _WEIGHT,
     "re_kl_weight": _WEIGHT,

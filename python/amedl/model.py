@@ -221,7 +221,6 @@ class AMEDL:
             settings = LoopSettings(
                 max_epochs=epochs, patience=network.patience(c), min_epochs=min(c.min_epochs, epochs),
                 burn_in=c.fe_burn_in_epochs(n_train, epochs) if network.burn_in else 0, restore_best=c.restore_best,
-                settled=getattr(trainer, "settled", None),
                 callback=None if callback is None else (lambda e, r, k=kind: callback(self, k, e, r)),
                 progress=progress and distributed.rank() == 0, desc=f"aMEDL {kind.upper()}",
             )

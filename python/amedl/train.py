@@ -11,7 +11,6 @@ that the model never branches on the kind.
 """
 from __future__ import annotations
 
-import collections
 import copy
 import math
 from dataclasses import dataclass
@@ -58,8 +57,6 @@ class LoopSettings:
     min_epochs: int = 1
     burn_in: int = 0
     restore_best: bool = True
-    # until it first says True of a validation record after burn-in, no epoch is checkpointed and patience is not counted
-    settled: Callable[[dict], bool] | None = None
     callback: Callable[[int, dict], None] | None = None
     progress: bool = True
     desc: str = "training"
@@ -80,16 +77,13 @@ def fit_loop(
     average); they are what is checkpointed and finally loaded into ``modules``.
 
     The first ``burn_in`` epochs are never taken as the best (an adversary that
-    has barely trained makes any latent look batch-blind), nor are the epochs
-    before ``settled(validation record)`` is first true after them; patience
-    counts from then. The last epoch is taken when no other was.
+    has barely trained makes any latent look batch-blind).
 
     Returns the per-epoch history; ``history.attrs`` holds ``best_epoch`` and
     ``stopped_early``.
     """
     snapshot = snapshot or modules.state_dict
     best, best_state, best_epoch, wait = math.inf, None, 0, 0
-    settled = settings.settled is None
     rows = []
     stopped = False
     bar = tqdm(range(1, settings.max_epochs + 1), desc=settings.desc, disable=not settings.progress, leave=False, unit="epoch")
@@ -97,8 +91,7 @@ def fit_loop(
         tr = train_epoch()
         ev = evaluate()
         rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in tr.items()}, **{f"val_{k}": v for k, v in ev.items()}})
-        settled = settled or (epoch > settings.burn_in and bool(settings.settled(ev)))
-        if (epoch <= settings.burn_in or not settled) and epoch < settings.max_epochs:
+        if epoch <= settings.burn_in and epoch < settings.max_epochs:
             pass
         elif ev["monitor"] < best:
             best, best_epoch, wait = ev["monitor"], epoch, 0
@@ -292,10 +285,8 @@ class AdversarialPlan:
     The validation monitor is ``recon_weight·recon + adv_weight·max(0, H − CE)``:
     reconstruction plus how far the adversary beats the chance cross-entropy
     ``H`` on held-out cells, so the best epoch reconstructs well *and* hides
-    the batch. With ``fe_monitor_window`` w > 1 the leak is the largest of the
-    last w validations, so that an epoch where the adversaries happen to
-    stumble is not taken for one where the batch is hidden.
-    ``fe_monitor="calibrated"`` takes for ``CE`` the lowest
+    the batch (with ``fe_monitor_adversaries="latent"``, only the adversary
+    that reads the latent counts). ``fe_monitor="calibrated"`` takes for ``CE`` the lowest
     held-out cross-entropy of the adversary's logits divided by a temperature
     (:attr:`TEMPERATURES`), so that an over-confident adversary, whose plain
     cross-entropy is above ``H`` although it predicts the batch, still counts
@@ -330,7 +321,6 @@ class AdversarialPlan:
         self.cluster_weight = config.fe_cluster_weight
         if self.cluster_weight > 0 and config.adversary_clusters is None:
             raise ValueError("fe_cluster_weight pulls cells to the clusters of adversary_clusters: set adversary_clusters (e.g. 20)")
-        self.stop_leak = config.fe_stop_leak
         if self.neighbour_weight > 0 and ctx.reference is None:
             raise ValueError("fe_neighbour_weight needs a reference PCA: build the context with reference=(center, components)")
         # with a scaled-input likelihood (MSE) the reconstruction already is this error
@@ -345,7 +335,7 @@ class AdversarialPlan:
         self.chance_ce = ctx.chance_ce
         self.chance_acc = ctx.chance_acc
         self.monitor_leak = config.fe_monitor
-        self.recent_leaks = collections.deque(maxlen=config.fe_monitor_window)
+        self.monitored = self._monitored(config.adversary_input, config.fe_monitor_adversaries)
         self.adversarial_loss = config.adversarial_loss
         self.membership = net.membership
         trained = [*self.ae.parameters(), *(self.membership.parameters() if self.membership is not None else [])]
@@ -474,8 +464,7 @@ class AdversarialPlan:
         if self.monitor_leak == "calibrated":
             self._calibrate(out)
         out["leak"] = self._leak(out)
-        self.recent_leaks.append(out["leak"])
-        out["monitor"] = self.recon_weight * out["recon"] + self.adv_weight * max(self.recent_leaks)
+        out["monitor"] = self.recon_weight * out["recon"] + self.adv_weight * out["leak"]
         return out
 
     @classmethod
@@ -489,19 +478,20 @@ class AdversarialPlan:
             out[f"{prefix}_acc"] = (lg.argmax(1) == b).float().mean()
         return out
 
-    def settled(self, out: dict) -> bool:
-        """Whether early stopping may begin: every adversary's held-out accuracy has
-        covered at most ``fe_stop_leak`` of the way from chance to perfect
-        (always, without ``fe_stop_leak``)."""
-        if self.stop_leak is None or self.chance_acc is None or self.chance_acc >= 1:
-            return True
-        leads = [(out[f"{p}_acc"] - self.chance_acc) / (1.0 - self.chance_acc) for p in self.ADVERSARY_NAMES[: len(self.advs)]]
-        return max(leads) <= self.stop_leak
+    def _monitored(self, adversary_input: str, which: str) -> tuple[str, ...]:
+        """The records of the adversaries whose lead the monitor counts (``fe_monitor_adversaries``)."""
+        names = self.ADVERSARY_NAMES[: len(self.advs)]
+        if which == "every":
+            return names
+        if adversary_input == "all":
+            raise ValueError("fe_monitor_adversaries='latent' needs an adversary on the latent: "
+                             "set adversary_input to 'both' or 'latent', or fe_monitor_adversaries='every'")
+        return names[-1:]  # "latent": the only one; "both": the second
 
     def _leak(self, out: dict) -> float:
-        """How far the adversaries beat chance on held-out cells, in cross-entropy
-        units (the larger lead where there are two)."""
-        return max(self._leak_of(out, prefix) for prefix in self.ADVERSARY_NAMES[: len(self.advs)])
+        """How far the monitored adversaries beat chance on held-out cells, in
+        cross-entropy units (the larger lead where there are two)."""
+        return max(self._leak_of(out, prefix) for prefix in self.monitored)
 
     @classmethod
     def _tempered_ces(cls, logits: list, b: torch.Tensor, w: torch.Tensor | None) -> dict:

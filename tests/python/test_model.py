@@ -412,54 +412,35 @@ def test_calibrated_monitor_scores_the_adversary_at_its_best_temperature(sim):
     np.testing.assert_allclose(h["val_monitor"], c.fe_recon_weight * h["val_recon"] + c.fe_adv_weight * leak, rtol=1e-6)
 
 
-def test_early_stopping_counts_patience_from_the_first_settled_epoch():
-    import torch
 
-    from amedl.train import LoopSettings, fit_loop
+def test_monitor_counts_the_adversaries_it_is_told(sim):
+    import dataclasses
 
-    net = torch.nn.Linear(1, 1)
-    monitor = [3.0, 1.0] + [2.0] * 18  # epoch 2 is the best by the monitor alone
+    from amedl.train import AdversarialPlan, PlanContext
 
-    def run(settled, burn_in=0):
-        epochs = iter(range(1, 21))
+    m = amedl.AMEDL(sim, "batch", **SMALL)
+    ctx = dataclasses.replace(PlanContext.from_codes(m._codes, len(m.genes), len(m.batches)),
+                              reference=m._reference_pca(np.arange(sim.n_obs), 0))
+    record = {"adv_ce": 0.1, "latent_adv_ce": ctx.chance_ce - 0.2}  # the all-layer adversary leads far more
 
-        def evaluate():
-            e = next(epochs)
-            return {"monitor": monitor[e - 1], "epoch": e}
+    def leak(**kw):
+        config = dataclasses.replace(m.config, **kw)
+        return AdversarialPlan(amedl.AMEDL(sim, "batch", **SMALL, **kw)._build("fe"), config, ctx)._leak(record)
 
-        h = fit_loop(net, lambda: {}, evaluate, LoopSettings(max_epochs=20, patience=3, progress=False, settled=settled,
-                                                                       burn_in=burn_in))
-        return h.attrs["best_epoch"], len(h)
-
-    assert run(None) == (2, 5)
-    # settled from epoch 8 on (and once settled, always): epochs before it are no candidates
-    assert run(lambda ev: ev["epoch"] in (8, 12)) == (8, 11)
-    # a record settled during burn-in does not count
-    assert run(lambda ev: ev["epoch"] in (3, 9), burn_in=5) == (9, 12)
-    # never settled: the whole budget, and the last epoch is kept
-    assert run(lambda ev: False) == (20, 20)
+    assert leak(fe_monitor_adversaries="every") == pytest.approx(ctx.chance_ce - 0.1)
+    assert leak(fe_monitor_adversaries="latent") == pytest.approx(0.2)
+    assert leak(fe_monitor_adversaries="latent", adversary_input="latent") == pytest.approx(ctx.chance_ce - 0.1)  # its only adversary
+    with pytest.raises(ValueError, match="adversary on the latent"):
+        leak(fe_monitor_adversaries="latent", adversary_input="all")
 
 
-def test_stop_leak_settles_when_the_adversaries_are_near_chance(sim):
-    from amedl.train import AdversarialPlan, PlanContext, _compactness
+def test_cluster_term_is_within_over_total_spread(sim):
     import dataclasses
 
     import torch
 
-    m = amedl.AMEDL(sim, "batch", fe_stop_leak=0.5, **SMALL)
-    ctx = dataclasses.replace(PlanContext.from_codes(m._codes, len(m.genes), len(m.batches)),
-                              reference=m._reference_pca(np.arange(sim.n_obs), 0))
-    plan = AdversarialPlan(m._build("fe"), m.config, ctx)
-    chance = plan.chance_acc
-    halfway = chance + 0.5 * (1 - chance)
-    assert plan.settled({"adv_acc": chance, "latent_adv_acc": chance})
-    assert plan.settled({"adv_acc": halfway - 0.01, "latent_adv_acc": chance})
-    assert not plan.settled({"adv_acc": chance, "latent_adv_acc": halfway + 0.01})
-    assert not plan.settled({"adv_acc": 1.0, "latent_adv_acc": 1.0})
-    unset = AdversarialPlan(m._build("fe"), dataclasses.replace(m.config, fe_stop_leak=None), ctx)
-    assert unset.settled({"adv_acc": 1.0, "latent_adv_acc": 1.0})
+    from amedl.train import AdversarialPlan, PlanContext, _compactness
 
-    # the cluster term: within- over total spread, 0 at the centroids, blind to scale
     g = torch.Generator().manual_seed(0)
     centroids = 5 * torch.randn(5, 4, generator=g)
     z = centroids[torch.arange(50) % 5] + 0.1 * torch.randn(50, 4, generator=g)
@@ -467,16 +448,8 @@ def test_stop_leak_settles_when_the_adversaries_are_near_chance(sim):
     assert 0 < float(_compactness(z, centroids)) < 0.05
     assert float(_compactness(z, centroids[:1])) > 0.5
     torch.testing.assert_close(_compactness(3 * z, 3 * centroids), _compactness(z, centroids), rtol=1e-3, atol=1e-6)
+    m = amedl.AMEDL(sim, "batch", **SMALL)
+    ctx = dataclasses.replace(PlanContext.from_codes(m._codes, len(m.genes), len(m.batches)),
+                              reference=m._reference_pca(np.arange(sim.n_obs), 0))
     with pytest.raises(ValueError, match="adversary_clusters"):
         AdversarialPlan(m._build("fe"), dataclasses.replace(m.config, fe_cluster_weight=1.0, adversary_clusters=None), ctx)
-
-
-def test_monitor_window_takes_the_largest_recent_leak(sim):
-    m = amedl.AMEDL(sim, "batch", fe_monitor_window=3, **SMALL)
-    m.fit(seed=0, max_epochs=6, kinds=("fe",), progress=False)
-    h, c = m.history["fe"], m.config
-    chance_ce = m.train_info["fe"]["chance_cross_entropy"]
-    leak = np.clip(chance_ce - np.minimum(h["val_adv_ce"], h["val_latent_adv_ce"]), 0, None)
-    np.testing.assert_allclose(h["val_leak"], leak, rtol=1e-5, atol=1e-7)
-    window = h["val_leak"].rolling(3, min_periods=1).max()
-    np.testing.assert_allclose(h["val_monitor"], c.fe_recon_weight * h["val_recon"] + c.fe_adv_weight * window, rtol=1e-6)
