@@ -286,11 +286,11 @@ class AdversarialPlan:
     reconstruction plus how far the adversary beats the chance cross-entropy
     ``H`` on held-out cells, so the best epoch reconstructs well *and* hides
     the batch (with ``fe_monitor_adversaries="latent"``, only the adversary
-    that reads the latent counts). ``fe_monitor="calibrated"`` takes for ``CE`` the lowest
-    held-out cross-entropy of the adversary's logits divided by a temperature
-    (:attr:`TEMPERATURES`), so that an over-confident adversary, whose plain
-    cross-entropy is above ``H`` although it predicts the batch, still counts
-    as a leak.
+    that reads the latent counts). ``fe_monitor="calibrated"`` takes for
+    ``CE`` the lowest held-out cross-entropy of the adversary's logits
+    divided by a temperature (:attr:`TEMPERATURES`), so that an
+    over-confident adversary, whose plain cross-entropy is above ``H``
+    although it predicts the batch, still counts as a leak.
 
     With ``adversary_clusters`` every adversary cross-entropy (training and
     validation) is weighted by :class:`~amedl.balance.ClusterBalance`, so that
