@@ -72,6 +72,8 @@ class AMEDLConfig:
     ``"latent"``). ``fe_cluster_weight`` (off) pulls each cell of the FE
     latent to its nearest centroid of the adversaries' online k-means
     (within-cluster over total spread; needs ``adversary_clusters``).
+    ``fe_layer_adv_scale`` scales the fooling loss of the adversary that
+    reads every encoder layer (the latent adversary's stays 1).
     ``docs/tuning.md``, tenth round.
     """
 
@@ -108,6 +110,7 @@ class AMEDLConfig:
     # loss weights
     fe_recon_weight: float = 1.0
     fe_adv_weight: float = 0.3
+    fe_layer_adv_scale: float = 1.0
     fe_latent_kl_weight: float = 0.0
     fe_re_kl_weight: float = 1.0
     fe_cycle_weight: float = 0.0
@@ -305,6 +308,7 @@ RULES: dict[str, Rule] = {
     "validation_fraction": _float(0.0, high=1.0, open_high=True),
     "fe_recon_weight": _WEIGHT,
     "fe_adv_weight": _WEIGHT,
+    "fe_layer_adv_scale": _WEIGHT,
     "fe_latent_kl_weight": _WEIGHT,
     "fe_re_kl_weight": _WEIGHT,
     "fe_cycle_weight": _WEIGHT,

@@ -337,6 +337,9 @@ class AdversarialPlan:
         self.monitor_leak = config.fe_monitor
         self.monitored = self._monitored(config.adversary_input, config.fe_monitor_adversaries)
         self.adversarial_loss = config.adversarial_loss
+        # the all-layer adversary's share of the fooling loss (fe_layer_adv_scale); the latent one's is 1
+        self.fool_scales = {"all": [config.fe_layer_adv_scale], "latent": [1.0],
+                            "both": [config.fe_layer_adv_scale, 1.0]}[config.adversary_input]
         self.membership = net.membership
         trained = [*self.ae.parameters(), *(self.membership.parameters() if self.membership is not None else [])]
         self.opt_ae = torch.optim.Adam(_param_groups(trained, self.ae, config), lr=config.lr)
@@ -387,7 +390,8 @@ class AdversarialPlan:
                 adv.requires_grad_(False)
             decoded = self.ae.decode(enc.z, mb.batch)
             recon = self.ae.recon_loss(decoded, mb)
-            fool = sum(self._fooling_loss(adv(view), mb.batch, w) for adv, view in zip(self.advs, views)) / len(self.advs)
+            fool = sum(scale * self._fooling_loss(adv(view), mb.batch, w)
+                       for scale, adv, view in zip(self.fool_scales, self.advs, views)) / len(self.advs)
             kl_latent = _gaussian_kl(enc.mean, enc.logvar)
             kl_re = self.ae.kl()
             loss = self.recon_weight * recon + self.adv_weight * fool + self.latent_kl * kl_latent + self.re_kl * kl_re

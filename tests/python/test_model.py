@@ -453,3 +453,14 @@ def test_cluster_term_is_within_over_total_spread(sim):
                               reference=m._reference_pca(np.arange(sim.n_obs), 0))
     with pytest.raises(ValueError, match="adversary_clusters"):
         AdversarialPlan(m._build("fe"), dataclasses.replace(m.config, fe_cluster_weight=1.0, adversary_clusters=None), ctx)
+
+
+def test_layer_adversary_scale_weighs_only_the_all_layer_adversary(sim):
+    def latent(**kw):
+        m = amedl.AMEDL(sim, "batch", threads=1, **SMALL, **kw)
+        m.fit(seed=0, max_epochs=2, kinds=("fe",), progress=False)
+        return m.latent(sim, kind="fe")
+
+    assert not np.allclose(latent(fe_layer_adv_scale=1.0), latent(fe_layer_adv_scale=0.0))
+    np.testing.assert_array_equal(latent(adversary_input="latent", fe_layer_adv_scale=1.0),
+                                  latent(adversary_input="latent", fe_layer_adv_scale=0.0))
