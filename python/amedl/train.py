@@ -335,11 +335,10 @@ class AdversarialPlan:
         self.chance_ce = ctx.chance_ce
         self.chance_acc = ctx.chance_acc
         self.monitor_leak = config.fe_monitor
-        self.monitored = self._monitored(config.adversary_input, config.fe_monitor_adversaries)
+        self.monitored = self._monitored(net.adversary_reads_layers, config.fe_monitor_adversaries)
         self.adversarial_loss = config.adversarial_loss
         # the all-layer adversary's share of the fooling loss (fe_layer_adv_scale); the latent one's is 1
-        self.fool_scales = {"all": [config.fe_layer_adv_scale], "latent": [1.0],
-                            "both": [config.fe_layer_adv_scale, 1.0]}[config.adversary_input]
+        self.fool_scales = [config.fe_layer_adv_scale if layers else 1.0 for layers in net.adversary_reads_layers]
         self.membership = net.membership
         trained = [*self.ae.parameters(), *(self.membership.parameters() if self.membership is not None else [])]
         self.opt_ae = torch.optim.Adam(_param_groups(trained, self.ae, config), lr=config.lr)
@@ -482,15 +481,16 @@ class AdversarialPlan:
             out[f"{prefix}_acc"] = (lg.argmax(1) == b).float().mean()
         return out
 
-    def _monitored(self, adversary_input: str, which: str) -> tuple[str, ...]:
+    def _monitored(self, reads_layers: tuple[bool, ...], which: str) -> tuple[str, ...]:
         """The records of the adversaries whose lead the monitor counts (``fe_monitor_adversaries``)."""
         names = self.ADVERSARY_NAMES[: len(self.advs)]
         if which == "every":
             return names
-        if adversary_input == "all":
+        latent = tuple(name for name, layers in zip(names, reads_layers) if not layers)
+        if not latent:
             raise ValueError("fe_monitor_adversaries='latent' needs an adversary on the latent: "
                              "set adversary_input to 'both' or 'latent', or fe_monitor_adversaries='every'")
-        return names[-1:]  # "latent": the only one; "both": the second
+        return latent
 
     def _leak(self, out: dict) -> float:
         """How far the monitored adversaries beat chance on held-out cells, in

@@ -227,6 +227,11 @@ class FixedEffectsNetwork(nn.Module):
         """The adversaries, in the order of :meth:`adversary_views`."""
         return [a for a in (self.adversary, self.latent_adversary) if a is not None]
 
+    @property
+    def adversary_reads_layers(self) -> tuple[bool, ...]:
+        """For each adversary, whether it reads every encoder layer (else the latent alone)."""
+        return {"all": (True,), "latent": (False,), "both": (True, False)}[self.adversary_input]
+
     def adversary_views(self, enc: Encoded) -> list:
         """For each adversary, the encoder outputs it reads."""
         return {"all": [enc.layers], "latent": [[enc.mean]], "both": [enc.layers, [enc.mean]]}[self.adversary_input]
