@@ -35,15 +35,21 @@ class AMEDLConfig:
     ``buffer_blocks`` blocks. ``block_size=None`` shuffles single cells in
     memory and reads blocks of 1,024 cells from disk.
 
-    The FE adversaries (``docs/tuning.md``, sixth round): by default
-    (``adversary_input="both"``) one adversary reads every encoder layer and
-    a second one the latent alone (``"all"``, ``"latent"``: only one of
-    them), and ``adversary_clusters=k`` balances the batches within ``k``
-    clusters of the FE latent (an online k-means) in every adversary
+    The FE adversaries (``docs/tuning.md``, sixth and eleventh rounds): by
+    default (``adversary_input="latent"``) one adversary reads the latent;
+    ``"all"`` gives it every encoder layer instead and ``"both"`` trains the
+    two side by side (the default before the eleventh round: with batch
+    effects as strong as the R vignette's simulation, the all-layer
+    adversary always reads the batch from the first layers and the latent
+    is left unmixed). ``adversary_clusters=k`` balances the batches within
+    ``k`` clusters of the FE latent (an online k-means) in every adversary
     cross-entropy, each cell weighted ``p(batch) / p(batch | cluster)``
     (:mod:`amedl.balance`): a cell type more common in one batch is then no
     batch signal, and only batch differences inside a cluster are removed
     (without it the latent adversary also removes CellBench's cell lines).
+    ``fe_cluster_weight`` pulls each cell of the FE latent to its nearest
+    centroid of that k-means (within-cluster over total spread; needs
+    ``adversary_clusters``), as Harmony pulls cells to its cluster centroids.
 
     The FE latent keeps the cell types a PCA sees (``docs/tuning.md``, eighth
     and ninth rounds): ``fe_neighbour_weight`` asks each cell's nearest
@@ -69,10 +75,7 @@ class AMEDLConfig:
     ``fe_monitor_adversaries`` says whose held-out lead the monitor counts:
     every adversary's (``"every"``) or only that of the adversary reading
     the latent (``"latent"``; needs ``adversary_input`` ``"both"`` or
-    ``"latent"``). ``fe_cluster_weight`` (off) pulls each cell of the FE
-    latent to its nearest centroid of the adversaries' online k-means
-    (within-cluster over total spread; needs ``adversary_clusters``).
-    ``fe_layer_adv_scale`` scales the fooling loss of the adversary that
+    ``"latent"``). With ``adversary_input="both"``, ``fe_layer_adv_scale`` scales the fooling loss of the adversary that
     reads every encoder layer (the latent adversary's stays 1).
     ``docs/tuning.md``, tenth round.
     """
@@ -87,7 +90,7 @@ class AMEDLConfig:
     n_latent: int = 10
     latent_activation: str = "selu"
     adversary_hidden: tuple[int, ...] = (512, 132)
-    adversary_input: str = "both"
+    adversary_input: str = "latent"
     adversary_clusters: int | None = 20
     classifier_hidden: int = 32
     membership_hidden: int | None = 128
@@ -119,7 +122,7 @@ class AMEDLConfig:
     fe_neighbour_pcs: int = 10
     fe_scaled_weight: float = 0.1
     fe_scaled_path: str = "fixed"
-    fe_cluster_weight: float = 0.0
+    fe_cluster_weight: float = 0.3
     fe_ema_decay: float | None = 0.99
     adversarial_loss: str = "ce"
     fe_monitor: str = "ce"
@@ -136,6 +139,10 @@ class AMEDLConfig:
 
     def __post_init__(self):
         _validate(self)
+        if self.fe_cluster_weight > 0 and self.adversary_clusters is None:
+            raise AMEDLConfigError(
+                "fe_cluster_weight pulls cells to the centroids of the adversaries' clusters, but "
+                "adversary_clusters is None: set adversary_clusters (e.g. 20) or fe_cluster_weight=0")
 
     def epochs_for(self, n_train: int) -> int:
         """Epoch budget: ``max_epochs`` if set, else enough epochs for about
@@ -362,6 +369,7 @@ PAPER = dict(
     n_latent=50,
     adversary_input="all",
     adversary_clusters=None,
+    fe_cluster_weight=0.0,
     re_init_scale=1e-3,
     re_scale_lr=None,
     likelihood="mse",
@@ -390,9 +398,10 @@ PAPER = dict(
 # The default preset is the AMEDLConfig defaults, tuned by measurement on the
 # shared datasets (docs/tuning.md): the mixed-effects FE network with a negative
 # binomial likelihood on counts, a 10-dimensional latent that keeps each cell's
-# within-batch neighbours of a 10-component PCA (weight 1), two adversaries (every
-# encoder layer, and the latent) whose batches are balanced within 20 clusters of
-# the latent, adversary weight 0.3 after a 250-step burn-in and an exponential
+# within-batch neighbours of a 10-component PCA (weight 1), one adversary on the
+# latent whose batches are balanced within 20 clusters of the latent (each cell
+# pulled to its cluster's centroid, weight 0.3), adversary weight 0.3 after a
+# 250-step burn-in and an exponential
 # moving average (0.99) of its weights; random-effects posteriors
 # that start at scale 0.03 and learn their scales at 1e-2 (calibrated on
 # pseudo-batches, docs/tuning.md); z-score scaling for the RE

@@ -319,8 +319,6 @@ class AdversarialPlan:
         self.decorrelation_weight = config.fe_decorrelation_weight
         self.neighbour_weight = config.fe_neighbour_weight
         self.cluster_weight = config.fe_cluster_weight
-        if self.cluster_weight > 0 and config.adversary_clusters is None:
-            raise ValueError("fe_cluster_weight pulls cells to the clusters of adversary_clusters: set adversary_clusters (e.g. 20)")
         if self.neighbour_weight > 0 and ctx.reference is None:
             raise ValueError("fe_neighbour_weight needs a reference PCA: build the context with reference=(center, components)")
         # with a scaled-input likelihood (MSE) the reconstruction already is this error
