@@ -32,6 +32,11 @@ __all__ = ["FORMAT", "MARKER", "CONFIG_FILE", "WEIGHTS_FILE", "folder_kind", "ch
 FORMAT = 2
 MARKER, CONFIG_FILE, WEIGHTS_FILE = ".amedl-model", "amedl.json", "weights.pt"
 _HISTORY = re.compile(r"history_[a-z0-9_]+\.csv")
+#: Settings added after models were first saved, with the value that reproduces a model written
+#: before each existed (the default may differ: ``fe_cluster_weight`` is 0.3 since docs/tuning.md's
+#: eleventh round, but an older model was trained without the term, and with ``adversary_clusters``
+#: unset the new default would not even be a valid configuration).
+SETTINGS_ADDED_LATER = {"fe_cluster_weight": 0.0, "fe_layer_adv_scale": 1.0, "fe_monitor_adversaries": "every"}
 #: What ``amedl.json`` must say, and what each entry is.
 _REQUIRED = {"config": dict, "preprocessing": dict, "kinds": list, "batch_key": str, "preset": str}
 
@@ -145,6 +150,8 @@ def read_meta(path: str | os.PathLike, kinds: tuple | None = None) -> dict:
     names; centres finite; scales finite and positive; one of each per gene;
     unique batches; a positive ``target_sum``), the kinds (against ``kinds``
     when given), the content checksum and that ``weights.pt`` is there.
+    Returns the record with its settings completed by
+    :data:`SETTINGS_ADDED_LATER` where an older amedl did not write them.
 
     Raises
     ------
@@ -189,7 +196,7 @@ def read_meta(path: str | os.PathLike, kinds: tuple | None = None) -> dict:
     if meta.get("layer") is not None and not isinstance(meta["layer"], str):
         raise _fail(file, "entry 'layer' must be a string or null")
     try:
-        AMEDLConfig.from_dict(meta["config"])
+        AMEDLConfig.from_dict({**SETTINGS_ADDED_LATER, **meta["config"]})
     except (AMEDLConfigError, TypeError) as exc:
         raise _fail(file, f"config: {exc} (written by {_written_by(meta)})") from None
     _check_preprocessing(file, meta["preprocessing"])
@@ -208,7 +215,7 @@ def read_meta(path: str | os.PathLike, kinds: tuple | None = None) -> dict:
                               "match its checksum, so they may not match the weights. Restore the original file or refit")
     if not (path / WEIGHTS_FILE).is_file():
         raise _fail(path / WEIGHTS_FILE, "is missing: the model folder is incomplete")
-    return meta
+    return {**meta, "config": {**SETTINGS_ADDED_LATER, **meta["config"]}}
 
 
 def verify_weights(path: str | os.PathLike, meta: dict) -> None:

@@ -47,6 +47,23 @@ def test_a_saved_model_records_format_and_checksums(saved):
     assert (saved[1] / modelfile.MARKER).read_text().startswith("amedl model folder (format 2)")
 
 
+def test_a_model_saved_before_a_setting_existed_loads_as_it_was_trained(tiny, tmp_path):
+    m = amedl.AMEDL(tiny, "batch", preset="paper", **SETTINGS).fit(seed=0, max_epochs=1, progress=False)
+    folder = m.save(tmp_path / "old")
+    z = m.latent(tiny, kind="fe")
+
+    def as_written_before(meta):  # an amedl without the cluster term: no key, and no clusters
+        for key in modelfile.SETTINGS_ADDED_LATER:
+            del meta["config"][key]
+        assert meta["config"]["adversary_clusters"] is None
+        meta["checksums"]["content"] = modelfile._content_checksum(meta)
+
+    edit(folder, as_written_before)
+    loaded = amedl.AMEDL.load(folder)
+    assert loaded.config.fe_cluster_weight == 0.0 and loaded.config.fe_monitor_adversaries == "every"
+    np.testing.assert_allclose(loaded.latent(tiny, kind="fe"), z, rtol=1e-5, atol=1e-6)
+
+
 def _swap_genes(m):
     g = m["preprocessing"]["genes"]
     g[0], g[1] = g[1], g[0]
