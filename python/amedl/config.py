@@ -75,8 +75,9 @@ class AMEDLConfig:
     ``fe_monitor_adversaries`` says whose held-out lead the monitor counts:
     every adversary's (``"every"``) or only that of the adversary reading
     the latent (``"latent"``; needs ``adversary_input`` ``"both"`` or
-    ``"latent"``). With ``adversary_input="both"``, ``fe_layer_adv_scale`` scales the fooling loss of the adversary that
-    reads every encoder layer (the latent adversary's stays 1).
+    ``"latent"``). With ``adversary_input="both"``, ``fe_layer_adv_scale``
+    scales the fooling loss of the adversary that reads every encoder layer
+    (the latent adversary's stays 1).
     ``docs/tuning.md``, tenth round.
     """
 

@@ -195,8 +195,9 @@ def read_meta(path: str | os.PathLike, kinds: tuple | None = None) -> dict:
             raise _fail(file, f"entry {key!r} must be a JSON {typ.__name__}, not {type(meta[key]).__name__}")
     if meta.get("layer") is not None and not isinstance(meta["layer"], str):
         raise _fail(file, "entry 'layer' must be a string or null")
+    config = {**SETTINGS_ADDED_LATER, **meta["config"]}
     try:
-        AMEDLConfig.from_dict({**SETTINGS_ADDED_LATER, **meta["config"]})
+        AMEDLConfig.from_dict(config)
     except (AMEDLConfigError, TypeError) as exc:
         raise _fail(file, f"config: {exc} (written by {_written_by(meta)})") from None
     _check_preprocessing(file, meta["preprocessing"])
@@ -215,7 +216,7 @@ def read_meta(path: str | os.PathLike, kinds: tuple | None = None) -> dict:
                               "match its checksum, so they may not match the weights. Restore the original file or refit")
     if not (path / WEIGHTS_FILE).is_file():
         raise _fail(path / WEIGHTS_FILE, "is missing: the model folder is incomplete")
-    return {**meta, "config": {**SETTINGS_ADDED_LATER, **meta["config"]}}
+    return {**meta, "config": config}
 
 
 def verify_weights(path: str | os.PathLike, meta: dict) -> None:
