@@ -56,7 +56,8 @@ class AMEDLConfig:
     cells of its own batch in the FE latent to be those of a
     ``fe_neighbour_pcs``-component PCA of the model input (of at most
     20,000 training cells; soft neighbourhoods within a minibatch, KL
-    between the two), and ``fe_scaled_weight`` adds the mean squared error
+    between the two; each cell's bandwidth the distance to its
+    ``fe_neighbour_k``-th nearest cell of its batch in the minibatch), and ``fe_scaled_weight`` adds the mean squared error
     of the decoded expression on the scaled (z-scored log1p) model input to
     the count likelihood, so that every gene weighs alike as in a PCA (a
     mixed-effects decoder with ``likelihood="nb"`` only: an MSE
@@ -121,6 +122,7 @@ class AMEDLConfig:
     fe_decorrelation_weight: float = 0.0
     fe_neighbour_weight: float = 1.0
     fe_neighbour_pcs: int = 10
+    fe_neighbour_k: int = 5
     fe_scaled_weight: float = 0.1
     fe_scaled_path: str = "fixed"
     fe_cluster_weight: float = 0.3
@@ -323,6 +325,7 @@ RULES: dict[str, Rule] = {
     "fe_decorrelation_weight": _WEIGHT,
     "fe_neighbour_weight": _WEIGHT,
     "fe_neighbour_pcs": _int(1),
+    "fe_neighbour_k": _int(1),
     "fe_scaled_weight": _WEIGHT,
     "fe_scaled_path": _choice("network", "encoder", "fixed"),
     "fe_cluster_weight": _WEIGHT,

@@ -318,6 +318,7 @@ class AdversarialPlan:
         self.cycle_weight = config.fe_cycle_weight if net.batch_aware else 0.0
         self.decorrelation_weight = config.fe_decorrelation_weight
         self.neighbour_weight = config.fe_neighbour_weight
+        self.neighbour_k = config.fe_neighbour_k
         self.cluster_weight = config.fe_cluster_weight
         if self.neighbour_weight > 0 and ctx.reference is None:
             raise ValueError("fe_neighbour_weight needs a reference PCA: build the context with reference=(center, components)")
@@ -401,7 +402,7 @@ class AdversarialPlan:
             neighbours = kl_re.new_zeros(())
             if self.neighbour_weight > 0:
                 center, components = self.reference
-                neighbours = _neighbour_loss(enc.mean, (mb.x - center) @ components, mb.batch)
+                neighbours = _neighbour_loss(enc.mean, (mb.x - center) @ components, mb.batch, k=self.neighbour_k)
                 loss = loss + self.neighbour_weight * neighbours
             if self.cluster_weight > 0:
                 loss = loss + self.cluster_weight * _compactness(enc.mean, self.balance.centroids)

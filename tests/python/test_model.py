@@ -311,6 +311,24 @@ def test_neighbour_loss_compares_same_batch_neighbourhoods(sim):
     assert loss_after(5.0) < 0.8 * loss_after(0.0)
 
 
+def test_neighbour_bandwidth_sets_how_far_neighbourhoods_reach():
+    import torch
+
+    from amedl.train import _neighbour_loss
+
+    g = torch.Generator().manual_seed(0)
+    offsets = 0.1 * torch.randn(120, 8, generator=g)
+    cluster = torch.arange(120) // 10  # 12 tight clusters of 10 cells, one batch
+    ref = 10.0 * torch.randn(12, 8, generator=g)[cluster] + offsets
+    moved = 10.0 * torch.randn(12, 8, generator=g)[cluster] + offsets  # same clusters, rearranged
+    b = torch.zeros(120, dtype=torch.long)
+    near, far = float(_neighbour_loss(moved, ref, b, k=5)), float(_neighbour_loss(moved, ref, b, k=30))
+    # within a cluster nothing changed; only a bandwidth reaching other clusters sees the rearrangement
+    assert near < 0.01 and far > 0.05 and far > 10 * near
+    with pytest.raises(amedl.errors.AMEDLConfigError, match="fe_neighbour_k"):
+        amedl.AMEDLConfig(fe_neighbour_k=0)
+
+
 def test_scaled_weight_fits_the_scaled_input_beside_the_counts(sim):
     def scaled_error(weight):
         m = amedl.AMEDL(sim, "batch", fe_scaled_weight=weight, fe_ema_decay=None, **SMALL)
