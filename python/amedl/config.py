@@ -57,9 +57,10 @@ class AMEDLConfig:
     ``fe_neighbour_pcs``-component PCA of the model input (of at most
     20,000 training cells; soft neighbourhoods within a minibatch, KL
     between the two; each cell's bandwidth the distance to its
-    ``fe_neighbour_k``-th nearest cell of its batch in the minibatch), and ``fe_scaled_weight`` adds the mean squared error
-    of the decoded expression on the scaled (z-scored log1p) model input to
-    the count likelihood, so that every gene weighs alike as in a PCA (a
+    ``fe_neighbour_k``-th nearest cell of its batch in the minibatch), and
+    ``fe_scaled_weight`` adds the mean squared error of the decoded
+    expression on the scaled (z-scored log1p) model input to the count
+    likelihood, so that every gene weighs alike as in a PCA (a
     mixed-effects decoder with ``likelihood="nb"`` only: an MSE
     reconstruction already is that error). ``fe_scaled_path`` says which
     weights that error trains: all but the random effects (``"fixed"``, the
