@@ -115,7 +115,7 @@ class AMEDLConfig:
     validation_fraction: float = 0.1
     # loss weights
     fe_recon_weight: float = 1.0
-    fe_adv_weight: float = 0.15
+    fe_adv_weight: float = 0.3
     fe_layer_adv_scale: float = 1.0
     fe_latent_kl_weight: float = 0.0
     fe_re_kl_weight: float = 1.0
@@ -405,7 +405,7 @@ PAPER = dict(
 # binomial likelihood on counts, a 10-dimensional latent that keeps each cell's
 # within-batch neighbours of a 10-component PCA (weight 1), one adversary on the
 # latent whose batches are balanced within 20 clusters of the latent (each cell
-# pulled to its cluster's centroid, weight 0.3), adversary weight 0.15 after a
+# pulled to its cluster's centroid, weight 0.3), adversary weight 0.3 after a
 # 250-step burn-in and an exponential
 # moving average (0.99) of its weights; random-effects posteriors
 # that start at scale 0.03 and learn their scales at 1e-2 (calibrated on
