@@ -81,6 +81,13 @@ class AMEDLConfig:
     scales the fooling loss of the adversary that reads every encoder layer
     (the latent adversary's stays 1).
     ``docs/tuning.md``, tenth round.
+
+    ``fe_adv_weight_start`` (``None``: no schedule) starts the adversary's
+    weight at that value and moves it linearly to ``fe_adv_weight`` over the
+    first ``fe_adv_warmup_steps`` minibatch steps, down (a warm-up) or up (a
+    ramp); the validation monitor weighs the adversary's lead by
+    ``fe_adv_weight``. Neither direction improved the shared datasets
+    (``docs/tuning.md``, fifteenth round).
     """
 
     # data
@@ -116,6 +123,8 @@ class AMEDLConfig:
     # loss weights
     fe_recon_weight: float = 1.0
     fe_adv_weight: float = 0.3
+    fe_adv_weight_start: float | None = None
+    fe_adv_warmup_steps: int = 500
     fe_layer_adv_scale: float = 1.0
     fe_latent_kl_weight: float = 0.0
     fe_re_kl_weight: float = 1.0
@@ -319,6 +328,8 @@ RULES: dict[str, Rule] = {
     "validation_fraction": _float(0.0, high=1.0, open_high=True),
     "fe_recon_weight": _WEIGHT,
     "fe_adv_weight": _WEIGHT,
+    "fe_adv_weight_start": _float(0.0, none="fe_adv_weight from the first step"),
+    "fe_adv_warmup_steps": _int(0),
     "fe_layer_adv_scale": _WEIGHT,
     "fe_latent_kl_weight": _WEIGHT,
     "fe_re_kl_weight": _WEIGHT,
@@ -393,6 +404,7 @@ PAPER = dict(
     min_epochs=50,
     fe_recon_weight=1000.0,
     fe_adv_weight=1.0,
+    fe_adv_weight_start=None,
     adversarial_loss="ce",
     re_recon_weight=110.0,
     re_cls_weight=0.1,

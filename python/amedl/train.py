@@ -268,6 +268,14 @@ def _decorrelation(z: torch.Tensor) -> torch.Tensor:
     return (corr - torch.diag(torch.diagonal(corr))).square().sum() / max(1, d * (d - 1))
 
 
+def _warmup(start: float | None, end: float, steps: int) -> Callable[[int], float]:
+    """The adversary weight at each minibatch step (from 0): ``start`` at the
+    first step, linearly to ``end`` over the first ``steps`` steps, then ``end``."""
+    if start is None or steps <= 0:
+        return lambda step: end
+    return lambda step: end + (start - end) * max(0.0, 1.0 - step / steps)
+
+
 class AdversarialPlan:
     """Alternating adversarial training of a :class:`~amedl.nn.FixedEffectsNetwork`.
 
@@ -313,6 +321,8 @@ class AdversarialPlan:
             raise ValueError("adversarial_loss must be 'ce' or 'uniform'")
         self.net, self.ae, self.advs = net, net.autoencoder, net.adversaries
         self.recon_weight, self.adv_weight = config.fe_recon_weight, config.fe_adv_weight
+        self.adv_schedule = _warmup(config.fe_adv_weight_start, config.fe_adv_weight, config.fe_adv_warmup_steps)
+        self.step = 0
         self.latent_kl = config.fe_latent_kl_weight / ctx.n_genes
         self.re_kl = config.fe_re_kl_weight / (ctx.n_train * ctx.n_genes)
         self.cycle_weight = config.fe_cycle_weight if net.batch_aware else 0.0
@@ -373,7 +383,10 @@ class AdversarialPlan:
     def train_epoch(self, loader) -> dict:
         self.net.train()
         means = _EpochMeans()
+        first_weight = self.adv_schedule(self.step)
         for mb in loader:
+            adv_weight = self.adv_schedule(self.step)
+            self.step += 1
             enc = self.ae.encode(mb.x)
             views = self.net.adversary_views(enc)
             w = self._weights(enc, mb.batch, update=True)
@@ -392,7 +405,7 @@ class AdversarialPlan:
                        for scale, adv, view in zip(self.fool_scales, self.advs, views)) / len(self.advs)
             kl_latent = _gaussian_kl(enc.mean, enc.logvar)
             kl_re = self.ae.kl()
-            loss = self.recon_weight * recon + self.adv_weight * fool + self.latent_kl * kl_latent + self.re_kl * kl_re
+            loss = self.recon_weight * recon + adv_weight * fool + self.latent_kl * kl_latent + self.re_kl * kl_re
             cycle = self._cycle_loss(enc, mb) if self.cycle_weight > 0 else kl_re.new_zeros(())
             loss = loss + self.cycle_weight * cycle
             if self.decorrelation_weight > 0:
@@ -418,7 +431,7 @@ class AdversarialPlan:
                 self.ema.update_parameters(self.net)
             means.add(recon=recon, **self._adversary_stats(adv_logits, mb.batch, adv_ces),
                       kl_latent=kl_latent, kl_re=kl_re, cycle=cycle, neighbours=neighbours)
-        return means.means()
+        return {**means.means(), "adv_weight": first_weight}
 
     def _scaled_loss(self, decoded: torch.Tensor, enc, mb) -> torch.Tensor:
         """Mean squared error of the decoded expression on the scaled model input.

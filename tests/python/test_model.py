@@ -484,3 +484,24 @@ def test_layer_adversary_scale_weighs_only_the_all_layer_adversary(sim):
                            latent(adversary_input="both", fe_layer_adv_scale=0.0))
     np.testing.assert_array_equal(latent(adversary_input="latent", fe_layer_adv_scale=1.0),
                                   latent(adversary_input="latent", fe_layer_adv_scale=0.0))
+
+
+def test_adversary_weight_warms_up_from_its_start_value(sim):
+    """``fe_adv_weight_start`` moves the fooling weight linearly to ``fe_adv_weight``
+    over ``fe_adv_warmup_steps`` minibatch steps; the monitor keeps the final weight."""
+    m = amedl.AMEDL(sim, "batch", fe_adv_weight=0.1, fe_adv_weight_start=0.5, fe_adv_warmup_steps=8, **SMALL)
+    m.fit(seed=0, max_epochs=6, kinds=("fe",), progress=False)
+    h, info, c = m.history["fe"], m.train_info["fe"], m.config
+    steps = len(range(0, info["n_train"], min(c.batch_size, info["n_train"])))  # minibatches per epoch
+    weights = h["train_adv_weight"].to_numpy()
+    assert weights[0] == pytest.approx(0.5)
+    assert np.all(np.diff(weights) <= 0) and weights[-1] == pytest.approx(0.1)
+    np.testing.assert_allclose(weights[:2], [0.5, 0.1 + 0.4 * max(0.0, 1 - steps / 8)])
+    leak = np.clip(info["chance_cross_entropy"] - h["val_adv_ce"], 0, None)
+    np.testing.assert_allclose(h["val_monitor"], c.fe_recon_weight * h["val_recon"] + c.fe_adv_weight * leak, rtol=1e-6)
+    # without a start value the weight is fe_adv_weight from the first step, and the fit is that of no warm-up
+    plain = amedl.AMEDL(sim, "batch", fe_adv_weight=0.1, **SMALL).fit(seed=0, max_epochs=2, kinds=("fe",), progress=False)
+    same = amedl.AMEDL(sim, "batch", fe_adv_weight=0.1, fe_adv_weight_start=0.1, **SMALL).fit(
+        seed=0, max_epochs=2, kinds=("fe",), progress=False)
+    assert (plain.history["fe"]["train_adv_weight"] == 0.1).all()
+    np.testing.assert_array_equal(plain.latent(sim, kind="fe"), same.latent(sim, kind="fe"))
