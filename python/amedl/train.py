@@ -268,7 +268,7 @@ def _decorrelation(z: torch.Tensor) -> torch.Tensor:
     return (corr - torch.diag(torch.diagonal(corr))).square().sum() / max(1, d * (d - 1))
 
 
-def _warmup(start: float | None, end: float, steps: int) -> Callable[[int], float]:
+def _linear_schedule(start: float | None, end: float, steps: int) -> Callable[[int], float]:
     """The adversary weight at each minibatch step (from 0): ``start`` at the
     first step, linearly to ``end`` over the first ``steps`` steps, then ``end``."""
     if start is None or steps <= 0:
@@ -285,7 +285,9 @@ class AdversarialPlan:
     a variational latent, ``latent_kl_weight·KL(latent)/n_genes`` and, for a
     mixed-effects decoder, ``re_kl_weight·KL(random effects)/(n_train·n_genes)``
     (the KL terms scaled so that weight 1 is the evidence lower bound of the
-    per-gene mean likelihood).
+    per-gene mean likelihood). With ``fe_adv_weight_start`` the weight of the
+    fooling loss moves linearly from that value to ``adv_weight`` over the
+    first ``fe_adv_warmup_steps`` steps (recorded per epoch as ``adv_weight``).
 
     ``adversarial_loss="uniform"`` replaces ``−CE`` by the cross-entropy of the
     adversary's prediction against the uniform distribution.
@@ -321,7 +323,7 @@ class AdversarialPlan:
             raise ValueError("adversarial_loss must be 'ce' or 'uniform'")
         self.net, self.ae, self.advs = net, net.autoencoder, net.adversaries
         self.recon_weight, self.adv_weight = config.fe_recon_weight, config.fe_adv_weight
-        self.adv_schedule = _warmup(config.fe_adv_weight_start, config.fe_adv_weight, config.fe_adv_warmup_steps)
+        self.adv_schedule = _linear_schedule(config.fe_adv_weight_start, config.fe_adv_weight, config.fe_adv_warmup_steps)
         self.step = 0
         self.latent_kl = config.fe_latent_kl_weight / ctx.n_genes
         self.re_kl = config.fe_re_kl_weight / (ctx.n_train * ctx.n_genes)
