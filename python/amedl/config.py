@@ -87,7 +87,10 @@ class AMEDLConfig:
     first ``fe_adv_warmup_steps`` minibatch steps, down (a warm-up) or up (a
     ramp); the validation monitor weighs the adversary's lead by
     ``fe_adv_weight``. Neither direction improved the shared datasets
-    (``docs/tuning.md``, fifteenth round).
+    (``docs/tuning.md``, fifteenth round). ``fe_adv_lead_gain`` = g (0: off)
+    multiplies each step's weight by ``1 + g·lead``, ``lead`` a moving average
+    of the adversary's training lead over chance, ``max(0, (H − CE)/H)``: the
+    encoder is pushed harder while the adversary wins (sixteenth round).
     """
 
     # data
@@ -125,6 +128,7 @@ class AMEDLConfig:
     fe_adv_weight: float = 0.3
     fe_adv_weight_start: float | None = None
     fe_adv_warmup_steps: int = 500
+    fe_adv_lead_gain: float = 0.0
     fe_layer_adv_scale: float = 1.0
     fe_latent_kl_weight: float = 0.0
     fe_re_kl_weight: float = 1.0
@@ -330,6 +334,7 @@ RULES: dict[str, Rule] = {
     "fe_adv_weight": _WEIGHT,
     "fe_adv_weight_start": _float(0.0, none="fe_adv_weight from the first step"),
     "fe_adv_warmup_steps": _int(0),
+    "fe_adv_lead_gain": _float(0.0),
     "fe_layer_adv_scale": _WEIGHT,
     "fe_latent_kl_weight": _WEIGHT,
     "fe_re_kl_weight": _WEIGHT,
@@ -405,6 +410,7 @@ PAPER = dict(
     fe_recon_weight=1000.0,
     fe_adv_weight=1.0,
     fe_adv_weight_start=None,
+    fe_adv_lead_gain=0.0,
     adversarial_loss="ce",
     re_recon_weight=110.0,
     re_cls_weight=0.1,

@@ -288,6 +288,10 @@ class AdversarialPlan:
     per-gene mean likelihood). With ``fe_adv_weight_start`` the weight of the
     fooling loss moves linearly from that value to ``adv_weight`` over the
     first ``fe_adv_warmup_steps`` steps (recorded per epoch as ``adv_weight``).
+    With ``fe_adv_lead_gain`` = g each step's weight is further multiplied by
+    ``1 + g·lead``, ``lead`` the moving average (decay 0.9 per step) of the
+    adversaries' training lead ``max(0, (H − CE)/H)`` (recorded per epoch as
+    ``adv_lead``): the encoder is pushed harder while the adversary is winning.
 
     ``adversarial_loss="uniform"`` replaces ``−CE`` by the cross-entropy of the
     adversary's prediction against the uniform distribution.
@@ -325,6 +329,8 @@ class AdversarialPlan:
         self.recon_weight, self.adv_weight = config.fe_recon_weight, config.fe_adv_weight
         self.adv_schedule = _linear_schedule(config.fe_adv_weight_start, config.fe_adv_weight, config.fe_adv_warmup_steps)
         self.step = 0
+        self.lead_gain = config.fe_adv_lead_gain
+        self.lead = 0.0  # moving average of the adversaries' training lead (fe_adv_lead_gain)
         self.latent_kl = config.fe_latent_kl_weight / ctx.n_genes
         self.re_kl = config.fe_re_kl_weight / (ctx.n_train * ctx.n_genes)
         self.cycle_weight = config.fe_cycle_weight if net.batch_aware else 0.0
@@ -386,8 +392,9 @@ class AdversarialPlan:
         self.net.train()
         means = _EpochMeans()
         first_weight = self.adv_schedule(self.step)
+        steps_before, lead_sum = self.step, 0.0
         for mb in loader:
-            adv_weight = self.adv_schedule(self.step)
+            adv_weight = self.adv_schedule(self.step) * (1.0 + self.lead_gain * self.lead)
             self.step += 1
             enc = self.ae.encode(mb.x)
             views = self.net.adversary_views(enc)
@@ -398,6 +405,9 @@ class AdversarialPlan:
             self.opt_adv.zero_grad(set_to_none=True)
             sum(adv_ces).backward()
             self.opt_adv.step()
+            if self.lead_gain > 0:
+                self._follow_lead(adv_ces)
+                lead_sum += self.lead
             # (2) autoencoder step against the updated, frozen adversaries
             for adv in self.advs:
                 adv.requires_grad_(False)
@@ -433,7 +443,21 @@ class AdversarialPlan:
                 self.ema.update_parameters(self.net)
             means.add(recon=recon, **self._adversary_stats(adv_logits, mb.batch, adv_ces),
                       kl_latent=kl_latent, kl_re=kl_re, cycle=cycle, neighbours=neighbours)
-        return {**means.means(), "adv_weight": first_weight}
+        out = {**means.means(), "adv_weight": first_weight}
+        if self.lead_gain > 0:  # the same on every rank
+            out["adv_lead"] = lead_sum / max(1, self.step - steps_before)
+        return out
+
+    LEAD_DECAY = 0.9
+
+    def _follow_lead(self, adv_ces: list[torch.Tensor]) -> None:
+        """Update the moving average of the adversaries' lead on this minibatch,
+        ``max(0, (H − CE) / H)`` of their mean training cross-entropy, averaged
+        over ranks so that every rank weighs the fooling loss alike."""
+        ce = torch.stack([c.detach() for c in adv_ces]).mean().reshape(1).double()
+        ce = float(distributed.all_reduce_sum(ce)) / distributed.world_size()
+        lead = max(0.0, (self.chance_ce - ce) / self.chance_ce)
+        self.lead = self.LEAD_DECAY * self.lead + (1.0 - self.LEAD_DECAY) * lead
 
     def _scaled_loss(self, decoded: torch.Tensor, enc, mb) -> torch.Tensor:
         """Mean squared error of the decoded expression on the scaled model input.
