@@ -89,9 +89,9 @@ class AMEDLConfig:
     ``fe_adv_weight``. Neither direction improved the shared datasets
     (``docs/tuning.md``, fifteenth round). ``fe_adv_lead_gain`` = g (0: off)
     multiplies each step's weight by ``1 + g·lead``, ``lead`` a moving average
-    of the adversary's training lead over chance, ``max(0, (H − CE)/H)``: the
-    encoder is pushed harder while the adversary wins: with weight 0.15 the
-    default since the sixteenth round.
+    of the adversary's training lead over chance, ``max(0, (H − CE)/H)``, so
+    that the encoder is pushed harder while the adversary wins; gain 5 with
+    weight 0.15 is the default since the sixteenth round.
     """
 
     # data
