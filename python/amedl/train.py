@@ -330,7 +330,7 @@ class AdversarialPlan:
         self.adv_schedule = _linear_schedule(config.fe_adv_weight_start, config.fe_adv_weight, config.fe_adv_warmup_steps)
         self.step = 0
         self.lead_gain = config.fe_adv_lead_gain
-        self.lead = 0.0  # moving average of the adversaries' training lead (fe_adv_lead_gain)
+        self.lead = torch.zeros((), dtype=torch.float64)  # moving average of the adversaries' training lead
         self.latent_kl = config.fe_latent_kl_weight / ctx.n_genes
         self.re_kl = config.fe_re_kl_weight / (ctx.n_train * ctx.n_genes)
         self.cycle_weight = config.fe_cycle_weight if net.batch_aware else 0.0
@@ -392,9 +392,11 @@ class AdversarialPlan:
         self.net.train()
         means = _EpochMeans()
         first_weight = self.adv_schedule(self.step)
-        steps_before, lead_sum = self.step, 0.0
+        steps_before, lead_sum = self.step, torch.zeros((), dtype=torch.float64)
         for mb in loader:
-            adv_weight = self.adv_schedule(self.step) * (1.0 + self.lead_gain * self.lead)
+            adv_weight = self.adv_schedule(self.step)
+            if self.lead_gain > 0:  # kept on the device: no wait for the adversary's numbers
+                adv_weight = (adv_weight * (1.0 + self.lead_gain * self.lead)).float()
             self.step += 1
             enc = self.ae.encode(mb.x)
             views = self.net.adversary_views(enc)
@@ -407,7 +409,7 @@ class AdversarialPlan:
             self.opt_adv.step()
             if self.lead_gain > 0:
                 self._follow_lead(adv_ces)
-                lead_sum += self.lead
+                lead_sum = lead_sum + self.lead
             # (2) autoencoder step against the updated, frozen adversaries
             for adv in self.advs:
                 adv.requires_grad_(False)
@@ -445,7 +447,7 @@ class AdversarialPlan:
                       kl_latent=kl_latent, kl_re=kl_re, cycle=cycle, neighbours=neighbours)
         out = {**means.means(), "adv_weight": first_weight}
         if self.lead_gain > 0:  # the same on every rank
-            out["adv_lead"] = lead_sum / max(1, self.step - steps_before)
+            out["adv_lead"] = float(lead_sum) / max(1, self.step - steps_before)
         return out
 
     LEAD_DECAY = 0.9
@@ -454,9 +456,8 @@ class AdversarialPlan:
         """Update the moving average of the adversaries' lead on this minibatch,
         ``max(0, (H − CE) / H)`` of their mean training cross-entropy, averaged
         over ranks so that every rank weighs the fooling loss alike."""
-        ce = torch.stack([c.detach() for c in adv_ces]).mean().reshape(1).double()
-        ce = float(distributed.all_reduce_sum(ce)) / distributed.world_size()
-        lead = max(0.0, (self.chance_ce - ce) / self.chance_ce)
+        ce = distributed.all_reduce_sum(torch.stack([c.detach() for c in adv_ces]).mean().double()) / distributed.world_size()
+        lead = ((self.chance_ce - ce) / self.chance_ce).clamp(min=0.0)
         self.lead = self.LEAD_DECAY * self.lead + (1.0 - self.LEAD_DECAY) * lead
 
     def _scaled_loss(self, decoded: torch.Tensor, enc, mb) -> torch.Tensor:
