@@ -18,7 +18,7 @@ steadier figure for choosing between settings; ``rescore`` adds it to rows
 scored before it existed.
 
 ``settings.json`` maps a name to AMEDLConfig overrides, e.g.
-``{"default": {}, "geometry1": {"fe_geometry_weight": 1.0}}``.
+``{"default": {}, "gain10": {"fe_adv_lead_gain": 10}}``.
 """
 from __future__ import annotations
 

@@ -95,13 +95,13 @@ def kmeans_averaged(latent, labels, scored: dict, inits: int = KMEANS_INITS) -> 
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     labels = np.asarray(labels)
+    x = np.asarray(latent, dtype=np.float64)
     k = len(np.unique(labels))
-    draws = np.array([
-        (normalized_mutual_info_score(labels, pred, average_method="arithmetic"), adjusted_rand_score(labels, pred))
-        for pred in (KMeans(k, n_init=1, random_state=s).fit_predict(np.asarray(latent, dtype=np.float64))
-                     for s in range(inits))
-    ])
-    nmi, ari = draws.mean(0)
+    draws = []
+    for seed in range(inits):
+        pred = KMeans(k, n_init=1, random_state=seed).fit_predict(x)
+        draws.append((normalized_mutual_info_score(labels, pred, average_method="arithmetic"), adjusted_rand_score(labels, pred)))
+    nmi, ari = np.mean(draws, axis=0)
     bio = [scored[m] for m in ("clisi", "scaled_label_asw", "isolated_labels") if np.isfinite(scored.get(m, np.nan))]
     bio_conservation = float(np.mean([*bio, nmi, ari]))
     return {"nmi_kmeans_mean": float(nmi), "ari_kmeans_mean": float(ari),
