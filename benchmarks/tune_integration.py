@@ -94,6 +94,8 @@ def kmeans_averaged(latent, labels, scored: dict, inits: int = KMEANS_INITS) -> 
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+    from amedl.metrics import SCIB_BIO_METRICS
+
     labels = np.asarray(labels)
     x = np.asarray(latent, dtype=np.float64)
     k = len(np.unique(labels))
@@ -102,7 +104,7 @@ def kmeans_averaged(latent, labels, scored: dict, inits: int = KMEANS_INITS) -> 
         pred = KMeans(k, n_init=1, random_state=seed).fit_predict(x)
         draws.append((normalized_mutual_info_score(labels, pred, average_method="arithmetic"), adjusted_rand_score(labels, pred)))
     nmi, ari = np.mean(draws, axis=0)
-    bio = [scored[m] for m in ("clisi", "scaled_label_asw", "isolated_labels") if np.isfinite(scored.get(m, np.nan))]
+    bio = [scored[m] for m in SCIB_BIO_METRICS if m not in ("nmi", "ari") and np.isfinite(scored.get(m, np.nan))]
     bio_conservation = float(np.mean([*bio, nmi, ari]))
     return {"nmi_kmeans_mean": float(nmi), "ari_kmeans_mean": float(ari),
             "scib_total_kmeans_mean": 0.4 * scored["batch_correction"] + 0.6 * bio_conservation}
