@@ -72,41 +72,19 @@ def score(latent, batch, labels, unintegrated) -> dict:
     from amedl.metrics import evaluate_latent
 
     out = evaluate_latent(latent, batch, labels, scib=True, unintegrated=unintegrated, max_cells=None, seed=0)
-    out = {**out, **neighbour_mixing(latent, batch, labels)}
-    return {**out, **kmeans_averaged(latent, labels, out)}
+    return {**out, **neighbour_mixing(latent, batch, labels)}
 
 
-#: k-means initialisations whose NMI / ARI :func:`kmeans_averaged` averages
-KMEANS_INITS = 20
+def kmeans_averaged(latent, labels, scored: dict, inits: int | None = None) -> dict:
+    """The k-means-averaged NMI / ARI and total (``amedl.metrics.scib_metrics``
+    computes them now) for a row scored before they existed: ``scored`` is that
+    row (its batch correction and other bio metrics are reused)."""
+    from amedl.metrics import KMEANS_INITS, SCIB_BIO_METRICS, kmeans_nmi_ari
 
-
-def kmeans_averaged(latent, labels, scored: dict, inits: int = KMEANS_INITS) -> dict:
-    """NMI / ARI of k-means (as many clusters as labels) averaged over ``inits``
-    k-means++ initialisations, and the scIB total with them in place of the
-    scorer's.
-
-    scib-metrics clusters once, from one fixed seed, so on a few hundred held-out
-    cells its NMI / ARI move by a few hundredths with the draw alone
-    (``docs/tuning.md``, seventeenth round); the average is the steadier figure
-    for choosing between settings. ``scored`` is the row the scorer gave the same
-    latent (its batch correction and other bio metrics are reused).
-    """
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    from amedl.metrics import SCIB_BIO_METRICS
-
-    labels = np.asarray(labels)
-    x = np.asarray(latent, dtype=np.float64)
-    k = len(np.unique(labels))
-    draws = []
-    for seed in range(inits):
-        pred = KMeans(k, n_init=1, random_state=seed).fit_predict(x)
-        draws.append((normalized_mutual_info_score(labels, pred, average_method="arithmetic"), adjusted_rand_score(labels, pred)))
-    nmi, ari = np.mean(draws, axis=0)
+    nmi, ari = kmeans_nmi_ari(latent, labels, inits or KMEANS_INITS)
     bio = [scored[m] for m in SCIB_BIO_METRICS if m not in ("nmi", "ari") and np.isfinite(scored.get(m, np.nan))]
     bio_conservation = float(np.mean([*bio, nmi, ari]))
-    return {"nmi_kmeans_mean": float(nmi), "ari_kmeans_mean": float(ari),
+    return {"nmi_kmeans_mean": nmi, "ari_kmeans_mean": ari,
             "scib_total_kmeans_mean": 0.4 * scored["batch_correction"] + 0.6 * bio_conservation}
 
 

@@ -89,6 +89,22 @@ def test_summary_mean_and_confidence_interval_by_hand():
     assert np.isnan(s.loc[("Y", "batch_asw"), "ci95"])  # one fold: no interval
 
 
+def test_pattern_check_compares_fe_total_with_harmony_and_scvi():
+    res = pd.DataFrame({"method": ["PCA", "aMEDL-FE", "Harmony", "scVI"] * 2, "fold": [1] * 4 + [2] * 4,
+                        "batch_asw": [0.1, -0.1, -0.1, 0.0] * 2, "label_asw": [0.2, 0.3, 0.3, 0.2] * 2,
+                        "scib_total": [0.5, 0.76, 0.77, 0.70, 0.5, 0.76, 0.75, 0.72],
+                        "scib_total_kmeans_mean": [0.5, 0.78, 0.76, 0.71] * 2})
+    lines = B.pattern_check(res)
+    # one k-means run: Harmony 0.760 ties FE 0.760 (margin 0); the averaged total: FE ahead of both by 0.02
+    assert "FE scIB total 0.760 vs Harmony 0.760 and scVI 0.710: at least both (margin +0.000)" in lines
+    assert "FE scIB total (20 k-means) 0.780 vs Harmony 0.760 and scVI 0.710: at least both (margin +0.020)" in lines
+    worse = res.assign(scib_total=res["scib_total"].where(res["method"] != "scVI", 0.9))
+    assert any(line.startswith("FE scIB total 0.760") and "NOT at least both (margin -0.140)" in line
+               for line in B.pattern_check(worse))
+    # no baseline ran: no sentence rather than a comparison with nothing
+    assert not any("scIB total" in line for line in B.pattern_check(res[res["method"].isin(["PCA", "aMEDL-FE"])]))
+
+
 def test_missing_keys_and_labels_raise(small_adata, tmp_path):
     with pytest.raises(amedl.AMEDLInputError, match="label column 'nope' is not in adata.obs"):
         B.run_benchmark(small_adata, "batch", "nope", tmp_path, folds=1, progress=False)

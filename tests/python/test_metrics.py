@@ -157,3 +157,29 @@ def test_scib_metrics_rank_mixed_above_separated():
     # cell types are perfectly recoverable in the mixed latent
     assert out_mixed["nmi"] == pytest.approx(1.0) and out_mixed["ari"] == pytest.approx(1.0)
     assert out_mixed["scib_total"] == pytest.approx(0.4 * out_mixed["batch_correction"] + 0.6 * out_mixed["bio_conservation"])
+    # the k-means-averaged figures: perfect clusters stay perfect, and the total is rebuilt from them
+    assert out_mixed["nmi_kmeans_mean"] == pytest.approx(1.0) and out_mixed["ari_kmeans_mean"] == pytest.approx(1.0)
+    assert out_mixed["scib_total_kmeans_mean"] == pytest.approx(out_mixed["scib_total"])
+    others = [out_sep[k] for k in M.SCIB_BIO_METRICS if k not in ("nmi", "ari")]
+    bio = np.mean([*others, out_sep["nmi_kmeans_mean"], out_sep["ari_kmeans_mean"]])
+    assert out_sep["scib_total_kmeans_mean"] == pytest.approx(0.4 * out_sep["batch_correction"] + 0.6 * bio)
+    assert "nmi_kmeans_mean" not in M.scib_metrics(mixed, batch, label, kmeans_inits=0)
+
+
+def test_kmeans_nmi_ari_is_the_mean_of_single_runs():
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    rng = np.random.default_rng(3)
+    # four overlapping groups: k-means runs disagree, so the average is not any one run
+    labels = np.repeat(["a", "b", "c", "d"], 30)
+    x = rng.normal(size=(120, 3)) + np.repeat(np.array([[0, 0, 0], [1.5, 0, 0], [0, 1.5, 0], [1.5, 1.5, 0]]), 30, axis=0)
+    runs = [KMeans(4, n_init=1, random_state=s).fit_predict(x) for s in range(5)]
+    nmi = np.mean([normalized_mutual_info_score(labels, r) for r in runs])
+    ari = np.mean([adjusted_rand_score(labels, r) for r in runs])
+    assert M.kmeans_nmi_ari(x, labels, inits=5) == pytest.approx((nmi, ari))
+    assert len({round(normalized_mutual_info_score(labels, r), 6) for r in runs}) > 1
+    with pytest.raises(ValueError, match="inits must be at least 1"):
+        M.kmeans_nmi_ari(x, labels, inits=0)
+    with pytest.raises(ValueError, match="labels has 3 entries but the latent has 120 cells"):
+        M.kmeans_nmi_ari(x, labels[:3])
