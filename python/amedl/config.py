@@ -50,6 +50,12 @@ class AMEDLConfig:
     ``fe_cluster_weight`` pulls each cell of the FE latent to its nearest
     centroid of that k-means (within-cluster over total spread; needs
     ``adversary_clusters``), as Harmony pulls cells to its cluster centroids.
+    ``fe_depth_weight`` (0: off) penalises the squared correlation of each
+    latent coordinate with the cell's log library size, both centred within
+    each cluster × batch of the minibatch, so that sequencing depth within a
+    cell type is not an axis of the latent while depth differences between
+    cell types stay (needs ``adversary_clusters`` and a count likelihood;
+    ``docs/tuning.md``, eighteenth round).
 
     The FE latent keeps the cell types a PCA sees (``docs/tuning.md``, eighth
     and ninth rounds): ``fe_neighbour_weight`` asks each cell's nearest
@@ -141,6 +147,7 @@ class AMEDLConfig:
     fe_scaled_weight: float = 0.1
     fe_scaled_path: str = "fixed"
     fe_cluster_weight: float = 0.3
+    fe_depth_weight: float = 0.0
     fe_ema_decay: float | None = 0.99
     adversarial_loss: str = "ce"
     fe_monitor: str = "ce"
@@ -157,6 +164,14 @@ class AMEDLConfig:
 
     def __post_init__(self):
         _validate(self)
+        if self.fe_depth_weight > 0 and self.adversary_clusters is None:
+            raise AMEDLConfigError(
+                "fe_depth_weight measures depth within the adversaries' clusters, but adversary_clusters is None: "
+                "set adversary_clusters (e.g. 20) or fe_depth_weight=0")
+        if self.fe_depth_weight > 0 and (self.fe_decoder != "mixed" or self.likelihood != "nb"):
+            raise AMEDLConfigError(
+                "fe_depth_weight needs the cells' library sizes, which only the count likelihood reads: "
+                "use fe_decoder='mixed' with likelihood='nb', or fe_depth_weight=0")
         if self.fe_cluster_weight > 0 and self.adversary_clusters is None:
             raise AMEDLConfigError(
                 "fe_cluster_weight pulls cells to the centroids of the adversaries' clusters, but "
@@ -347,6 +362,7 @@ RULES: dict[str, Rule] = {
     "fe_scaled_weight": _WEIGHT,
     "fe_scaled_path": _choice("network", "encoder", "fixed"),
     "fe_cluster_weight": _WEIGHT,
+    "fe_depth_weight": _WEIGHT,
     "fe_ema_decay": _float(0.0, high=1.0, open_low=True, open_high=True, none="no weight averaging"),
     "adversarial_loss": _choice("ce", "uniform"),
     "fe_monitor": _choice("ce", "accuracy", "calibrated"),

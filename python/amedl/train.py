@@ -254,6 +254,21 @@ def _compactness(z: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return within / (total + 1e-8)
 
 
+def _depth_correlation(z: torch.Tensor, depth: torch.Tensor, b: torch.Tensor, centroids: torch.Tensor,
+                       n_batches: int) -> torch.Tensor:
+    """Mean over latent coordinates of the squared correlation with ``depth`` (log
+    library size), both centred within each group of cells that share their
+    nearest centroid and their batch: depth within a cluster counts, depth
+    differences between clusters or batches do not."""
+    group = torch.cdist(z.detach(), centroids).argmin(1) * n_batches + b
+    onehot = F.one_hot(group, len(centroids) * n_batches).to(z.dtype)
+    size = onehot.sum(0).clamp_min(1.0)
+    zc = z - onehot @ ((onehot.T @ z) / size[:, None])
+    dc = depth - onehot @ ((onehot.T @ depth) / size)
+    cov = (zc * dc[:, None]).mean(0)
+    return (cov.square() / (zc.square().mean(0) * dc.square().mean() + 1e-8)).mean()
+
+
 def _is_random_effect(module: nn.Module, name: str) -> bool:
     """Whether parameter ``name`` of ``module`` belongs to a :class:`~amedl.nn.RandomEffects`."""
     return isinstance(module.get_submodule(name.rpartition(".")[0]), RandomEffects)
@@ -338,6 +353,7 @@ class AdversarialPlan:
         self.neighbour_weight = config.fe_neighbour_weight
         self.neighbour_k = config.fe_neighbour_k
         self.cluster_weight = config.fe_cluster_weight
+        self.depth_weight = config.fe_depth_weight
         if self.neighbour_weight > 0 and ctx.reference is None:
             raise ValueError("fe_neighbour_weight needs a reference PCA: build the context with reference=(center, components)")
         # with a scaled-input likelihood (MSE) the reconstruction already is this error
@@ -433,6 +449,10 @@ class AdversarialPlan:
                 loss = loss + self.neighbour_weight * neighbours
             if self.cluster_weight > 0:
                 loss = loss + self.cluster_weight * _compactness(enc.mean, self.balance.centroids)
+            if self.depth_weight > 0:
+                depth = mb.library.log().to(enc.mean.dtype)
+                loss = loss + self.depth_weight * _depth_correlation(enc.mean, depth, mb.batch, self.balance.centroids,
+                                                                     self.n_batches)
             if self.membership is not None:  # its own parameters: the sum only saves an optimiser step
                 member_ce = F.cross_entropy(self.membership(mb.x), mb.batch)
                 loss = loss + member_ce

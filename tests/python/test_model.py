@@ -311,6 +311,38 @@ def test_neighbour_loss_compares_same_batch_neighbourhoods(sim):
     assert loss_after(5.0) < 0.8 * loss_after(0.0)
 
 
+def test_depth_correlation_counts_depth_within_clusters_and_batches(sim):
+    import torch
+
+    from amedl.errors import AMEDLConfigError
+    from amedl.train import _depth_correlation
+
+    g = torch.Generator().manual_seed(0)
+    centroids = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    cluster = torch.arange(200) % 2
+    b = (torch.arange(200) // 2) % 2
+    noise = torch.randn(200, generator=g)
+    z = centroids[cluster] + 0.1 * torch.randn(200, 2, generator=g)
+    # depth that differs only between clusters and between batches: not a latent axis, nothing to penalise
+    depth = 3.0 * cluster.float() + 1.0 * b.float()
+    depth_z = z.clone()
+    depth_z[:, 1] = depth_z[:, 1] + 0.5 * noise
+    assert float(_depth_correlation(z, depth + 0.0 * noise, b, centroids, 2)) < 1e-6
+    # depth that one coordinate follows within each cluster: correlation 1 on that coordinate, 0 on the other
+    within = depth + noise
+    loss = float(_depth_correlation(depth_z, within, b, centroids, 2))
+    assert 0.45 < loss <= 0.5 + 1e-6
+    assert float(_depth_correlation(z, within, b, centroids, 2)) < 0.05
+    with pytest.raises(AMEDLConfigError, match="adversary_clusters is None"):
+        amedl.AMEDLConfig(fe_depth_weight=1.0, adversary_clusters=None, fe_cluster_weight=0.0)
+    with pytest.raises(AMEDLConfigError, match="only the count likelihood reads"):
+        amedl.AMEDLConfig(fe_depth_weight=1.0, likelihood="mse")
+    # it trains: a short fit with the term runs and gives a finite latent
+    m = amedl.AMEDL(sim, "batch", fe_depth_weight=1.0, **SMALL)
+    m.fit(seed=0, max_epochs=2, kinds=("fe",), progress=False)
+    assert np.isfinite(m.latent(kind="fe")).all()
+
+
 def test_neighbour_bandwidth_sets_how_far_neighbourhoods_reach():
     import torch
 
