@@ -127,13 +127,15 @@ def score_all(args) -> None:
 
 
 def rescore_all(args) -> None:
-    """Add the k-means-averaged NMI / ARI (``tune_integration.kmeans_averaged``) to
+    """Add the k-means-averaged NMI / ARI (``amedl.metrics.kmeans_mean_scores``) to
     the rows of ``--out`` scored before it existed, from their ``.npz`` in ``--dir``."""
     warnings.filterwarnings("ignore")
     out = Path(args.out)
     rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     cache: dict = {}
     added = 0
+    from amedl import metrics
+
     for row in rows:
         path = Path(args.dir) / row.get("file", "")
         if "scib_total_kmeans_mean" in row or not path.is_file():
@@ -143,7 +145,7 @@ def rescore_all(args) -> None:
             cache[row["dataset"]] = adata.obs[label_key].astype(str).to_numpy()
         with np.load(path) as f:
             z, te = f["latent"], f["test"]
-        row.update(tune.kmeans_averaged(z, cache[row["dataset"]][te], row))
+        row.update(metrics.kmeans_mean_scores(z, cache[row["dataset"]][te], row))
         added += 1
     tmp = out.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -75,19 +75,6 @@ def score(latent, batch, labels, unintegrated) -> dict:
     return {**out, **neighbour_mixing(latent, batch, labels)}
 
 
-def kmeans_averaged(latent, labels, scored: dict, inits: int | None = None) -> dict:
-    """The k-means-averaged NMI / ARI and total (``amedl.metrics.scib_metrics``
-    computes them now) for a row scored before they existed: ``scored`` is that
-    row (its batch correction and other bio metrics are reused)."""
-    from amedl.metrics import KMEANS_INITS, SCIB_BIO_METRICS, kmeans_nmi_ari
-
-    nmi, ari = kmeans_nmi_ari(latent, labels, inits or KMEANS_INITS)
-    bio = [scored[m] for m in SCIB_BIO_METRICS if m not in ("nmi", "ari") and np.isfinite(scored.get(m, np.nan))]
-    bio_conservation = float(np.mean([*bio, nmi, ari]))
-    return {"nmi_kmeans_mean": nmi, "ari_kmeans_mean": ari,
-            "scib_total_kmeans_mean": 0.4 * scored["batch_correction"] + 0.6 * bio_conservation}
-
-
 def latent_size(settings: dict) -> int:
     """The latent size of an aMEDL setting (the config's default unless it sets one): PCA,
     Harmony and scVI are compared at it."""
