@@ -54,8 +54,10 @@ class AMEDLConfig:
     latent coordinate with the cell's log library size, both centred within
     each cluster × batch of the minibatch, so that sequencing depth within a
     cell type is not an axis of the latent while depth differences between
-    cell types stay (needs ``adversary_clusters`` and a count likelihood;
-    ``docs/tuning.md``, eighteenth round).
+    cell types stay (needs ``adversary_clusters``; it reads the library sizes
+    of the count likelihood, so with ``fe_decoder="tied"`` or
+    ``likelihood="mse"`` it does nothing, as ``fe_scaled_weight``; weight 1
+    is the default since the nineteenth round, ``docs/tuning.md``).
 
     The FE latent keeps the cell types a PCA sees (``docs/tuning.md``, eighth
     and ninth rounds): ``fe_neighbour_weight`` asks each cell's nearest
@@ -147,7 +149,7 @@ class AMEDLConfig:
     fe_scaled_weight: float = 0.1
     fe_scaled_path: str = "fixed"
     fe_cluster_weight: float = 0.3
-    fe_depth_weight: float = 0.0
+    fe_depth_weight: float = 1.0
     fe_ema_decay: float | None = 0.99
     adversarial_loss: str = "ce"
     fe_monitor: str = "ce"
@@ -164,18 +166,13 @@ class AMEDLConfig:
 
     def __post_init__(self):
         _validate(self)
-        if self.fe_depth_weight > 0 and self.adversary_clusters is None:
-            raise AMEDLConfigError(
-                "fe_depth_weight measures depth within the adversaries' clusters, but adversary_clusters is None: "
-                "set adversary_clusters (e.g. 20) or fe_depth_weight=0")
-        if self.fe_depth_weight > 0 and (self.fe_decoder != "mixed" or self.likelihood != "nb"):
-            raise AMEDLConfigError(
-                "fe_depth_weight needs the cells' library sizes, which only the count likelihood reads: "
-                "use fe_decoder='mixed' with likelihood='nb', or fe_depth_weight=0")
-        if self.fe_cluster_weight > 0 and self.adversary_clusters is None:
-            raise AMEDLConfigError(
-                "fe_cluster_weight pulls cells to the centroids of the adversaries' clusters, but "
-                "adversary_clusters is None: set adversary_clusters (e.g. 20) or fe_cluster_weight=0")
+        if self.adversary_clusters is None:
+            needs = [f"{name}={getattr(self, name):g}" for name in ("fe_cluster_weight", "fe_depth_weight")
+                     if getattr(self, name) > 0]
+            if needs:
+                raise AMEDLConfigError(
+                    f"{' and '.join(needs)} read the adversaries' clusters, but adversary_clusters is None: "
+                    f"set adversary_clusters (e.g. 20) or {' and '.join(n.split('=')[0] + '=0' for n in needs)}")
 
     def epochs_for(self, n_train: int) -> int:
         """Epoch budget: ``max_epochs`` if set, else enough epochs for about
@@ -408,6 +405,7 @@ PAPER = dict(
     adversary_input="all",
     adversary_clusters=None,
     fe_cluster_weight=0.0,
+    fe_depth_weight=0.0,
     re_init_scale=1e-3,
     re_scale_lr=None,
     likelihood="mse",
@@ -440,7 +438,8 @@ PAPER = dict(
 # binomial likelihood on counts, a 10-dimensional latent that keeps each cell's
 # within-batch neighbours of a 10-component PCA (weight 1), one adversary on the
 # latent whose batches are balanced within 20 clusters of the latent (each cell
-# pulled to its cluster's centroid, weight 0.3), adversary weight 0.15 raised
+# pulled to its cluster's centroid, weight 0.3; sequencing depth within each
+# cluster and batch kept out of the latent, weight 1), adversary weight 0.15 raised
 # while the adversary leads (gain 5) after a 250-step burn-in and an exponential
 # moving average (0.99) of its weights; random-effects posteriors
 # that start at scale 0.03 and learn their scales at 1e-2 (calibrated on

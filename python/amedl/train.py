@@ -353,7 +353,7 @@ class AdversarialPlan:
         self.neighbour_weight = config.fe_neighbour_weight
         self.neighbour_k = config.fe_neighbour_k
         self.cluster_weight = config.fe_cluster_weight
-        self.depth_weight = config.fe_depth_weight
+        self.depth_weight = config.fe_depth_weight if net.batch_aware and config.likelihood == "nb" else 0.0
         if self.neighbour_weight > 0 and ctx.reference is None:
             raise ValueError("fe_neighbour_weight needs a reference PCA: build the context with reference=(center, components)")
         # with a scaled-input likelihood (MSE) the reconstruction already is this error

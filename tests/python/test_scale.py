@@ -22,7 +22,7 @@ SMALL = dict(n_top_genes=200, hidden=(64, 32), n_latent=8, adversary_hidden=(64,
 #: Early stopping that fires within the budget, so that the ranks have something to agree on (the
 #: single all-layer adversary, unbalanced: the default's balanced game keeps improving for 30 epochs here).
 STOPPING = dict(patience=2, re_patience=2, min_epochs=1, fe_burn_in_steps=20, adversary_input="all", adversary_clusters=None,
-                fe_cluster_weight=0.0)
+                fe_cluster_weight=0.0, fe_depth_weight=0.0)
 ROOT = Path(__file__).resolve().parents[2]
 
 WORKER = textwrap.dedent(
