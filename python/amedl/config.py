@@ -171,7 +171,8 @@ class AMEDLConfig:
                      if getattr(self, name) > 0]
             if needs:
                 raise AMEDLConfigError(
-                    f"{' and '.join(needs)} read the adversaries' clusters, but adversary_clusters is None: "
+                    f"{' and '.join(needs)} {'read' if len(needs) > 1 else 'reads'} the adversaries' clusters, "
+                    "but adversary_clusters is None: "
                     f"set adversary_clusters (e.g. 20) or {' and '.join(n.split('=')[0] + '=0' for n in needs)}")
 
     def epochs_for(self, n_train: int) -> int:

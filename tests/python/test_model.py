@@ -333,7 +333,7 @@ def test_depth_correlation_counts_depth_within_clusters_and_batches(sim):
     loss = float(_depth_correlation(depth_z, within, b, centroids, 2))
     assert 0.45 < loss <= 0.5 + 1e-6
     assert float(_depth_correlation(z, within, b, centroids, 2)) < 0.05
-    with pytest.raises(AMEDLConfigError, match="^fe_depth_weight=1 read .* adversary_clusters is None: .* or fe_depth_weight=0$"):
+    with pytest.raises(AMEDLConfigError, match="^fe_depth_weight=1 reads .* adversary_clusters is None: .* or fe_depth_weight=0$"):
         amedl.AMEDLConfig(fe_depth_weight=1.0, adversary_clusters=None, fe_cluster_weight=0.0)
     with pytest.raises(AMEDLConfigError, match="fe_cluster_weight=0.3 and fe_depth_weight=1 read .* "
                                                "or fe_cluster_weight=0 and fe_depth_weight=0$"):
