@@ -167,13 +167,12 @@ class AMEDLConfig:
     def __post_init__(self):
         _validate(self)
         if self.adversary_clusters is None:
-            needs = [f"{name}={getattr(self, name):g}" for name in ("fe_cluster_weight", "fe_depth_weight")
-                     if getattr(self, name) > 0]
-            if needs:
+            on = [name for name in ("fe_cluster_weight", "fe_depth_weight") if getattr(self, name) > 0]
+            if on:
                 raise AMEDLConfigError(
-                    f"{' and '.join(needs)} {'read' if len(needs) > 1 else 'reads'} the adversaries' clusters, "
-                    "but adversary_clusters is None: "
-                    f"set adversary_clusters (e.g. 20) or {' and '.join(n.split('=')[0] + '=0' for n in needs)}")
+                    f"{' and '.join(f'{n}={getattr(self, n):g}' for n in on)} {'read' if len(on) > 1 else 'reads'} "
+                    "the adversaries' clusters, but adversary_clusters is None: "
+                    f"set adversary_clusters (e.g. 20) or {' and '.join(f'{n}=0' for n in on)}")
 
     def epochs_for(self, n_train: int) -> int:
         """Epoch budget: ``max_epochs`` if set, else enough epochs for about

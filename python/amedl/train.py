@@ -254,14 +254,12 @@ def _compactness(z: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return within / (total + 1e-8)
 
 
-def _depth_correlation(z: torch.Tensor, depth: torch.Tensor, b: torch.Tensor, centroids: torch.Tensor,
-                       n_batches: int) -> torch.Tensor:
+def _depth_correlation(z: torch.Tensor, depth: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
     """Mean over latent coordinates of the squared correlation with ``depth`` (log
-    library size), both centred within each group of cells that share their
-    nearest centroid and their batch: depth within a cluster counts, depth
-    differences between clusters or batches do not."""
-    group = torch.cdist(z.detach(), centroids).argmin(1) * n_batches + b
-    onehot = F.one_hot(group, len(centroids) * n_batches).to(z.dtype)
+    library size), both centred within each ``group`` (of ``n_groups``; the
+    training loop's are nearest centroid × batch): depth within a group counts,
+    depth differences between groups do not."""
+    onehot = F.one_hot(group, n_groups).to(z.dtype)
     size = onehot.sum(0).clamp_min(1.0)
     zc = z - onehot @ ((onehot.T @ z) / size[:, None])
     dc = depth - onehot @ ((onehot.T @ depth) / size)
@@ -353,11 +351,13 @@ class AdversarialPlan:
         self.neighbour_weight = config.fe_neighbour_weight
         self.neighbour_k = config.fe_neighbour_k
         self.cluster_weight = config.fe_cluster_weight
-        self.depth_weight = config.fe_depth_weight if net.batch_aware and config.likelihood == "nb" else 0.0
         if self.neighbour_weight > 0 and ctx.reference is None:
             raise ValueError("fe_neighbour_weight needs a reference PCA: build the context with reference=(center, components)")
-        # with a scaled-input likelihood (MSE) the reconstruction already is this error
-        self.scaled_weight = config.fe_scaled_weight if net.batch_aware and config.likelihood == "nb" else 0.0
+        # the count likelihood of the mixed decoder: with a scaled-input likelihood (MSE) the
+        # reconstruction already is the scaled error, and there are no library sizes to read
+        counts = net.batch_aware and config.likelihood == "nb"
+        self.depth_weight = config.fe_depth_weight if counts else 0.0
+        self.scaled_weight = config.fe_scaled_weight if counts else 0.0
         # the decoder parameters the scaled error must not train (fe_scaled_path)
         self.scaled_detached = frozenset(
             name for name, _ in self.ae.decoder.named_parameters()
@@ -451,8 +451,9 @@ class AdversarialPlan:
                 loss = loss + self.cluster_weight * _compactness(enc.mean, self.balance.centroids)
             if self.depth_weight > 0:
                 depth = mb.library.log().to(enc.mean.dtype)
-                loss = loss + self.depth_weight * _depth_correlation(enc.mean, depth, mb.batch, self.balance.centroids,
-                                                                     self.n_batches)
+                group = self.balance.assign(enc.mean.detach()) * self.n_batches + mb.batch
+                loss = loss + self.depth_weight * _depth_correlation(enc.mean, depth, group,
+                                                                     len(self.balance.centroids) * self.n_batches)
             if self.membership is not None:  # its own parameters: the sum only saves an optimiser step
                 member_ce = F.cross_entropy(self.membership(mb.x), mb.batch)
                 loss = loss + member_ce

@@ -323,16 +323,17 @@ def test_depth_correlation_counts_depth_within_clusters_and_batches(sim):
     b = (torch.arange(200) // 2) % 2
     noise = torch.randn(200, generator=g)
     z = centroids[cluster] + 0.1 * torch.randn(200, 2, generator=g)
+    group = torch.cdist(z, centroids).argmin(1) * 2 + b  # nearest centroid x batch, as in training
     # depth that differs only between clusters and between batches: not a latent axis, nothing to penalise
     depth = 3.0 * cluster.float() + 1.0 * b.float()
     depth_z = z.clone()
     depth_z[:, 1] = depth_z[:, 1] + 0.5 * noise
-    assert float(_depth_correlation(z, depth + 0.0 * noise, b, centroids, 2)) < 1e-6
+    assert float(_depth_correlation(z, depth + 0.0 * noise, group, 4)) < 1e-6
     # depth that one coordinate follows within each cluster: correlation 1 on that coordinate, 0 on the other
     within = depth + noise
-    loss = float(_depth_correlation(depth_z, within, b, centroids, 2))
+    loss = float(_depth_correlation(depth_z, within, group, 4))
     assert 0.45 < loss <= 0.5 + 1e-6
-    assert float(_depth_correlation(z, within, b, centroids, 2)) < 0.05
+    assert float(_depth_correlation(z, within, group, 4)) < 0.05
     with pytest.raises(AMEDLConfigError, match="^fe_depth_weight=1 reads .* adversary_clusters is None: .* or fe_depth_weight=0$"):
         amedl.AMEDLConfig(fe_depth_weight=1.0, adversary_clusters=None, fe_cluster_weight=0.0)
     with pytest.raises(AMEDLConfigError, match="fe_cluster_weight=0.3 and fe_depth_weight=1 read .* "
