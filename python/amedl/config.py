@@ -58,6 +58,15 @@ class AMEDLConfig:
     of the count likelihood, so with ``fe_decoder="tied"`` or
     ``likelihood="mse"`` it does nothing, as ``fe_scaled_weight``; weight 1
     is the default since the nineteenth round, ``docs/tuning.md``).
+    ``fe_intercept_clusters=k`` (``None``: off) models what batch is left in
+    the trained FE latent as random intercepts (:mod:`amedl.intercepts`):
+    within each of ``k`` soft clusters of the latent, each batch's shrunk mean
+    offset from the cluster's pooled mean (the prior weighs
+    ``fe_intercept_shrinkage`` cells) is estimated on the model's cells and
+    removed from every cell of that batch, for ``fe_intercept_rounds`` rounds
+    of clustering and correction; ``AMEDL.latent(kind="fe")`` applies them
+    (``intercepts=False``: the encoder's latent), the decoder reads the
+    encoder's latent.
 
     The FE latent keeps the cell types a PCA sees (``docs/tuning.md``, eighth
     and ninth rounds): ``fe_neighbour_weight`` asks each cell's nearest
@@ -151,6 +160,9 @@ class AMEDLConfig:
     fe_cluster_weight: float = 0.3
     fe_depth_weight: float = 1.0
     fe_ema_decay: float | None = 0.99
+    fe_intercept_clusters: int | None = 10
+    fe_intercept_shrinkage: float = 1.0
+    fe_intercept_rounds: int = 3
     adversarial_loss: str = "ce"
     fe_monitor: str = "ce"
     fe_monitor_adversaries: str = "every"
@@ -361,6 +373,9 @@ RULES: dict[str, Rule] = {
     "fe_cluster_weight": _WEIGHT,
     "fe_depth_weight": _WEIGHT,
     "fe_ema_decay": _float(0.0, high=1.0, open_low=True, open_high=True, none="no weight averaging"),
+    "fe_intercept_clusters": _int(1, none="no latent intercepts: the encoder's latent"),
+    "fe_intercept_shrinkage": _float(0.0),
+    "fe_intercept_rounds": _int(1),
     "adversarial_loss": _choice("ce", "uniform"),
     "fe_monitor": _choice("ce", "accuracy", "calibrated"),
     "fe_monitor_adversaries": _choice("every", "latent"),
@@ -410,6 +425,7 @@ PAPER = dict(
     re_scale_lr=None,
     likelihood="mse",
     fe_ema_decay=None,
+    fe_intercept_clusters=None,
     fe_cycle_weight=0.0,
     fe_neighbour_weight=0.0,
     fe_scaled_weight=0.0,

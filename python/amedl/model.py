@@ -22,6 +22,8 @@ from . import __version__, distributed, modelfile
 from .config import RULES, AMEDLConfig, make_config
 from .data import AMEDLInputError, CSRLoader, DeviceCSR, Preprocessor, make_loader
 from .errors import AMEDLConfigError, AMEDLModelError
+from .intercepts import MAX_CELLS as INTERCEPT_CELLS
+from .intercepts import LatentIntercepts
 from .nn import predicts_unseen
 from .train import NETWORKS, LoopSettings, PlanContext, adapt_new_batches, fit_loop
 from ._utils import Staging, apply_threads, resolve_device, seed_everything
@@ -33,6 +35,8 @@ KIND_NAMES = {k: n.description for k, n in NETWORKS.items()}
 #: Training cells (at most) whose PCA is the within-batch neighbourhood reference of ``fe_neighbour_weight``.
 REFERENCE_CELLS = 20_000
 _CONFIG_FILE, _WEIGHTS_FILE = modelfile.CONFIG_FILE, modelfile.WEIGHTS_FILE
+#: The entry of ``weights.pt`` that holds the FE latent's batch intercepts.
+_INTERCEPTS = "fe_intercepts"
 
 
 class AMEDL:
@@ -103,6 +107,7 @@ class AMEDL:
         self.history: dict[str, pd.DataFrame] = {}
         self.train_info: dict[str, dict] = {}
         self.adapted: dict[str, dict] = {}  # batch -> how adapt() learned its effects
+        self.intercepts: LatentIntercepts | None = None  # the batches' intercepts in the FE latent
 
     # ------------------------------------------------------------------ info
     @property
@@ -241,6 +246,8 @@ class AMEDL:
             seconds = time.perf_counter() - t0
             modules.eval()
             self.history[kind] = history
+            if kind == "fe":
+                self.intercepts = self._fit_intercepts(modules, seed)
             self.train_info[kind] = {
                 "seed": seed,
                 "epochs_run": int(len(history)),
@@ -257,6 +264,21 @@ class AMEDL:
                 self.train_info[kind]["epochs_per_rank"] = distributed.gather(int(len(history)))
             logger.info("amedl: trained %s in %.1fs (%d epochs)", KIND_NAMES[kind], seconds, len(history))
         return self
+
+    def _fit_intercepts(self, net: nn.Module, seed: int) -> LatentIntercepts | None:
+        """The batches' random intercepts in the trained FE network's latent
+        (``fe_intercept_clusters``; :mod:`amedl.intercepts`), estimated on at most
+        :data:`amedl.intercepts.MAX_CELLS` of the model's cells (training and
+        validation alike: no labels are read)."""
+        c = self.config
+        if c.fe_intercept_clusters is None:
+            return None
+        z = self._run((self._X, self._codes, self._library), net.latent, 4096)
+        rows = np.arange(len(z))
+        if len(rows) > INTERCEPT_CELLS:
+            rows = np.sort(np.random.default_rng([seed, 23]).choice(rows, size=INTERCEPT_CELLS, replace=False))
+        return LatentIntercepts.fit(z[rows], self._codes[rows], len(self.prep.batches), n_clusters=c.fe_intercept_clusters,
+                                    shrinkage=c.fe_intercept_shrinkage, rounds=c.fe_intercept_rounds, seed=seed)
 
     def _reference_pca(self, train_idx: np.ndarray, seed: int) -> tuple:
         """(center, components) of a ``fe_neighbour_pcs``-component PCA of the scaled
@@ -343,7 +365,12 @@ class AMEDL:
             losses = adapt_new_batches(net, grown, loader, int(steps), float(lr), weight, progress)
             adapted[kind] = net
             info[kind] = {"first_loss": losses[0], "last_loss": float(np.mean(losses[-10:]))}
+        intercepts = self.intercepts
+        if intercepts is not None and "fe" in self.modules:
+            z = self._run((X, codes, library), self.modules["fe"].latent, 4096)
+            intercepts = intercepts.add_batches(z, codes - n_old, len(new))
         self.modules.update(adapted)
+        self.intercepts = intercepts
         self.prep.batches = [*self.prep.batches, *new]
         counts = pd.Series(batch[cells]).value_counts()
         self.adapted.update(
@@ -475,18 +502,34 @@ class AMEDL:
             raise ValueError(f"unknown batch {batch!r}; the model knows {self.prep.batches}")
         return self.prep.batches.index(str(batch))
 
-    def latent(self, adata: ad.AnnData | None = None, kind: str = "fe", *, layer: str | None = None, batch_size: int = 4096) -> np.ndarray:
+    def latent(self, adata: ad.AnnData | None = None, kind: str = "fe", *, layer: str | None = None,
+               batch_size: int = 4096, intercepts: bool = True) -> np.ndarray:
         """Latent representation of cells, ``(n_cells, n_latent)`` float32.
 
         ``adata=None`` embeds the training cells. For new cells the genes are
-        matched to the model's by name. ``kind="fe"`` needs no batch label;
-        ``kind="re"`` uses the batch column; cells of batches not seen in
-        training get the random effects that :attr:`unseen_batches` says (with a
-        warning), or their own after :meth:`adapt`.
+        matched to the model's by name. ``kind="re"`` uses the batch column;
+        cells of batches not seen in training get the random effects that
+        :attr:`unseen_batches` says (with a warning), or their own after
+        :meth:`adapt`. ``kind="fe"``: the encoder's latent minus each cell's
+        batch intercepts (:attr:`intercepts`, where ``fe_intercept_clusters`` is
+        set; ``intercepts=False`` gives the encoder's latent alone). The
+        intercepts read the batch column; cells without one, or of batches the
+        model does not know, keep the encoder's latent (with a warning).
         """
         net = self._module(kind)
         inputs = self._inputs(adata, layer, need_batches=NETWORKS[kind].latent_needs_batch, predicted=predicts_unseen(net))
-        return self._run(inputs, net.latent, batch_size)
+        z = self._run(inputs, net.latent, batch_size)
+        if kind == "fe" and intercepts and self.intercepts is not None:
+            codes = inputs[1]
+            if (codes < 0).any():
+                what = (f"adata.obs has no {self.batch_key!r} column" if (codes < 0).all() and adata is not None
+                        and self.batch_key not in adata.obs.columns
+                        else f"{int((codes < 0).sum())} cell(s) come from batches the model does not know")
+                warnings.warn(f"{what}: those cells keep the encoder's FE latent, without their batch's latent "
+                              "intercepts (give the batch column; for new batches call adapt() first).",
+                              UserWarning, stacklevel=2)
+            z = self.intercepts.apply(z, codes)
+        return z
 
     def reconstruct(
         self,
@@ -613,7 +656,10 @@ class AMEDL:
         with contextlib.ExitStack() as stack:
             stage = staging if staging is not None else stack.enter_context(Staging())
             tmp = stage.add(path, directory=True)
-            torch.save({k: {n: t.cpu() for n, t in m.state_dict().items()} for k, m in self.modules.items()}, tmp / _WEIGHTS_FILE)
+            state = {k: {n: t.cpu() for n, t in m.state_dict().items()} for k, m in self.modules.items()}
+            if self.intercepts is not None:
+                state[_INTERCEPTS] = self.intercepts.state()
+            torch.save(state, tmp / _WEIGHTS_FILE)
             for kind, hist in self.history.items():
                 hist.to_csv(tmp / f"history_{kind}.csv", index=False)
             modelfile.write_meta(tmp, {
@@ -665,6 +711,20 @@ class AMEDL:
         if not isinstance(state, dict):
             raise AMEDLModelError(f"{weights}: holds a {type(state).__name__}, not the weights of an amedl model")
         self.modules, self.history = {}, {}
+        self.intercepts = None
+        if self.config.fe_intercept_clusters is not None and "fe" in meta["kinds"]:
+            saved = state.get(_INTERCEPTS)
+            if not isinstance(saved, dict) or any(not torch.is_tensor(saved.get(n)) for n in
+                                                  ("centres", "means", "offsets", "scales", "shrinkage")):
+                raise AMEDLModelError(f"{weights}: has no latent intercepts, but {_CONFIG_FILE} sets fe_intercept_clusters; "
+                                      f"the model is incomplete: refit it")
+            if not all(torch.isfinite(t).all() for t in saved.values()):
+                raise AMEDLModelError(f"{weights}: the latent intercepts hold NaN or infinite values: the model is damaged; refit it")
+            self.intercepts = LatentIntercepts.from_state(saved)
+            if self.intercepts.n_batches != len(self.prep.batches) or self.intercepts.centres.shape[-1] != self.config.n_latent:
+                raise AMEDLModelError(f"{weights}: the latent intercepts are for {self.intercepts.n_batches} batches and "
+                                      f"{self.intercepts.centres.shape[-1]} dimensions, but {_CONFIG_FILE} describes "
+                                      f"{len(self.prep.batches)} and {self.config.n_latent}: refit the model")
         for kind in meta["kinds"]:
             if not isinstance(state.get(kind), dict):
                 raise AMEDLModelError(f"{weights}: has no weights for the {KIND_NAMES[kind]} network listed in {_CONFIG_FILE}")

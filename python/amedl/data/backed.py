@@ -376,6 +376,8 @@ def write_latents(model, path: str | os.PathLike, kinds: Sequence[str] = ("fe", 
             with torch.no_grad():
                 for mb in loader:
                     z = net.latent(mb).float().cpu().numpy()
+                    if kind == "fe" and model.intercepts is not None:
+                        z = model.intercepts.apply(z, mb.batch.cpu().numpy())
                     ds[lo : lo + len(z)] = z
                     lo += len(z)
         uns = f.require_group("uns")

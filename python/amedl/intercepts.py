@@ -1,0 +1,141 @@
+"""Random intercepts of the batches in the fixed-effects latent.
+
+The adversary makes the FE encoder's latent hard to tell apart by batch, but
+a small shift of each batch's cells within a cell population can remain. This
+module models that rest as a random effect: within each of ``K`` soft clusters
+of the latent, every batch has an intercept ``u[k, b]`` with a Gaussian prior
+around 0, and its posterior mean (the shrunk mean offset of the batch's cells
+from the cluster's pooled mean,
+
+    u[k, b] = sum_i r_ik (z_i - m_k) / (sum_i r_ik + shrinkage),
+
+sums over the batch's cells, ``r_ik`` their soft cluster memberships) is
+subtracted from each cell, weighted by its memberships. ``shrinkage`` is the
+prior's weight in cells: a batch with few cells in a cluster keeps most of its
+offset at 0. Clustering and correction alternate for a few rounds, each round
+on the corrected latent of the one before (as Harmony's correction does, without
+its diversity penalty).
+
+The intercepts are estimated once, on the training cells, when the FE network
+has been trained, and stored with the model, so that :meth:`LatentIntercepts.apply`
+maps each cell on its own: a cell's corrected latent does not depend on which
+other cells are embedded with it. Batches added by :meth:`amedl.AMEDL.adapt`
+get their intercepts from their own cells (:meth:`LatentIntercepts.add_batches`);
+cells of batches the model does not know keep the encoder's latent.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: Training cells (at most) on which the intercepts are estimated.
+MAX_CELLS = 50_000
+
+
+def _memberships(z: np.ndarray, centres: np.ndarray, scale: float) -> np.ndarray:
+    """Soft cluster memberships: ``exp(-(d² - min d²) / scale)``, normalised per cell."""
+    d2 = ((z[:, None, :] - centres[None]) ** 2).sum(-1)
+    r = np.exp(-(d2 - d2.min(1, keepdims=True)) / scale)
+    return r / r.sum(1, keepdims=True)
+
+
+def _offsets(z: np.ndarray, r: np.ndarray, codes: np.ndarray, means: np.ndarray, n_batches: int,
+             shrinkage: float) -> np.ndarray:
+    """``(K, n_batches, d)`` shrunk mean offsets of each batch's cells from the cluster means."""
+    k, d = means.shape
+    out = np.zeros((k, n_batches, d))
+    for b in range(n_batches):
+        rb = r[codes == b]
+        if len(rb):
+            out[:, b] = (rb.T @ z[codes == b] - rb.sum(0)[:, None] * means) / (rb.sum(0)[:, None] + shrinkage)
+    return out
+
+
+def _shift(z: np.ndarray, r: np.ndarray, codes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Each cell of a known batch (code in range) minus its batch's offsets, weighted by its memberships."""
+    known = (codes >= 0) & (codes < offsets.shape[1])
+    out = z.copy()
+    out[known] -= np.einsum("nk,nkd->nd", r[known], offsets[:, codes[known]].transpose(1, 0, 2))
+    return out
+
+
+class LatentIntercepts:
+    """Per-batch random intercepts in soft clusters of a latent, for several rounds.
+
+    ``centres`` ``(rounds, K, d)``: the k-means centres of each round (the soft
+    memberships' reference); ``means`` ``(rounds, K, d)``: each cluster's pooled
+    soft mean; ``offsets`` ``(rounds, K, n_batches, d)``: the intercepts;
+    ``scales`` ``(rounds,)``: the memberships' bandwidth (the median squared
+    distance of a cell to its nearest centre); ``shrinkage``: the prior's weight.
+    """
+
+    def __init__(self, centres, means, offsets, scales, shrinkage: float):
+        self.centres = np.asarray(centres, dtype=np.float64)
+        self.means = np.asarray(means, dtype=np.float64)
+        self.offsets = np.asarray(offsets, dtype=np.float64)
+        self.scales = np.asarray(scales, dtype=np.float64)
+        self.shrinkage = float(shrinkage)
+
+    @property
+    def n_batches(self) -> int:
+        return self.offsets.shape[2]
+
+    @classmethod
+    def fit(cls, z: np.ndarray, codes: np.ndarray, n_batches: int, *, n_clusters: int = 10, shrinkage: float = 1.0,
+            rounds: int = 3, seed: int = 0) -> "LatentIntercepts":
+        """Estimate the intercepts on the latent ``z`` of cells of batches ``codes`` (0 … n_batches − 1)."""
+        from sklearn.cluster import KMeans
+
+        z = np.asarray(z, dtype=np.float64)
+        codes = np.asarray(codes)
+        k = int(min(n_clusters, len(z)))
+        centres, means, offsets, scales = [], [], [], []
+        for t in range(rounds):
+            km = KMeans(k, n_init=3, random_state=seed + t).fit(z)
+            c = km.cluster_centers_
+            scale = float(np.median(((z[:, None, :] - c[None]) ** 2).sum(-1).min(1)))
+            scale = scale if scale > 0 else 1.0
+            r = _memberships(z, c, scale)
+            m = (r.T @ z) / np.maximum(r.sum(0), 1e-12)[:, None]
+            off = _offsets(z, r, codes, m, n_batches, shrinkage)
+            z = _shift(z, r, codes, off)
+            centres.append(c), means.append(m), offsets.append(off), scales.append(scale)
+        return cls(centres, means, offsets, scales, shrinkage)
+
+    def apply(self, z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """The latent ``z`` with each cell's batch intercepts removed (cells whose
+        code is −1 or not a batch of these intercepts are left as they are)."""
+        dtype = np.asarray(z).dtype
+        z = np.asarray(z, dtype=np.float64)
+        codes = np.asarray(codes)
+        for c, off, scale in zip(self.centres, self.offsets, self.scales):
+            z = _shift(z, _memberships(z, c, scale), codes, off)
+        return z.astype(dtype if np.issubdtype(dtype, np.floating) else np.float32)
+
+    def add_batches(self, z: np.ndarray, codes: np.ndarray, n_new: int) -> "LatentIntercepts":
+        """A copy with ``n_new`` more batches, whose intercepts are estimated from
+        their cells' latent ``z`` (``codes`` 0 … n_new − 1) against the stored
+        clusters; the known batches' intercepts do not change."""
+        z = np.asarray(z, dtype=np.float64)
+        codes = np.asarray(codes)
+        grown = []
+        for c, m, off, scale in zip(self.centres, self.means, self.offsets, self.scales):
+            r = _memberships(z, c, scale)
+            new = _offsets(z, r, codes, m, n_new, self.shrinkage)
+            z = _shift(z, r, codes, new)
+            grown.append(np.concatenate([off, new], axis=1))
+        return LatentIntercepts(self.centres, self.means, grown, self.scales, self.shrinkage)
+
+    def state(self) -> dict:
+        """The arrays as float64 torch tensors (stored in the model's ``weights.pt``; a
+        saved and loaded model gives the same latents to the last digit)."""
+        import torch
+
+        state = {name: torch.as_tensor(getattr(self, name), dtype=torch.float64)
+                 for name in ("centres", "means", "offsets", "scales")}
+        return {**state, "shrinkage": torch.tensor(self.shrinkage, dtype=torch.float64)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "LatentIntercepts":
+        """The inverse of :meth:`state`."""
+        return cls(*(np.asarray(state[n].double()) for n in ("centres", "means", "offsets", "scales")),
+                   float(state["shrinkage"]))

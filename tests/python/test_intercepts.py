@@ -1,0 +1,160 @@
+"""The batches' random intercepts in the FE latent (amedl.intercepts and their use in AMEDL)."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+
+import amedl
+from amedl.config import make_config
+from amedl.errors import AMEDLModelError
+from amedl.intercepts import LatentIntercepts
+
+SMALL = dict(n_top_genes=200, hidden=(64, 32), n_latent=8, adversary_hidden=(64, 32), threads=1)
+
+
+def _shifted_clusters(seed=0, n=900, shift=(0.0, 1.0, -1.0)):
+    """Three well-separated clusters in 4 dimensions; batch b's cells are moved by
+    ``shift[b]`` along the first axis, in every cluster alike."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 3, n)
+    codes = rng.integers(0, 3, n)
+    centres = np.array([[0, 0, 0, 0], [20, 0, 0, 0], [0, 20, 0, 0]], dtype=float)
+    z = centres[label] + rng.normal(size=(n, 4))
+    z[:, 0] += np.asarray(shift)[codes]
+    return z, codes, label
+
+
+def _batch_gap(z, codes, label):
+    """Largest distance between two batches' means within a cluster."""
+    gaps = []
+    for lab in np.unique(label):
+        means = [z[(label == lab) & (codes == b)].mean(0) for b in np.unique(codes)]
+        gaps += [np.linalg.norm(a - b) for a in means for b in means]
+    return max(gaps)
+
+
+def test_intercepts_remove_a_batch_shift_and_keep_the_clusters():
+    z, codes, label = _shifted_clusters()
+    fitted = LatentIntercepts.fit(z, codes, 3, n_clusters=3, shrinkage=1.0, rounds=3, seed=0)
+    corrected = fitted.apply(z, codes)
+    assert _batch_gap(z, codes, label) > 1.8
+    assert _batch_gap(corrected, codes, label) < 0.3
+    # the clusters stay where they were: each cell is still nearest its own cluster's mean
+    means = np.stack([corrected[label == k].mean(0) for k in range(3)])
+    nearest = ((corrected[:, None] - means[None]) ** 2).sum(-1).argmin(1)
+    assert (nearest == label).mean() == 1.0
+
+
+def test_shrinkage_keeps_small_batches_near_zero():
+    # hard clusters: a batch's intercept is n / (n + shrinkage) of its mean offset
+    z, codes, _ = _shifted_clusters(n=300)
+    one_cell = np.flatnonzero(codes == 2)[:1]
+    keep = np.concatenate([np.flatnonzero(codes != 2), one_cell])
+    z, codes = z[keep], codes[keep]
+    big = LatentIntercepts.fit(z, codes, 3, n_clusters=3, shrinkage=100.0, rounds=1, seed=0)
+    none = LatentIntercepts.fit(z, codes, 3, n_clusters=3, shrinkage=0.0, rounds=1, seed=0)
+    moved_big = np.abs(big.apply(z, codes) - z)[-1].max()
+    moved_none = np.abs(none.apply(z, codes) - z)[-1].max()
+    assert moved_none > 0.5 and moved_big < moved_none / 50
+
+
+def test_apply_maps_each_cell_on_its_own_and_leaves_unknown_batches():
+    z, codes, _ = _shifted_clusters()
+    fitted = LatentIntercepts.fit(z, codes, 3, n_clusters=5, seed=0)
+    all_cells = fitted.apply(z, codes)
+    assert np.allclose(fitted.apply(z[:7], codes[:7]), all_cells[:7])
+    unknown = codes.copy()
+    unknown[:10] = -1
+    unknown[10:20] = 3  # not a batch of these intercepts
+    out = fitted.apply(z, unknown)
+    assert np.array_equal(out[:20], z[:20]) and np.allclose(out[20:], all_cells[20:])
+    assert fitted.apply(z.astype(np.float32), codes).dtype == np.float32
+
+
+def test_fit_is_reproducible_and_new_batches_get_their_own_intercepts():
+    z, codes, label = _shifted_clusters()
+    a = LatentIntercepts.fit(z, codes, 3, n_clusters=3, seed=4)
+    b = LatentIntercepts.fit(z, codes, 3, n_clusters=3, seed=4)
+    assert np.array_equal(a.apply(z, codes), b.apply(z, codes))
+    # a fourth batch, moved further, added from its own cells
+    rng = np.random.default_rng(9)
+    lab_new = rng.integers(0, 3, 200)
+    z_new = np.array([[0, 0, 0, 0], [20, 0, 0, 0], [0, 20, 0, 0]], dtype=float)[lab_new] + rng.normal(size=(200, 4))
+    z_new[:, 0] += 3.0
+    grown = a.add_batches(z_new, np.zeros(200, dtype=int), 1)
+    assert grown.n_batches == 4 and np.array_equal(grown.offsets[:, :, :3], a.offsets)
+    fixed = grown.apply(z_new, np.full(200, 3))
+    ref = a.apply(z, codes)
+    for k in range(3):
+        assert np.linalg.norm(fixed[lab_new == k].mean(0) - ref[label == k].mean(0)) < 0.4
+
+
+@pytest.fixture(scope="module")
+def fitted(sim):
+    return amedl.AMEDL(sim, "batch", fe_intercept_clusters=6, **SMALL).fit(seed=0, max_epochs=6, progress=False,
+                                                                           kinds=("fe",))
+
+
+def test_model_latent_has_the_intercepts_removed(fitted, sim, tmp_path):
+    assert fitted.intercepts is not None and fitted.intercepts.n_batches == 3
+    z, raw = fitted.latent(sim), fitted.latent(sim, intercepts=False)
+    assert z.shape == raw.shape and z.dtype == np.float32 and not np.allclose(z, raw)
+    assert np.allclose(z, fitted.intercepts.apply(raw, fitted.prep.encode_batches(sim.obs["batch"].astype(str))))
+    # saved with the model, to the last digit
+    fitted.save(tmp_path / "m")
+    loaded = amedl.AMEDL.load(tmp_path / "m")
+    assert np.array_equal(loaded.latent(sim), z)
+    # reconstructions decode the encoder's latent, not the corrected one
+    assert np.array_equal(loaded.reconstruct(sim), fitted.reconstruct(sim))
+
+
+def test_cells_without_a_batch_keep_the_encoders_latent(fitted, sim):
+    no_batch = sim.copy()
+    del no_batch.obs["batch"]
+    with pytest.warns(UserWarning, match="no 'batch' column"):
+        z = fitted.latent(no_batch)
+    assert np.array_equal(z, fitted.latent(sim, intercepts=False))
+
+
+def test_off_by_setting_and_in_the_paper_preset(sim):
+    m = amedl.AMEDL(sim, "batch", **SMALL).fit(seed=0, max_epochs=2, progress=False, kinds=("fe",))
+    assert m.config.fe_intercept_clusters == 10 and m.intercepts.centres.shape == (3, 10, 8)
+    off = amedl.AMEDL(sim, "batch", fe_intercept_clusters=None, **SMALL).fit(seed=0, max_epochs=2, progress=False,
+                                                                              kinds=("fe",))
+    assert off.intercepts is None
+    assert np.array_equal(off.latent(sim), off.latent(sim, intercepts=False))
+    assert make_config("paper").fe_intercept_clusters is None
+
+
+def test_a_saved_model_without_its_intercepts_is_refused(fitted, tmp_path):
+    import torch
+
+    from amedl import modelfile
+
+    fitted.save(tmp_path / "m")
+    weights = tmp_path / "m" / modelfile.WEIGHTS_FILE
+    state = torch.load(weights, weights_only=True)
+    del state["fe_intercepts"]
+    torch.save(state, weights)
+    meta = modelfile.read_meta(tmp_path / "m")
+    modelfile.write_meta(tmp_path / "m", {k: v for k, v in meta.items() if k not in ("checksums", "format")})
+    with pytest.raises(AMEDLModelError, match="no latent intercepts"):
+        amedl.AMEDL.load(tmp_path / "m")
+
+
+def test_adapt_estimates_the_new_batches_intercepts(sim):
+    train = sim[sim.obs["batch"] != "batch_3"].copy()
+    query = sim[sim.obs["batch"] == "batch_3"].copy()
+    ref = amedl.AMEDL(train, "batch", fe_intercept_clusters=6, **SMALL).fit(seed=0, max_epochs=6, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        before = ref.latent(query)
+    assert np.array_equal(before, ref.latent(query, intercepts=False))  # unknown batch: the encoder's latent
+    m = copy.deepcopy(ref).adapt(query, seed=0, steps=20)
+    assert m.intercepts.n_batches == 3
+    assert np.array_equal(m.intercepts.offsets[:, :, :2], ref.intercepts.offsets)
+    assert not np.allclose(m.latent(query), before)
+    assert np.array_equal(m.latent(train), ref.latent(train))
