@@ -94,7 +94,8 @@ def evaluate(name: str, kinds: tuple[str, ...], steps: int, max_holdouts: int | 
         row["adapt_s"] = round(time.perf_counter() - t, 1)
         for kind in kinds:
             row[f"{kind}_mse_adapted"] = _mse(adapted, query, kind)
-        z_ref, z_query = model.latent(ref, kind="fe"), model.latent(query, kind="fe")
+        # the adapted model: the query's batch has its latent intercepts (the reference's latents do not change)
+        z_ref, z_query = adapted.latent(ref, kind="fe"), adapted.latent(query, kind="fe")
         pca = PCA(n_components=model.config.n_latent, random_state=0).fit(model.transform(ref))
         p_ref, p_query = pca.transform(model.transform(ref)), pca.transform(model.transform(query))
         row["fe_query_neighbours"], row["mixed_value"] = _query_neighbours(z_ref, z_query)

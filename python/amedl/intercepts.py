@@ -29,6 +29,8 @@ import numpy as np
 
 #: Training cells (at most) on which the intercepts are estimated.
 MAX_CELLS = 50_000
+#: Cells corrected at a time by :meth:`LatentIntercepts.apply`.
+CHUNK = 65_536
 
 
 def _memberships(z: np.ndarray, centres: np.ndarray, scale: float) -> np.ndarray:
@@ -105,11 +107,15 @@ class LatentIntercepts:
         """The latent ``z`` with each cell's batch intercepts removed (cells whose
         code is −1 or not a batch of these intercepts are left as they are)."""
         dtype = np.asarray(z).dtype
-        z = np.asarray(z, dtype=np.float64)
+        z = np.asarray(z)
         codes = np.asarray(codes)
-        for c, off, scale in zip(self.centres, self.offsets, self.scales):
-            z = _shift(z, _memberships(z, c, scale), codes, off)
-        return z.astype(dtype if np.issubdtype(dtype, np.floating) else np.float32)
+        out = np.empty(z.shape, dtype=dtype if np.issubdtype(dtype, np.floating) else np.float32)
+        for lo in range(0, len(z), CHUNK):  # each cell on its own: chunks bound the memory
+            part = z[lo : lo + CHUNK].astype(np.float64)
+            for c, off, scale in zip(self.centres, self.offsets, self.scales):
+                part = _shift(part, _memberships(part, c, scale), codes[lo : lo + CHUNK], off)
+            out[lo : lo + CHUNK] = part
+        return out
 
     def add_batches(self, z: np.ndarray, codes: np.ndarray, n_new: int) -> "LatentIntercepts":
         """A copy with ``n_new`` more batches, whose intercepts are estimated from

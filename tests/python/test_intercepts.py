@@ -158,3 +158,13 @@ def test_adapt_estimates_the_new_batches_intercepts(sim):
     assert np.array_equal(m.intercepts.offsets[:, :, :2], ref.intercepts.offsets)
     assert not np.allclose(m.latent(query), before)
     assert np.array_equal(m.latent(train), ref.latent(train))
+
+
+def test_apply_in_chunks_is_the_same_map(monkeypatch):
+    import amedl.intercepts as mod
+
+    z, codes, _ = _shifted_clusters()
+    fitted = LatentIntercepts.fit(z, codes, 3, n_clusters=4, seed=0)
+    whole = fitted.apply(z, codes)
+    monkeypatch.setattr(mod, "CHUNK", 100)
+    assert np.array_equal(fitted.apply(z, codes), whole)
