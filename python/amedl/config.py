@@ -160,7 +160,7 @@ class AMEDLConfig:
     fe_cluster_weight: float = 0.3
     fe_depth_weight: float = 1.0
     fe_ema_decay: float | None = 0.99
-    fe_intercept_clusters: int | None = 10
+    fe_intercept_clusters: int | None = None
     fe_intercept_shrinkage: float = 1.0
     fe_intercept_rounds: int = 3
     adversarial_loss: str = "ce"

@@ -121,12 +121,12 @@ def test_new_batch_gets_predicted_or_zero_random_effects(small_model, sim):
     finally:
         small_model.unseen_batches = "predict"
     assert not np.allclose(z, z0, atol=1e-4)
-    # the FE latent needs no batch column: without one it is the encoder's, without the batches'
-    # latent intercepts, and a warning says so
+    # the FE latent needs no batch column at all
     del new.obs["batch"]
-    with pytest.warns(UserWarning, match="no 'batch' column: those cells keep the encoder's FE latent"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         fe = small_model.latent(new, kind="fe")
-    assert np.allclose(fe, small_model.latent(kind="fe", intercepts=False)[:50], atol=1e-5)
+    assert np.allclose(fe, small_model.latent(kind="fe")[:50], atol=1e-5)
     with pytest.raises(amedl.AMEDLInputError, match="needs each cell's batch"):
         small_model.latent(new, kind="re")
 

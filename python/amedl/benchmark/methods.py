@@ -168,8 +168,7 @@ METHODS: dict[str, Method] = {
     for m in (
         Method("PCA", _pca, "PCA of the aMEDL model input (n_latent components, fitted on the training cells)"),
         Method("AE", _amedl_latent("ae"), "plain autoencoder, same input and training loop", kinds=("ae",)),
-        Method("aMEDL-FE", _amedl_latent("fe"), "aMEDL fixed-effects (batch-invariant) latent, less the batches' "
-               "latent intercepts estimated on the training cells", kinds=("fe",)),
+        Method("aMEDL-FE", _amedl_latent("fe"), "aMEDL fixed-effects (batch-invariant) latent", kinds=("fe",)),
         Method("aMEDL-RE", _amedl_latent("re"), "aMEDL random-effects (batch-specific) latent", kinds=("re",)),
         Method("Harmony", _harmony, "harmonypy on the PCA above (transductive: run on all cells, scored on "
                "held-out cells)", requires=("harmonypy",), note=_INSTALL),
