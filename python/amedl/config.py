@@ -61,12 +61,16 @@ class AMEDLConfig:
     ``fe_intercept_clusters=k`` (``None``: off) models what batch is left in
     the trained FE latent as random intercepts (:mod:`amedl.intercepts`):
     within each of ``k`` soft clusters of the latent, each batch's shrunk mean
-    offset from the cluster's pooled mean (the prior weighs
-    ``fe_intercept_shrinkage`` cells) is estimated on the model's cells and
-    removed from every cell of that batch, for ``fe_intercept_rounds`` rounds
-    of clustering and correction; ``AMEDL.latent(kind="fe")`` applies them
-    (``intercepts=False``: the encoder's latent), the decoder reads the
-    encoder's latent.
+    offset (the prior weighs ``fe_intercept_shrinkage`` cells) is estimated
+    on the model's cells and removed from every cell of that batch, for
+    ``fe_intercept_rounds`` rounds of clustering and correction.
+    ``fe_intercept_offsets`` says what a cell's offset is measured from: its
+    nearest cells of the other batches (``"neighbours"``: a cell type more
+    common in one batch is no offset) or its cluster's pooled mean
+    (``"cluster"``: within a cluster that holds several cell types, their
+    batch shares read as batch offsets). ``AMEDL.latent(kind="fe")`` applies
+    them (``intercepts=False``: the encoder's latent); the decoder reads the
+    encoder's latent (``docs/tuning.md``, twentieth round).
 
     The FE latent keeps the cell types a PCA sees (``docs/tuning.md``, eighth
     and ninth rounds): ``fe_neighbour_weight`` asks each cell's nearest
@@ -163,6 +167,7 @@ class AMEDLConfig:
     fe_intercept_clusters: int | None = None
     fe_intercept_shrinkage: float = 1.0
     fe_intercept_rounds: int = 3
+    fe_intercept_offsets: str = "neighbours"
     adversarial_loss: str = "ce"
     fe_monitor: str = "ce"
     fe_monitor_adversaries: str = "every"
@@ -376,6 +381,7 @@ RULES: dict[str, Rule] = {
     "fe_intercept_clusters": _int(1, none="no latent intercepts: the encoder's latent"),
     "fe_intercept_shrinkage": _float(0.0),
     "fe_intercept_rounds": _int(1),
+    "fe_intercept_offsets": _choice("neighbours", "cluster"),
     "adversarial_loss": _choice("ce", "uniform"),
     "fe_monitor": _choice("ce", "accuracy", "calibrated"),
     "fe_monitor_adversaries": _choice("every", "latent"),

@@ -31,6 +31,8 @@ import numpy as np
 MAX_CELLS = 50_000
 #: Cells corrected at a time by :meth:`LatentIntercepts.apply`.
 CHUNK = 65_536
+#: Nearest cells of the other batches that a cell is compared with (``offsets="neighbours"``).
+NEIGHBOURS = 10
 
 
 def _memberships(z: np.ndarray, centres: np.ndarray, scale: float) -> np.ndarray:
@@ -43,12 +45,39 @@ def _memberships(z: np.ndarray, centres: np.ndarray, scale: float) -> np.ndarray
 def _offsets(z: np.ndarray, r: np.ndarray, codes: np.ndarray, means: np.ndarray, n_batches: int,
              shrinkage: float) -> np.ndarray:
     """``(K, n_batches, d)`` shrunk mean offsets of each batch's cells from the cluster means."""
-    k, d = means.shape
-    out = np.zeros((k, n_batches, d))
+    return _pooled(z[:, None, :] - means[None], r, codes, n_batches, shrinkage)
+
+
+def _pooled(d: np.ndarray, r: np.ndarray, codes: np.ndarray, n_batches: int, shrinkage: float) -> np.ndarray:
+    """``(K, n_batches, dim)``: per batch and cluster, the membership-weighted sum of the cells'
+    offsets ``d`` (``(n, dim)``, or ``(n, K, dim)``: one per cluster) over the weights plus ``shrinkage``."""
+    k = r.shape[1]
+    out = np.zeros((k, n_batches, d.shape[-1]))
     for b in range(n_batches):
-        rb = r[codes == b]
+        rb, db = r[codes == b], d[codes == b]
         if len(rb):
-            out[:, b] = (rb.T @ z[codes == b] - rb.sum(0)[:, None] * means) / (rb.sum(0)[:, None] + shrinkage)
+            sums = rb.T @ db if db.ndim == 2 else np.einsum("nk,nkd->kd", rb, db)
+            out[:, b] = sums / (rb.sum(0)[:, None] + shrinkage)
+    return out
+
+
+def _local_offsets(z: np.ndarray, codes: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
+    """Each cell's offset from the mean of its ``k`` nearest cells of the other batches,
+    times ``(B − 1) / B``, ``B`` the batches among those neighbours plus its own: with
+    batch intercepts ``u``, that is its batch's intercept minus the local mean of all
+    batches' (each cell is compared with cells like it, so a cell type more common in
+    one batch is no offset). The neighbours are chosen by their closeness, so where a
+    shift is as large as a population's spread one round measures only part of it."""
+    from sklearn.neighbors import NearestNeighbors
+
+    out = np.zeros_like(z)
+    for b in np.unique(codes):
+        mine, others = codes == b, np.flatnonzero(codes != b)
+        if not len(others):
+            continue
+        idx = NearestNeighbors(n_neighbors=min(k, len(others))).fit(z[others]).kneighbors(z[mine], return_distance=False)
+        n_batches = 1 + np.array([len(np.unique(row)) for row in codes[others][idx]])
+        out[mine] = (z[mine] - z[others][idx].mean(1)) * ((n_batches - 1) / n_batches)[:, None]
     return out
 
 
@@ -83,14 +112,22 @@ class LatentIntercepts:
 
     @classmethod
     def fit(cls, z: np.ndarray, codes: np.ndarray, n_batches: int, *, n_clusters: int = 10, shrinkage: float = 1.0,
-            rounds: int = 3, seed: int = 0) -> "LatentIntercepts":
-        """Estimate the intercepts on the latent ``z`` of cells of batches ``codes`` (0 … n_batches − 1)."""
+            rounds: int = 3, seed: int = 0, offsets: str = "cluster") -> "LatentIntercepts":
+        """Estimate the intercepts on the latent ``z`` of cells of batches ``codes`` (0 … n_batches − 1).
+
+        ``offsets``: what a cell's offset is measured from: its cluster's pooled
+        mean (``"cluster"``) or its nearest cells of the other batches
+        (``"neighbours"``, :data:`NEIGHBOURS` of them; robust to cell types whose
+        share differs between batches within one cluster).
+        """
+        if offsets not in ("cluster", "neighbours"):
+            raise ValueError(f"offsets must be 'cluster' or 'neighbours', got {offsets!r}")
         from sklearn.cluster import KMeans
 
         z = np.asarray(z, dtype=np.float64)
         codes = np.asarray(codes)
         k = int(min(n_clusters, len(z)))
-        centres, means, offsets, scales = [], [], [], []
+        centres, means, shifts, scales = [], [], [], []
         for t in range(rounds):
             km = KMeans(k, n_init=3, random_state=seed + t).fit(z)
             c = km.cluster_centers_
@@ -98,10 +135,13 @@ class LatentIntercepts:
             scale = scale if scale > 0 else 1.0
             r = _memberships(z, c, scale)
             m = (r.T @ z) / np.maximum(r.sum(0), 1e-12)[:, None]
-            off = _offsets(z, r, codes, m, n_batches, shrinkage)
+            if offsets == "cluster":
+                off = _offsets(z, r, codes, m, n_batches, shrinkage)
+            else:
+                off = _pooled(_local_offsets(z, codes), r, codes, n_batches, shrinkage)
             z = _shift(z, r, codes, off)
-            centres.append(c), means.append(m), offsets.append(off), scales.append(scale)
-        return cls(centres, means, offsets, scales, shrinkage)
+            centres.append(c), means.append(m), shifts.append(off), scales.append(scale)
+        return cls(centres, means, shifts, scales, shrinkage)
 
     def apply(self, z: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """The latent ``z`` with each cell's batch intercepts removed (cells whose

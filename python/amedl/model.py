@@ -278,7 +278,8 @@ class AMEDL:
         if len(rows) > INTERCEPT_CELLS:
             rows = np.sort(np.random.default_rng([seed, 23]).choice(rows, size=INTERCEPT_CELLS, replace=False))
         return LatentIntercepts.fit(z[rows], self._codes[rows], len(self.prep.batches), n_clusters=c.fe_intercept_clusters,
-                                    shrinkage=c.fe_intercept_shrinkage, rounds=c.fe_intercept_rounds, seed=seed)
+                                    shrinkage=c.fe_intercept_shrinkage, rounds=c.fe_intercept_rounds, seed=seed,
+                                    offsets=c.fe_intercept_offsets)
 
     def _reference_pca(self, train_idx: np.ndarray, seed: int) -> tuple:
         """(center, components) of a ``fe_neighbour_pcs``-component PCA of the scaled

@@ -170,3 +170,27 @@ def test_apply_in_chunks_is_the_same_map(monkeypatch):
     whole = fitted.apply(z, codes)
     monkeypatch.setattr(mod, "CHUNK", 100)
     assert np.array_equal(fitted.apply(z, codes), whole)
+
+
+def test_neighbour_offsets_do_not_read_composition_as_a_batch():
+    # two cell types in one cluster (k-means with one cluster), batch 0 mostly type A, batch 1 mostly
+    # type B, and no batch effect at all: offsets from the cluster mean move the batches apart,
+    # offsets from the other batch's nearest cells leave them
+    rng = np.random.default_rng(2)
+    codes = np.repeat([0, 1], 400)
+    label = np.where(rng.random(800) < np.where(codes == 0, 0.8, 0.2), 0, 1)
+    z = np.array([[0.0, 0.0], [3.0, 0.0]])[label] + rng.normal(scale=0.5, size=(800, 2))
+    gap = {}
+    for how in ("cluster", "neighbours"):
+        fitted = LatentIntercepts.fit(z, codes, 2, n_clusters=1, rounds=1, offsets=how)
+        gap[how] = _batch_gap(fitted.apply(z, codes), codes, label)
+    assert _batch_gap(z, codes, label) < 0.3
+    assert gap["cluster"] > 1.0 and gap["neighbours"] < 0.3, gap
+    # a real batch shift is removed in part: the nearest cells of the other batch are chosen by their
+    # closeness, so each round measures less than the whole shift (0.95 -> 0.41 in three rounds)
+    shifted = z + np.where(codes == 1, 1.0, 0.0)[:, None] * np.array([[0.0, 1.0]])
+    fitted = LatentIntercepts.fit(shifted, codes, 2, n_clusters=2, rounds=3, offsets="neighbours")
+    before, after = _batch_gap(shifted, codes, label), _batch_gap(fitted.apply(shifted, codes), codes, label)
+    assert before > 0.9 and after < 0.5 * before
+    with pytest.raises(ValueError, match="offsets must be"):
+        LatentIntercepts.fit(z, codes, 2, offsets="median")
