@@ -16,6 +16,12 @@ offset at 0. Clustering and correction alternate for a few rounds, each round
 on the corrected latent of the one before (as Harmony's correction does, without
 its diversity penalty).
 
+Where one cluster holds several cell types whose shares differ between batches,
+a batch's offset from the cluster's pooled mean is partly its cell types' offset.
+``offsets="neighbours"`` therefore measures each cell's offset from its nearest
+cells of the other batches instead (:func:`_local_offsets`), and pools those per
+batch and cluster in the same way.
+
 The intercepts are estimated once, on the training cells, when the FE network
 has been trained, and stored with the model, so that :meth:`LatentIntercepts.apply`
 maps each cell on its own: a cell's corrected latent does not depend on which
