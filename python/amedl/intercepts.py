@@ -41,29 +41,30 @@ CHUNK = 65_536
 NEIGHBOURS = 10
 
 
-def _memberships(z: np.ndarray, centres: np.ndarray, scale: float) -> np.ndarray:
-    """Soft cluster memberships: ``exp(-(d² - min d²) / scale)``, normalised per cell."""
-    d2 = ((z[:, None, :] - centres[None]) ** 2).sum(-1)
+def _squared_distances(z: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``(n, K)`` squared distances of the cells to the centres."""
+    return ((z[:, None, :] - centres[None]) ** 2).sum(-1)
+
+
+def _memberships(z: np.ndarray, centres: np.ndarray, scale: float, d2: np.ndarray | None = None) -> np.ndarray:
+    """Soft cluster memberships: ``exp(-(d² - min d²) / scale)``, normalised per cell
+    (``d2``: the squared distances, where already computed)."""
+    d2 = _squared_distances(z, centres) if d2 is None else d2
     r = np.exp(-(d2 - d2.min(1, keepdims=True)) / scale)
     return r / r.sum(1, keepdims=True)
 
 
-def _offsets(z: np.ndarray, r: np.ndarray, codes: np.ndarray, means: np.ndarray, n_batches: int,
-             shrinkage: float) -> np.ndarray:
-    """``(K, n_batches, d)`` shrunk mean offsets of each batch's cells from the cluster means."""
-    return _pooled(z[:, None, :] - means[None], r, codes, n_batches, shrinkage)
-
-
-def _pooled(d: np.ndarray, r: np.ndarray, codes: np.ndarray, n_batches: int, shrinkage: float) -> np.ndarray:
-    """``(K, n_batches, dim)``: per batch and cluster, the membership-weighted sum of the cells'
-    offsets ``d`` (``(n, dim)``, or ``(n, K, dim)``: one per cluster) over the weights plus ``shrinkage``."""
-    k = r.shape[1]
-    out = np.zeros((k, n_batches, d.shape[-1]))
+def _pooled(d: np.ndarray, r: np.ndarray, codes: np.ndarray, n_batches: int, shrinkage: float,
+            centre: np.ndarray | None = None) -> np.ndarray:
+    """``(K, n_batches, dim)``: per batch and cluster, the membership-weighted sum of the
+    cells' offsets ``d`` (``(n, dim)``; from ``centre``, ``(K, dim)``, where given: each
+    cluster's own) over the weights plus ``shrinkage``."""
+    out = np.zeros((r.shape[1], n_batches, d.shape[1]))
     for b in range(n_batches):
-        rb, db = r[codes == b], d[codes == b]
+        rb, weight = r[codes == b], r[codes == b].sum(0)[:, None]
         if len(rb):
-            sums = rb.T @ db if db.ndim == 2 else np.einsum("nk,nkd->kd", rb, db)
-            out[:, b] = sums / (rb.sum(0)[:, None] + shrinkage)
+            sums = rb.T @ d[codes == b] - (0.0 if centre is None else weight * centre)
+            out[:, b] = sums / (weight + shrinkage)
     return out
 
 
@@ -137,12 +138,13 @@ class LatentIntercepts:
         for t in range(rounds):
             km = KMeans(k, n_init=3, random_state=seed + t).fit(z)
             c = km.cluster_centers_
-            scale = float(np.median(((z[:, None, :] - c[None]) ** 2).sum(-1).min(1)))
+            d2 = _squared_distances(z, c)
+            scale = float(np.median(d2.min(1)))
             scale = scale if scale > 0 else 1.0
-            r = _memberships(z, c, scale)
+            r = _memberships(z, c, scale, d2)
             m = (r.T @ z) / np.maximum(r.sum(0), 1e-12)[:, None]
             if offsets == "cluster":
-                off = _offsets(z, r, codes, m, n_batches, shrinkage)
+                off = _pooled(z, r, codes, n_batches, shrinkage, centre=m)
             else:
                 off = _pooled(_local_offsets(z, codes), r, codes, n_batches, shrinkage)
             z = _shift(z, r, codes, off)
@@ -172,7 +174,7 @@ class LatentIntercepts:
         grown = []
         for c, m, off, scale in zip(self.centres, self.means, self.offsets, self.scales):
             r = _memberships(z, c, scale)
-            new = _offsets(z, r, codes, m, n_new, self.shrinkage)
+            new = _pooled(z, r, codes, n_new, self.shrinkage, centre=m)
             z = _shift(z, r, codes, new)
             grown.append(np.concatenate([off, new], axis=1))
         return LatentIntercepts(self.centres, self.means, grown, self.scales, self.shrinkage)
