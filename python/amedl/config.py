@@ -58,7 +58,8 @@ class AMEDLConfig:
     of the count likelihood, so with ``fe_decoder="tied"`` or
     ``likelihood="mse"`` it does nothing, as ``fe_scaled_weight``; weight 1
     is the default since the nineteenth round, ``docs/tuning.md``).
-    ``fe_intercept_clusters=k`` (``None``: off) models what batch is left in
+    ``fe_intercept_clusters=k`` (10 by default since the twenty-first round;
+    ``None``: off, as in the paper preset) models what batch is left in
     the trained FE latent as random intercepts (:mod:`amedl.intercepts`):
     within each of ``k`` soft clusters of the latent, each batch's shrunk mean
     offset (the prior weighs ``fe_intercept_shrinkage`` cells) is estimated
@@ -70,7 +71,7 @@ class AMEDLConfig:
     (``"cluster"``: within a cluster that holds several cell types, their
     batch shares read as batch offsets). ``AMEDL.latent(kind="fe")`` applies
     them (``intercepts=False``: the encoder's latent); the decoder reads the
-    encoder's latent (``docs/tuning.md``, twentieth round).
+    encoder's latent (``docs/tuning.md``, twentieth and twenty-first rounds).
 
     The FE latent keeps the cell types a PCA sees (``docs/tuning.md``, eighth
     and ninth rounds): ``fe_neighbour_weight`` asks each cell's nearest
@@ -164,7 +165,7 @@ class AMEDLConfig:
     fe_cluster_weight: float = 0.3
     fe_depth_weight: float = 1.0
     fe_ema_decay: float | None = 0.99
-    fe_intercept_clusters: int | None = None
+    fe_intercept_clusters: int | None = 10
     fe_intercept_shrinkage: float = 1.0
     fe_intercept_rounds: int = 3
     fe_intercept_offsets: str = "neighbours"

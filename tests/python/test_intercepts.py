@@ -119,12 +119,13 @@ def test_cells_without_a_batch_keep_the_encoders_latent(fitted, sim):
     assert np.array_equal(z, fitted.latent(sim, intercepts=False))
 
 
-def test_off_by_setting_and_in_the_paper_preset(sim):
-    off = amedl.AMEDL(sim, "batch", **SMALL).fit(seed=0, max_epochs=2, progress=False, kinds=("fe",))
+def test_on_by_default_off_by_setting_and_in_the_paper_preset(sim):
+    assert make_config().fe_intercept_clusters == 10 and make_config().fe_intercept_offsets == "neighbours"
+    off = amedl.AMEDL(sim, "batch", fe_intercept_clusters=None, **SMALL).fit(seed=0, max_epochs=2, progress=False,
+                                                                             kinds=("fe",))
     assert off.config.fe_intercept_clusters is None and off.intercepts is None
     assert np.array_equal(off.latent(sim), off.latent(sim, intercepts=False))
-    on = amedl.AMEDL(sim, "batch", fe_intercept_clusters=10, **SMALL).fit(seed=0, max_epochs=2, progress=False,
-                                                                           kinds=("fe",))
+    on = amedl.AMEDL(sim, "batch", **SMALL).fit(seed=0, max_epochs=2, progress=False, kinds=("fe",))
     assert on.intercepts.centres.shape == (3, 10, 8)
     # the intercepts come after training: the encoder is the same
     assert np.array_equal(on.latent(sim, intercepts=False), off.latent(sim))

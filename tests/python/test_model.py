@@ -121,12 +121,16 @@ def test_new_batch_gets_predicted_or_zero_random_effects(small_model, sim):
     finally:
         small_model.unseen_batches = "predict"
     assert not np.allclose(z, z0, atol=1e-4)
-    # the FE latent needs no batch column at all
+    # the FE encoder needs no batch column: without one, a cell keeps the encoder's
+    # latent (its batch's intercepts cannot be applied), and a warning says so
     del new.obs["batch"]
+    with pytest.warns(UserWarning, match="batch"):
+        fe = small_model.latent(new, kind="fe")
+    assert np.allclose(fe, small_model.latent(kind="fe", intercepts=False)[:50], atol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fe = small_model.latent(new, kind="fe")
-    assert np.allclose(fe, small_model.latent(kind="fe")[:50], atol=1e-5)
+        plain = small_model.latent(new, kind="fe", intercepts=False)
+    assert np.allclose(plain, fe, atol=1e-6)
     with pytest.raises(amedl.AMEDLInputError, match="needs each cell's batch"):
         small_model.latent(new, kind="re")
 
