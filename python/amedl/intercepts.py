@@ -26,8 +26,10 @@ The intercepts are estimated once, on the training cells, when the FE network
 has been trained, and stored with the model, so that :meth:`LatentIntercepts.apply`
 maps each cell on its own: a cell's corrected latent does not depend on which
 other cells are embedded with it. Batches added by :meth:`amedl.AMEDL.adapt`
-get their intercepts from their own cells (:meth:`LatentIntercepts.add_batches`);
-cells of batches the model does not know keep the encoder's latent.
+get their intercepts from their own cells (:meth:`LatentIntercepts.add_batches`),
+measured the same way: with neighbour offsets, from their nearest cells among
+a sample of the training cells, kept for each round. Cells of batches the model
+does not know keep the encoder's latent.
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ import numpy as np
 MAX_CELLS = 50_000
 #: Cells corrected at a time by :meth:`LatentIntercepts.apply`.
 CHUNK = 65_536
+#: Training cells (at most) kept, per round, as the reference that the cells of
+#: batches added later are compared with (``offsets="neighbours"``).
+REFERENCE_CELLS = 5_000
 #: Nearest cells of the other batches that a cell is compared with (``offsets="neighbours"``).
 NEIGHBOURS = 10
 
@@ -68,6 +73,16 @@ def _pooled(d: np.ndarray, r: np.ndarray, codes: np.ndarray, n_batches: int, shr
     return out
 
 
+def _offsets_from(z: np.ndarray, ref: np.ndarray, ref_codes: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
+    """Each cell's offset from the mean of its ``k`` nearest cells in ``ref`` (cells of
+    other batches), times ``(B − 1) / B``, ``B`` the batches among them plus its own."""
+    from sklearn.neighbors import NearestNeighbors
+
+    idx = NearestNeighbors(n_neighbors=min(k, len(ref))).fit(ref).kneighbors(z, return_distance=False)
+    n_batches = 1 + np.array([len(np.unique(row)) for row in ref_codes[idx]])
+    return (z - ref[idx].mean(1)) * ((n_batches - 1) / n_batches)[:, None]
+
+
 def _local_offsets(z: np.ndarray, codes: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
     """Each cell's offset from the mean of its ``k`` nearest cells of the other batches,
     times ``(B − 1) / B``, ``B`` the batches among those neighbours plus its own: with
@@ -75,16 +90,11 @@ def _local_offsets(z: np.ndarray, codes: np.ndarray, k: int = NEIGHBOURS) -> np.
     batches' (each cell is compared with cells like it, so a cell type more common in
     one batch is no offset). The neighbours are chosen by their closeness, so where a
     shift is as large as a population's spread one round measures only part of it."""
-    from sklearn.neighbors import NearestNeighbors
-
     out = np.zeros_like(z)
     for b in np.unique(codes):
-        mine, others = codes == b, np.flatnonzero(codes != b)
-        if not len(others):
-            continue
-        idx = NearestNeighbors(n_neighbors=min(k, len(others))).fit(z[others]).kneighbors(z[mine], return_distance=False)
-        n_batches = 1 + np.array([len(np.unique(row)) for row in codes[others][idx]])
-        out[mine] = (z[mine] - z[others][idx].mean(1)) * ((n_batches - 1) / n_batches)[:, None]
+        mine, others = codes == b, codes != b
+        if others.any():
+            out[mine] = _offsets_from(z[mine], z[others], codes[others], k)
     return out
 
 
@@ -103,15 +113,20 @@ class LatentIntercepts:
     memberships' reference); ``means`` ``(rounds, K, d)``: each cluster's pooled
     soft mean; ``offsets`` ``(rounds, K, n_batches, d)``: the intercepts;
     ``scales`` ``(rounds,)``: the memberships' bandwidth (the median squared
-    distance of a cell to its nearest centre); ``shrinkage``: the prior's weight.
+    distance of a cell to its nearest centre); ``shrinkage``: the prior's weight;
+    ``reference`` ``(rounds, n, d)`` and ``reference_codes`` ``(n,)`` (neighbour
+    offsets only, else ``None``): a sample of the training cells as each round
+    saw them, for :meth:`add_batches`.
     """
 
-    def __init__(self, centres, means, offsets, scales, shrinkage: float):
+    def __init__(self, centres, means, offsets, scales, shrinkage: float, reference=None, reference_codes=None):
         self.centres = np.asarray(centres, dtype=np.float64)
         self.means = np.asarray(means, dtype=np.float64)
         self.offsets = np.asarray(offsets, dtype=np.float64)
         self.scales = np.asarray(scales, dtype=np.float64)
         self.shrinkage = float(shrinkage)
+        self.reference = None if reference is None else np.asarray(reference, dtype=np.float64)
+        self.reference_codes = None if reference_codes is None else np.asarray(reference_codes, dtype=np.int64)
 
     @property
     def n_batches(self) -> int:
@@ -134,7 +149,10 @@ class LatentIntercepts:
         z = np.asarray(z, dtype=np.float64)
         codes = np.asarray(codes)
         k = int(min(n_clusters, len(z)))
-        centres, means, shifts, scales = [], [], [], []
+        centres, means, shifts, scales, reference = [], [], [], [], []
+        keep = np.arange(len(z))
+        if len(keep) > REFERENCE_CELLS:
+            keep = np.sort(np.random.default_rng([seed, 29]).choice(keep, size=REFERENCE_CELLS, replace=False))
         for t in range(rounds):
             km = KMeans(k, n_init=3, random_state=seed + t).fit(z)
             c = km.cluster_centers_
@@ -147,9 +165,12 @@ class LatentIntercepts:
                 off = _pooled(z, r, codes, n_batches, shrinkage, centre=m)
             else:
                 off = _pooled(_local_offsets(z, codes), r, codes, n_batches, shrinkage)
+                reference.append(z[keep])
             z = _shift(z, r, codes, off)
             centres.append(c), means.append(m), shifts.append(off), scales.append(scale)
-        return cls(centres, means, shifts, scales, shrinkage)
+        if offsets == "cluster":
+            return cls(centres, means, shifts, scales, shrinkage)
+        return cls(centres, means, shifts, scales, shrinkage, reference, codes[keep])
 
     def apply(self, z: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """The latent ``z`` with each cell's batch intercepts removed (cells whose
@@ -168,16 +189,23 @@ class LatentIntercepts:
     def add_batches(self, z: np.ndarray, codes: np.ndarray, n_new: int) -> "LatentIntercepts":
         """A copy with ``n_new`` more batches, whose intercepts are estimated from
         their cells' latent ``z`` (``codes`` 0 … n_new − 1) against the stored
-        clusters; the known batches' intercepts do not change."""
+        clusters, each cell's offset measured as :meth:`fit` measured it (from
+        its nearest reference cells, or from its cluster's pooled mean where no
+        reference is stored); the known batches' intercepts do not change."""
         z = np.asarray(z, dtype=np.float64)
         codes = np.asarray(codes)
         grown = []
-        for c, m, off, scale in zip(self.centres, self.means, self.offsets, self.scales):
+        for t, (c, m, off, scale) in enumerate(zip(self.centres, self.means, self.offsets, self.scales)):
             r = _memberships(z, c, scale)
-            new = _pooled(z, r, codes, n_new, self.shrinkage, centre=m)
+            if self.reference is None:
+                new = _pooled(z, r, codes, n_new, self.shrinkage, centre=m)
+            else:
+                d = _offsets_from(z, self.reference[t], self.reference_codes)
+                new = _pooled(d, r, codes, n_new, self.shrinkage)
             z = _shift(z, r, codes, new)
             grown.append(np.concatenate([off, new], axis=1))
-        return LatentIntercepts(self.centres, self.means, grown, self.scales, self.shrinkage)
+        return LatentIntercepts(self.centres, self.means, grown, self.scales, self.shrinkage, self.reference,
+                                self.reference_codes)
 
     def state(self) -> dict:
         """The arrays as float64 torch tensors (stored in the model's ``weights.pt``; a
@@ -186,10 +214,16 @@ class LatentIntercepts:
 
         state = {name: torch.as_tensor(getattr(self, name), dtype=torch.float64)
                  for name in ("centres", "means", "offsets", "scales")}
+        if self.reference is not None:
+            state["reference"] = torch.as_tensor(self.reference, dtype=torch.float64)
+            state["reference_codes"] = torch.as_tensor(self.reference_codes, dtype=torch.int64)
         return {**state, "shrinkage": torch.tensor(self.shrinkage, dtype=torch.float64)}
 
     @classmethod
     def from_state(cls, state: dict) -> "LatentIntercepts":
-        """The inverse of :meth:`state`."""
+        """The inverse of :meth:`state` (intercepts saved without a reference add
+        batches by cluster offsets)."""
+        reference, codes = state.get("reference"), state.get("reference_codes")
         return cls(*(np.asarray(state[n].double()) for n in ("centres", "means", "offsets", "scales")),
-                   float(state["shrinkage"]))
+                   float(state["shrinkage"]), None if reference is None else np.asarray(reference.double()),
+                   None if codes is None else np.asarray(codes))

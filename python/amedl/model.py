@@ -722,6 +722,13 @@ class AMEDL:
             if not all(torch.isfinite(t).all() for t in saved.values()):
                 raise AMEDLModelError(f"{weights}: the latent intercepts hold NaN or infinite values: the model is damaged; refit it")
             self.intercepts = LatentIntercepts.from_state(saved)
+            ref, ref_codes = self.intercepts.reference, self.intercepts.reference_codes
+            if ref is not None and (ref.ndim != 3 or ref.shape[0] != len(self.intercepts.centres)
+                                    or ref.shape[2] != self.config.n_latent or ref_codes is None
+                                    or ref_codes.shape != (ref.shape[1],) or (ref_codes < 0).any()
+                                    or (ref_codes >= self.intercepts.n_batches).any()):
+                raise AMEDLModelError(f"{weights}: the latent intercepts' reference cells do not match their "
+                                      f"intercepts: the model is damaged; refit it")
             if self.intercepts.n_batches != len(self.prep.batches) or self.intercepts.centres.shape[-1] != self.config.n_latent:
                 raise AMEDLModelError(f"{weights}: the latent intercepts are for {self.intercepts.n_batches} batches and "
                                       f"{self.intercepts.centres.shape[-1]} dimensions, but {_CONFIG_FILE} describes "
