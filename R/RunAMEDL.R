@@ -59,8 +59,10 @@
 #'   effects, learned in seconds with every trained weight frozen
 #'   (`adapt = TRUE`, the default), or the mixture of the learned batches'
 #'   effects that the model's batch-membership predictor gives each cell
-#'   (`adapt = FALSE`). The FE latent of a query cell does not depend on
-#'   either. The adapted model stays in this R session's memory (the folder
+#'   (`adapt = FALSE`). Adaptation also estimates the new batches' latent
+#'   intercepts, which are removed from their FE latent as from the
+#'   reference's; without it their cells keep the FE encoder's latent (a
+#'   small difference). The adapted model stays in this R session's memory (the folder
 #'   is not changed), so [AMEDLCounterfactual()] and [AMEDLBatchEffects()]
 #'   can compare the query's batches with the model's.
 #' @param preset Engine preset: `"default"` or `"paper"` (the published configuration).
