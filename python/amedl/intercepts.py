@@ -79,7 +79,8 @@ def _offsets_from(z: np.ndarray, ref: np.ndarray, ref_codes: np.ndarray, k: int 
     from sklearn.neighbors import NearestNeighbors
 
     idx = NearestNeighbors(n_neighbors=min(k, len(ref))).fit(ref).kneighbors(z, return_distance=False)
-    n_batches = 1 + np.array([len(np.unique(row)) for row in ref_codes[idx]])
+    near = np.sort(ref_codes[idx], axis=1)
+    n_batches = 2 + (np.diff(near, axis=1) != 0).sum(1)  # distinct batches among them, plus the cell's own
     return (z - ref[idx].mean(1)) * ((n_batches - 1) / n_batches)[:, None]
 
 
@@ -168,9 +169,9 @@ class LatentIntercepts:
                 reference.append(z[keep])
             z = _shift(z, r, codes, off)
             centres.append(c), means.append(m), shifts.append(off), scales.append(scale)
-        if offsets == "cluster":
-            return cls(centres, means, shifts, scales, shrinkage)
-        return cls(centres, means, shifts, scales, shrinkage, reference, codes[keep])
+        neighbours = offsets == "neighbours"
+        return cls(centres, means, shifts, scales, shrinkage, reference if neighbours else None,
+                   codes[keep] if neighbours else None)
 
     def apply(self, z: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """The latent ``z`` with each cell's batch intercepts removed (cells whose
