@@ -178,7 +178,7 @@ def _fit(args, columns: dict, settings: dict, out: Path) -> int:
     from . import distributed
 
     if args.backed:
-        from .data.backed import fit_backed_command
+        from .ondisk import fit_backed_command
 
         return fit_backed_command(args, settings, out, _say)
 

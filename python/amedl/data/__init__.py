@@ -17,7 +17,7 @@ _WHERE = {
     "Minibatch": "loader",
     "RowBlocks": "loader",
     "block_order": "loader",
-    "make_loader": "loader",
+    "make_loader": "backed",
     "Preprocessor": "preprocess",
     "SCALINGS": "preprocess",
     "_highly_variable": "preprocess",

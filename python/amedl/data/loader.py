@@ -174,13 +174,3 @@ class CSRLoader:
             x = self.X.dense_rows(idx).to(self.device)
             library = None if self._library is None else self._library[idx]
             yield self._minibatch(x, self._codes_on_device[idx].to(self.device), library)
-
-
-def make_loader(X, codes: np.ndarray, prep: Preprocessor, **options) -> CSRLoader:
-    """The loader for ``X``: :class:`CSRLoader` for a matrix in memory (or on a device),
-    :class:`~amedl.data.backed.BackedLoader` for rows read from disk."""
-    if isinstance(X, RowBlocks):
-        from .backed import BackedLoader
-
-        return BackedLoader(X, codes, prep, **options)
-    return CSRLoader(X, codes, prep, **options)

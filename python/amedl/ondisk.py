@@ -1,0 +1,78 @@
+"""Fitting from a file on disk: ``amedl fit INPUT --backed``.
+
+:func:`fit_backed_command` trains a model whose counts stay in the ``.h5ad``
+(:mod:`amedl.data.backed` reads them in blocks) and writes a copy of the file
+with the latents; :func:`write_latents` streams a fitted model's latents into
+an ``.h5ad`` chunk by chunk, so that nothing the size of the data is held in
+memory.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import anndata as ad
+import h5py
+import torch
+
+from . import distributed
+from ._utils import Staging
+from .data.backed import CHUNK, BackedLoader
+from .model import AMEDL
+from .tl import record
+
+
+def write_latents(model, path: str | os.PathLike, kinds: Sequence[str] = ("fe", "re"), *,
+                  chunk: int = CHUNK, key_added: str = "amedl") -> None:
+    """Write the training cells' latents into ``obsm["X_amedl_<kind>"]`` of the ``.h5ad``
+    at ``path`` (opened for writing), ``chunk`` cells at a time, and the fit's record
+    into ``uns[key_added]``."""
+    X = model._X
+    with h5py.File(path, "r+") as f:
+        obsm = f.require_group("obsm")
+        if "encoding-type" not in obsm.attrs:
+            obsm.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+        for kind in kinds:
+            net, name = model._module(kind), f"X_{key_added}_{kind}"
+            if name in obsm:
+                del obsm[name]
+            ds = obsm.create_dataset(name, shape=(X.shape[0], model.config.n_latent), dtype="float32",
+                                     chunks=(min(chunk, X.shape[0]), model.config.n_latent))
+            ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+            lo = 0
+            loader = BackedLoader(X, model._codes, model.prep, batch_size=chunk, device=model.device)
+            with torch.no_grad():
+                for mb in loader:
+                    z = net.latent(mb).float().cpu().numpy()
+                    if kind == "fe" and model.intercepts is not None:
+                        z = model.intercepts.apply(z, mb.batch.cpu().numpy())
+                    ds[lo : lo + len(z)] = z
+                    lo += len(z)
+        uns = f.require_group("uns")
+        if key_added in uns:
+            del uns[key_added]
+        ad.io.write_elem(uns, key_added, record(model))
+
+
+def fit_backed_command(args, settings: dict, out: Path, say) -> int:
+    """``amedl fit INPUT --backed``: train from the file, write a copy of it with the latents."""
+    t0 = time.perf_counter()
+    adata = ad.read_h5ad(args.input, backed="r")
+    say(f"opened {args.input} on disk: {adata.n_obs} cells × {adata.n_vars} genes")
+    model = AMEDL(adata, args.batch_key, layer=args.layer, preset=args.preset, **settings)
+    model.fit(seed=args.seed, max_epochs=args.epochs, progress=not args.quiet)
+    if distributed.rank() != 0:
+        return 0
+    for kind, info in model.train_info.items():
+        say(f"{kind.upper()}: {info['epochs_run']} epochs (best {info['best_epoch']}) in {info['seconds']:.1f}s")
+    with Staging() as stage:
+        if args.model_dir:
+            model.save(args.model_dir, overwrite=args.overwrite, staging=stage)
+        tmp = stage.add(out)
+        shutil.copyfile(args.input, tmp)
+        write_latents(model, tmp)
+    say(f"wrote {args.out} (the input plus obsm X_amedl_fe, X_amedl_re; uns amedl) in {time.perf_counter() - t0:.1f}s total")
+    return 0
