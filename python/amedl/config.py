@@ -114,6 +114,14 @@ class AMEDLConfig:
     of the adversary's training lead over chance, ``max(0, (H − CE)/H)``, so
     that the encoder is pushed harder while the adversary wins; gain 5 with
     weight 0.15 is the default since the sixteenth round.
+
+    ``fe_encoder_weight_decay`` = λ (0: off) adds Adam's weight decay to the
+    FE encoder's weight matrices: ``λ·W`` joins their gradients, an L2
+    penalty ``λ/2·‖W‖²`` (biases, normalisation and every other parameter
+    have none; in the paper's tied network, the weights the encoder shares
+    with the decoder). A regulariser against an encoder that mixes the
+    batches of its training cells better than those of new cells
+    (``docs/tuning.md``, twenty-second round).
     """
 
     # data
@@ -165,6 +173,7 @@ class AMEDLConfig:
     fe_cluster_weight: float = 0.3
     fe_depth_weight: float = 1.0
     fe_ema_decay: float | None = 0.99
+    fe_encoder_weight_decay: float = 0.0
     fe_intercept_clusters: int | None = 10
     fe_intercept_shrinkage: float = 1.0
     fe_intercept_rounds: int = 3
@@ -379,6 +388,7 @@ RULES: dict[str, Rule] = {
     "fe_cluster_weight": _WEIGHT,
     "fe_depth_weight": _WEIGHT,
     "fe_ema_decay": _float(0.0, high=1.0, open_low=True, open_high=True, none="no weight averaging"),
+    "fe_encoder_weight_decay": _float(0.0),
     "fe_intercept_clusters": _int(1, none="no latent intercepts: the encoder's latent"),
     "fe_intercept_shrinkage": _float(0.0),
     "fe_intercept_rounds": _int(1),

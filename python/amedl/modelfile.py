@@ -39,7 +39,7 @@ _HISTORY = re.compile(r"history_[a-z0-9_]+\.csv")
 SETTINGS_ADDED_LATER = {"fe_cluster_weight": 0.0, "fe_layer_adv_scale": 1.0, "fe_monitor_adversaries": "every",
                          "fe_neighbour_k": 5, "fe_adv_weight_start": None, "fe_adv_warmup_steps": 500,
                          "fe_adv_lead_gain": 0.0, "fe_depth_weight": 0.0,
-                         "fe_intercept_clusters": None}
+                         "fe_intercept_clusters": None, "fe_encoder_weight_decay": 0.0}
 #: What ``amedl.json`` must say, and what each entry is.
 _REQUIRED = {"config": dict, "preprocessing": dict, "kinds": list, "batch_key": str, "preset": str}
 

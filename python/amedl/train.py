@@ -129,6 +129,21 @@ def _param_groups(params: list, module: nn.Module, config: AMEDLConfig) -> list[
     ]
 
 
+def _decay_encoder(groups: list[dict], encoder: nn.Module, decay: float) -> list[dict]:
+    """``groups`` with the weight matrices of ``encoder`` split off into groups of
+    their own with Adam's ``weight_decay`` = ``decay`` (``decay·W`` added to their
+    gradients: an L2 penalty ``decay/2·‖W‖²``); every other parameter has none."""
+    decayed = {id(p) for p in encoder.parameters() if p.ndim >= 2}
+    out = []
+    for group in groups:
+        options = {k: v for k, v in group.items() if k != "params"}
+        for flag in (True, False):
+            params = [p for p in group["params"] if (id(p) in decayed) == flag]
+            if params:
+                out.append({**options, "params": params, "weight_decay": decay if flag else 0.0})
+    return out
+
+
 class _EpochMeans:
     """Means of per-step training losses over an epoch, summed as tensors so
     that a step does not wait for the device to report its numbers."""
@@ -374,7 +389,10 @@ class AdversarialPlan:
         self.fool_scales = [config.fe_layer_adv_scale if layers else 1.0 for layers in net.adversary_reads_layers]
         self.membership = net.membership
         trained = [*self.ae.parameters(), *(self.membership.parameters() if self.membership is not None else [])]
-        self.opt_ae = torch.optim.Adam(_param_groups(trained, self.ae, config), lr=config.lr)
+        groups = _param_groups(trained, self.ae, config)
+        if config.fe_encoder_weight_decay > 0:
+            groups = _decay_encoder(groups, getattr(self.ae, "encoder", self.ae), config.fe_encoder_weight_decay)
+        self.opt_ae = torch.optim.Adam(groups, lr=config.lr)
         self.opt_adv = torch.optim.Adam([p for a in self.advs for p in a.parameters()], lr=config.adversary_lr or config.lr)
         self.balance = None
         if config.adversary_clusters is not None:

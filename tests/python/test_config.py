@@ -40,6 +40,7 @@ def test_every_field_has_a_rule():
         ("likelihood", "poisson", "likelihood must be one of 'mse', 'nb'"),
         ("validation_fraction", 1.0, "validation_fraction must be a finite number in [0, 1)"),
         ("fe_ema_decay", 1.5, "fe_ema_decay must be a finite number in (0, 1)"),
+        ("fe_encoder_weight_decay", -0.1, "fe_encoder_weight_decay must be a finite number >= 0"),
         ("patience", 0, "patience must be a whole number >= 1 (or None: no early stopping)"),
         ("restore_best", 1, "restore_best must be True or False"),
         ("n_latent", True, "n_latent must be a whole number"),

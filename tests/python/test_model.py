@@ -571,3 +571,31 @@ def test_adversary_lead_gain_raises_the_weight_while_the_adversary_wins(sim):
     assert np.all((lead >= 0) & (lead < 1)) and lead.max() > 0.01, lead
     assert not np.allclose(off.latent(sim, kind="fe"), led.latent(sim, kind="fe"))
     assert (led.history["fe"]["train_adv_weight"] == 0.1).all()  # the schedule's weight, before the lead's factor
+
+
+def test_encoder_weight_decay_reaches_the_encoder_weight_matrices_only(sim):
+    import dataclasses
+
+    from amedl.train import AdversarialPlan, PlanContext
+
+    m = amedl.AMEDL(sim, "batch", fe_encoder_weight_decay=0.5, **SMALL)
+    net = m._build("fe")
+    ctx = dataclasses.replace(PlanContext.from_codes(m._codes, len(m.genes), len(m.batches)),
+                              reference=m._reference_pca(np.arange(sim.n_obs), 0))
+    groups = AdversarialPlan(net, m.config, ctx).opt_ae.param_groups
+    decayed = [id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]]
+    in_groups = [id(p) for g in groups for p in g["params"]]
+    encoder_matrices = {id(p) for p in net.autoencoder.encoder.parameters() if p.ndim >= 2}
+    assert set(decayed) == encoder_matrices and len(decayed) == len(encoder_matrices) > 0
+    assert {g["weight_decay"] for g in groups if g["weight_decay"] > 0} == {0.5}
+    assert len(in_groups) == len(set(in_groups)) and set(in_groups) >= {id(p) for p in net.autoencoder.parameters()}
+
+    def encoder_norm(decay: float) -> float:
+        model = amedl.AMEDL(sim, "batch", fe_encoder_weight_decay=decay, threads=1, **SMALL)
+        model.fit(seed=0, progress=False, kinds=("fe",), max_epochs=20)
+        encoder = model.modules["fe"].autoencoder.encoder
+        return sum(float(p.detach().square().sum()) for p in encoder.parameters() if p.ndim >= 2)
+
+    assert encoder_norm(0.5) < 0.9 * encoder_norm(0.0)
+    with pytest.raises(amedl.errors.AMEDLConfigError, match="fe_encoder_weight_decay"):
+        amedl.AMEDL(sim, "batch", fe_encoder_weight_decay=-0.1)
