@@ -12,6 +12,7 @@ a test; one thread, an idle machine):
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 import warnings
 
@@ -20,14 +21,6 @@ from sklearn.neighbors import NearestNeighbors
 
 import amedl.intercepts as intercepts
 from _shared import load_shared
-
-
-def _brute_offsets(z, ref, ref_codes, k=intercepts.NEIGHBOURS):
-    """:func:`amedl.intercepts._offsets_from` with a brute-force neighbour search."""
-    idx = NearestNeighbors(n_neighbors=min(k, len(ref)), algorithm="brute").fit(ref).kneighbors(z, return_distance=False)
-    near = np.sort(ref_codes[idx], axis=1)
-    n_batches = 2 + (np.diff(near, axis=1) != 0).sum(1)
-    return (z - ref[idx].mean(1)) * ((n_batches - 1) / n_batches)[:, None]
 
 
 def latent_like(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -62,7 +55,7 @@ def main(argv=None) -> int:
             for b in counts:
                 codes = rng.integers(0, b, n)
                 times = []
-                for search in (tree, _brute_offsets):
+                for search in (tree, functools.partial(tree, algorithm="brute")):
                     intercepts._offsets_from = search
                     t0 = time.perf_counter()
                     intercepts.LatentIntercepts.fit(z, codes, b, offsets="neighbours")

@@ -73,12 +73,14 @@ def _pooled(d: np.ndarray, r: np.ndarray, codes: np.ndarray, n_batches: int, shr
     return out
 
 
-def _offsets_from(z: np.ndarray, ref: np.ndarray, ref_codes: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
+def _offsets_from(z: np.ndarray, ref: np.ndarray, ref_codes: np.ndarray, k: int = NEIGHBOURS,
+                  algorithm: str = "auto") -> np.ndarray:
     """Each cell's offset from the mean of its ``k`` nearest cells in ``ref`` (cells of
-    other batches), times ``(B − 1) / B``, ``B`` the batches among them plus its own."""
+    other batches), times ``(B − 1) / B``, ``B`` the batches among them plus its own
+    (``algorithm``: scikit-learn's neighbour search)."""
     from sklearn.neighbors import NearestNeighbors
 
-    idx = NearestNeighbors(n_neighbors=min(k, len(ref))).fit(ref).kneighbors(z, return_distance=False)
+    idx = NearestNeighbors(n_neighbors=min(k, len(ref)), algorithm=algorithm).fit(ref).kneighbors(z, return_distance=False)
     near = np.sort(ref_codes[idx], axis=1)
     n_batches = 2 + (np.diff(near, axis=1) != 0).sum(1)  # distinct batches among them, plus the cell's own
     return (z - ref[idx].mean(1)) * ((n_batches - 1) / n_batches)[:, None]
