@@ -379,14 +379,18 @@ def test_neighbour_bandwidth_sets_how_far_neighbourhoods_reach():
 def test_scaled_weight_fits_the_scaled_input_beside_the_counts(sim):
     def scaled_error(weight):
         # the depth term off: it also shapes the latent (with it 0.85 against 0.91 at the default thread count)
-        m = amedl.AMEDL(sim, "batch", fe_scaled_weight=weight, fe_ema_decay=None, fe_depth_weight=0.0, **SMALL)
-        assert m.config.likelihood == "nb"
-        m.fit(seed=0, max_epochs=60, kinds=("fe",), progress=False)
-        x = m.transform()  # the scaled model input
-        decoded = m.prep.scale_dense(m.reconstruct(kind="fe"))
-        return float(np.mean((decoded - x) ** 2))
+        total = 0.0
+        for seed in (0, 1, 2):  # one 60-epoch fit's ratio ranges 0.86-0.94 over seeds and thread counts
+            m = amedl.AMEDL(sim, "batch", fe_scaled_weight=weight, fe_ema_decay=None, fe_depth_weight=0.0, **SMALL)
+            assert m.config.likelihood == "nb"
+            m.fit(seed=seed, max_epochs=60, kinds=("fe",), progress=False)
+            x = m.transform()  # the scaled model input
+            decoded = m.prep.scale_dense(m.reconstruct(kind="fe"))
+            total += float(np.mean((decoded - x) ** 2))
+        return total
 
-    assert scaled_error(5.0) < 0.93 * scaled_error(0.0)  # measured 0.80 against 0.90
+    # summed over three seeds: 2.447 against 2.727 (0.90) with one thread, 2.405 against 2.738 (0.88) with two
+    assert scaled_error(5.0) < 0.95 * scaled_error(0.0)
     with pytest.raises(amedl.errors.AMEDLConfigError, match="fe_scaled_weight"):
         amedl.AMEDL(sim, "batch", fe_scaled_weight=-1.0)
     assert amedl.AMEDL(sim, "batch", preset="paper").config.fe_scaled_weight == 0.0
