@@ -500,7 +500,8 @@ class AMEDL:
 
     def _batch_code(self, batch) -> int:
         if str(batch) not in self.prep.batches:
-            raise ValueError(f"unknown batch {batch!r}; the model knows {self.prep.batches}")
+            raise AMEDLInputError(f"unknown batch {batch!r}; the model knows {self.prep.batches}. To use a new batch, "
+                                  "learn its effects first with model.adapt(adata_of_that_batch).")
         return self.prep.batches.index(str(batch))
 
     def latent(self, adata: ad.AnnData | None = None, kind: str = "fe", *, layer: str | None = None,

@@ -145,7 +145,7 @@ def test_counterfactual(small_model, sim, kind):
     # decoding a cell as its own batch is the ordinary reconstruction
     assert np.allclose(as_b1[in_b1], own[in_b1], atol=1e-5)
     assert not np.allclose(as_b1[~in_b1], own[~in_b1], atol=1e-3)
-    with pytest.raises(ValueError, match="unknown batch 'nope'"):
+    with pytest.raises(amedl.errors.AMEDLInputError, match=r"unknown batch 'nope'.*model\.adapt"):
         small_model.reconstruct(batch="nope", kind=kind)
 
 
