@@ -290,7 +290,7 @@ def _benchmark_command_line(args) -> str:
              "--out-dir", args.out_dir]
     if args.methods:
         parts += ["--methods", *args.methods]
-    parts += ["--folds", str(args.folds), "--seed", str(args.seed)]
+    parts += ["--folds", str(args.folds), "--seed", *(str(s) for s in args.seed)]
     for flag, value, default in (("--epochs", args.epochs, None), ("--layer", args.layer, None),
                                  ("--preset", args.preset, "default"), ("--max-cells", args.max_cells, 10_000),
                                  ("--threads", args.threads, None)):
@@ -306,6 +306,8 @@ def cmd_benchmark(args) -> int:
     _probe_writable(out_dir, f"--out-dir {args.out_dir}")
     settings = _settings(args)
     info = _check_input(args.input, {"--batch-key": args.batch_key, "--label-key": args.label_key}, args.layer)
+    if len(set(args.seed)) < len(args.seed):
+        raise AMEDLInputError(f"--seed lists a seed twice ({' '.join(map(str, args.seed))}); give each seed once")
     if info and info.get("n_obs") and args.folds > info["n_obs"]:
         raise AMEDLInputError(f"--folds {args.folds} is more than the number of cells of {args.input} ({info['n_obs']})")
     from .benchmark.methods import resolve_methods
@@ -321,7 +323,8 @@ def cmd_benchmark(args) -> int:
     adata = _read(args.input)
     _require_columns(adata, args.input, {"--batch-key": args.batch_key, "--label-key": args.label_key})
     run_benchmark(
-        adata, args.batch_key, args.label_key, out_dir, methods=args.methods, folds=args.folds, seed=args.seed,
+        adata, args.batch_key, args.label_key, out_dir, methods=args.methods, folds=args.folds,
+        seed=args.seed[0] if len(args.seed) == 1 else args.seed,
         progress=not args.quiet, scib=not args.no_scib, max_epochs=args.epochs, layer=args.layer,
         preset=args.preset, max_cells=args.max_cells, title=f"amedl benchmark: {Path(args.input).name}",
         command=_benchmark_command_line(args), model_kwargs={k: v for k, v in settings.items() if k != "device"} or None,
@@ -420,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "aliases pca ae fe re harmony scvi")
     b.add_argument("--folds", type=_whole(1), default=5,
                    help="k-fold cross-validation stratified on batch x label (1: fit and score on all cells)")
-    b.add_argument("--seed", type=_whole(0), default=0, help="random seed")
+    b.add_argument("--seed", type=_whole(0), nargs="+", default=[0],
+                   help="random seed; several (e.g. --seed 0 1 2) repeat the whole cross-validation once per seed "
+                        "and add a per-seed table")
     b.add_argument("--epochs", "--max-epochs", dest="epochs", type=_whole(1), default=None,
                    help="epoch budget per network and for scVI (default: each model's own)")
     b.add_argument("--preset", default="default", choices=["default", "paper"], help="amedl preset")

@@ -179,8 +179,34 @@ def test_demo_prints_table_and_writes_figure(tmp_path, capsys):
         assert (tmp_path / "demo" / name).stat().st_size > 0
 
 
+def test_several_seeds_repeat_the_cross_validation(small_adata, tmp_path):
+    kw = dict(methods=["pca", "fe"], folds=2, progress=False, scib=False, max_epochs=2)
+    res = B.run_benchmark(small_adata, "batch", "cell_type", tmp_path / "two", seed=[0, 3], **kw)
+    assert len(res) == 2 * 2 * 2 and sorted(res["seed"].unique()) == [0, 3]
+    for _, rows in res[res["method"] == "PCA"].groupby("seed"):  # each seed's folds hold every cell once
+        assert rows["n_test"].sum() == small_adata.n_obs
+    # a seed's rows are those of a run with that seed alone
+    alone = B.run_benchmark(small_adata, "batch", "cell_type", tmp_path / "one", seed=0, umap=False, report=False,
+                            **kw)
+    scores = ["n_test", "batch_asw", "label_asw", "same_batch_neighbours", "label_purity"]
+    pd.testing.assert_frame_equal(res[res["seed"] == 0][["method", "fold", *scores]].reset_index(drop=True),
+                                  alone[["method", "fold", *scores]].reset_index(drop=True))
+    # the second seed draws other folds and fits other models
+    assert not np.allclose(res[res["seed"] == 3]["batch_asw"], alone["batch_asw"])
+    md = (tmp_path / "two" / "summary.md").read_text()
+    assert "seeds 0, 3 (the cross-validation repeated once per seed" in md and "## Per seed" in md
+    table = B.per_seed_table(res)
+    assert list(table.columns) == ["seed 0", "seed 3"] and list(table.index) == ["PCA", "aMEDL-FE"]
+    fe3 = res[(res["method"] == "aMEDL-FE") & (res["seed"] == 3)]
+    assert table.loc["aMEDL-FE", "seed 3"] == f"{fe3['batch_asw'].mean():+.3f} / {fe3['label_asw'].mean():+.3f}"
+    assert "## Per seed" not in (tmp_path / "one" / "summary.md").read_text()
+    for bad, why in (([0, 0], "seed lists a seed twice"), ([], "non-negative integer"), (-1, "non-negative integer")):
+        with pytest.raises(amedl.AMEDLInputError, match=why):
+            B.run_benchmark(small_adata, "batch", "cell_type", tmp_path / "bad", seed=bad, **kw)
+
+
 def test_benchmark_command_line(small_adata, tmp_path, capsys):
-    from amedl.cli import build_parser
+    from amedl.cli import _benchmark_command_line, build_parser
 
     path = tmp_path / "in.h5ad"
     small_adata.write_h5ad(path)
@@ -197,11 +223,17 @@ def test_benchmark_command_line(small_adata, tmp_path, capsys):
     assert {stat.S_IMODE((tmp_path / "cli" / n).stat().st_mode) for n in ("results.csv", "umap.png")} == {0o600}
     out = capsys.readouterr().out
     assert "amedl benchmark" in out and "--folds 2" in out  # the summary, with the command that made it
+    several = build_parser().parse_args(["benchmark", str(path), "--batch-key", "batch", "--label-key", "cell_type",
+                                         "--out-dir", str(tmp_path / "s"), "--seed", "0", "2"])
+    assert several.seed == [0, 2] and "--seed 0 2" in _benchmark_command_line(several)
     from amedl.cli import main
 
     assert main(["benchmark", str(path), "--batch-key", "batch", "--label-key", "cell_type",
                  "--out-dir", str(tmp_path / "x"), "--methods", "tsne"]) == 1
     assert "amedl: unknown method 'tsne'" in capsys.readouterr().err
+    assert main(["benchmark", str(path), "--batch-key", "batch", "--label-key", "cell_type",
+                 "--out-dir", str(tmp_path / "x"), "--seed", "1", "1"]) == 1
+    assert "amedl: --seed lists a seed twice (1 1); give each seed once" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("scvi") is None, reason="scvi-tools is not installed")

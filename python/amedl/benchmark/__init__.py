@@ -12,10 +12,12 @@ scVI       scvi-tools SCVI on the raw counts of the model's genes (optional)
 With ``folds=k > 1`` the cells are split into k folds stratified on
 batch x label; each fold's methods are fitted on the other k-1 folds and
 scored on its held-out cells (the aMEDL paper's protocol); ``folds=1`` fits
-and scores on all cells. :func:`run_benchmark` writes, atomically, into
-``out_dir``: ``results.csv`` (one row per method x fold), ``summary.md``
-(means ± 95% confidence intervals over folds), ``umap.png`` (the first
-fold's models applied to all cells) and ``report.html`` (one page).
+and scores on all cells. Several seeds repeat the whole cross-validation,
+folds drawn anew, once per seed. :func:`run_benchmark` writes, atomically, into
+``out_dir``: ``results.csv`` (one row per method x seed x fold),
+``summary.md`` (means ± 95% confidence intervals over folds, and per seed
+when there are several), ``umap.png`` (the first fold's models applied to
+all cells) and ``report.html`` (one page).
 
 Rooms: :mod:`.methods` (the methods and the fold's shared model),
 :mod:`.folds`, :mod:`.report` (summaries; one HTML template); the run loop is here.
@@ -36,11 +38,12 @@ from .._utils import atomic_open
 from ..errors import AMEDLError, AMEDLInputError, preview
 from .folds import stratified_folds
 from .methods import DEFAULT_METHODS, METHODS, FoldContext, Method, resolve_methods
-from .report import pattern_check, sections, summarize, summary_markdown, training_table, write_report
+from .report import (pattern_check, per_seed_table, sections, summarize, summary_markdown, training_table,
+                     write_report)
 
 __all__ = ["METHODS", "DEFAULT_METHODS", "Method", "FoldContext", "resolve_methods", "stratified_folds",
-           "run_benchmark", "summarize", "pattern_check", "training_table", "sections", "summary_markdown",
-           "write_report"]
+           "run_benchmark", "summarize", "pattern_check", "training_table", "per_seed_table", "sections",
+           "summary_markdown", "write_report"]
 
 
 def _say(progress: bool, msg: str) -> None:
@@ -95,6 +98,16 @@ def _history_summary(model) -> dict:
     return out
 
 
+def _seeds(seed) -> list[int]:
+    """``seed`` as a list of distinct non-negative integers (one, or several)."""
+    values = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in values):
+        raise AMEDLInputError(f"seed must be a non-negative integer or a list of them, got {seed!r}")
+    if len(set(values)) < len(values):
+        raise AMEDLInputError(f"seed lists a seed twice ({list(values)}); give each seed once")
+    return [int(v) for v in values]
+
+
 def run_benchmark(
     adata,
     batch_key: str,
@@ -102,7 +115,7 @@ def run_benchmark(
     out_dir,
     methods: Sequence[str] | str | None = None,
     folds: int = 5,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     progress: bool = True,
     scib: bool = True,
     max_epochs: int | None = None,
@@ -135,6 +148,10 @@ def run_benchmark(
         k of the k-fold split stratified on batch x label; 1: fit and score on all cells.
     seed
         Seed of the folds, the models (fold f uses ``seed + f``), the subsamples and the UMAPs.
+        A list of seeds repeats the whole cross-validation once per seed (the rows of
+        each seed are those of a run with that seed alone); the tables then average over
+        every seed x fold and a per-seed table shows how much the totals move with the
+        seed. The UMAPs are the first seed's.
     progress
         Print progress lines and model progress bars (stderr).
     scib
@@ -153,10 +170,11 @@ def run_benchmark(
 
     Returns
     -------
-    The results table (also ``results.csv``): one row per method x fold.
+    The results table (also ``results.csv``): one row per method x seed x fold.
     """
     t_start, cpu_start = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
+    seeds = _seeds(seed)
     names = resolve_methods(methods)
     adata, notes = _check_input(adata, batch_key, label_key, layer, progress)
     chosen: list[Method] = []
@@ -177,38 +195,41 @@ def run_benchmark(
     mkw = {"preset": preset, **({"layer": layer} if layer is not None else {}), **(model_kwargs or {})}
     batch = adata.obs[batch_key].astype(str).to_numpy()
     labels = adata.obs[label_key].astype(str).to_numpy()
-    splits = stratified_folds(batch, labels, folds, seed)
+    splits_of = {s: stratified_folds(batch, labels, folds, s) for s in seeds}
+    splits = splits_of[seeds[0]]
     _say(progress, f"{adata.n_obs} cells x {adata.n_vars} genes, {len(set(batch))} batches, {len(set(labels))} "
-                   f"labels; {len(splits)} fold(s); methods: {', '.join(m.name for m in chosen)}"
-                   + ("; scIB metrics on" if use_scib else ""))
+                   f"labels; {len(splits)} fold(s)" + (f" x {len(seeds)} seeds" if len(seeds) > 1 else "")
+                   + f"; methods: {', '.join(m.name for m in chosen)}" + ("; scIB metrics on" if use_scib else ""))
     all_idx = np.arange(adata.n_obs)
     want_all = umap and len(splits) > 1  # the first fold's models also embed all cells, for the figure
     rows, umap_latents = [], {}
-    for f, (tr, te) in enumerate(splits):
-        ctx = FoldContext(adata, tr, te, batch_key, seed=seed + f, max_epochs=max_epochs, progress=progress,
+    runs = [(s, f, tr, te) for s in seeds for f, (tr, te) in enumerate(splits_of[s])]
+    for i, (run_seed, f, tr, te) in enumerate(runs):
+        is_first = run_seed == seeds[0] and f == 0
+        where = f"fold {f + 1}/{len(splits)}" + (f" (seed {run_seed})" if len(seeds) > 1 else "")
+        ctx = FoldContext(adata, tr, te, batch_key, seed=run_seed + f, max_epochs=max_epochs, progress=progress,
                           model_kwargs=mkw, kinds=kinds)
-        _say(progress, f"fold {f + 1}/{len(splits)}: fitting aMEDL ({', '.join(kinds) or 'preprocessing'}) "
-                       f"on {len(tr)} cells")
+        _say(progress, f"{where}: fitting aMEDL ({', '.join(kinds) or 'preprocessing'}) on {len(tr)} cells")
         ctx.get_model()  # every method uses the fold's preprocessing: fit it before timing the embeddings
         hist = _history_summary(ctx.model)
         unintegrated = ctx.pca(te).astype(np.float32) if use_scib else None  # for PCR comparison, as scIB does
         for meth in chosen:
             t0, fitted_before = time.perf_counter(), ctx.fit_seconds.get(meth.name, 0.0)
-            lat = meth.embed(ctx, [te, all_idx] if want_all and f == 0 else [te])
+            lat = meth.embed(ctx, [te, all_idx] if want_all and is_first else [te])
             # Harmony and scVI fit inside embed: that time is theirs to fit, not to embed
             embed_s = time.perf_counter() - t0 - (ctx.fit_seconds.get(meth.name, 0.0) - fitted_before)
-            if umap and f == 0:
+            if umap and is_first:
                 umap_latents[meth.name] = lat[-1]
             t0 = time.perf_counter()
             scores = _metrics.evaluate_latent(lat[0], batch[te], labels[te], scib=use_scib,
-                                              unintegrated=unintegrated, max_cells=max_cells, seed=seed)
-            rows.append({"method": meth.name, "fold": f + 1, "n_train": len(tr), "n_test": len(te),
-                         "fit_s": meth.fit_seconds(ctx), "embed_s": embed_s, "score_s": time.perf_counter() - t0,
-                         **scores, **hist})
-            _say(progress, f"fold {f + 1}/{len(splits)} {meth.name:9s} batch ASW {scores['batch_asw']:+.3f}  "
+                                              unintegrated=unintegrated, max_cells=max_cells, seed=run_seed)
+            rows.append({"method": meth.name, "seed": run_seed, "fold": f + 1, "n_train": len(tr),
+                         "n_test": len(te), "fit_s": meth.fit_seconds(ctx), "embed_s": embed_s,
+                         "score_s": time.perf_counter() - t0, **scores, **hist})
+            _say(progress, f"{where} {meth.name:9s} batch ASW {scores['batch_asw']:+.3f}  "
                            f"label ASW {scores['label_asw']:+.3f}"
                            + (f"  scIB total {scores['scib_total']:.3f}" if "scib_total" in scores else ""))
-        if f + 1 < len(splits):  # a long run that is stopped keeps its finished folds
+        if i + 1 < len(runs):  # a long run that is stopped keeps its finished folds
             with atomic_open(out_dir / "results.partial.csv") as fh:
                 pd.DataFrame(rows).to_csv(fh, index=False)
     results = pd.DataFrame(rows)
@@ -219,7 +240,8 @@ def run_benchmark(
 
     meta = {"title": title or "amedl benchmark", "command": command, "n_cells": adata.n_obs, "n_genes": adata.n_vars,
             "batch_key": batch_key, "label_key": label_key, "n_batches": len(set(batch)),
-            "n_labels": len(set(labels)), "folds": len(splits), "seed": seed, "methods": [m.name for m in chosen],
+            "n_labels": len(set(labels)), "folds": len(splits), "seed": seeds[0] if len(seeds) == 1 else seeds,
+            "methods": [m.name for m in chosen],
             "descriptions": {m.name: m.description for m in chosen}, "notes": notes, "scib": use_scib,
             "max_epochs": max_epochs, "preset": mkw.get("preset"),
             "umap_caption": "UMAPs of all cells embedded by the first fold's models (fitted on its training cells)"
@@ -231,13 +253,13 @@ def run_benchmark(
         from ..pl import umap_grid
 
         _say(progress, "UMAP panels")
-        first = results[results["fold"] == 1].set_index("method")
+        first = results[(results["seed"] == seeds[0]) & (results["fold"] == 1)].set_index("method")
         titles = {m: {"batch": f"batch ASW {first.loc[m, 'batch_asw']:+.2f}",
                       "label": f"label ASW {first.loc[m, 'label_asw']:+.2f}"} for m in umap_latents}
         cells = all_idx if want_all else splits[0][1]
         umap_path = out_dir / "umap.png"
         fig, _ = umap_grid(umap_latents, {"batch": batch[cells], "label": labels[cells]}, umap_path,
-                           titles=titles, seed=seed)
+                           titles=titles, seed=seeds[0])
         plt.close(fig)
     meta["wall_s"], meta["cpu_s"] = time.perf_counter() - t_start, time.process_time() - cpu_start
     with atomic_open(out_dir / "summary.md") as fh:

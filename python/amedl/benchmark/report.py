@@ -19,7 +19,8 @@ import pandas as pd
 from .._utils import atomic_open
 from ..metrics import KMEANS_INITS
 
-__all__ = ["summarize", "pattern_check", "training_table", "sections", "summary_markdown", "write_report"]
+__all__ = ["summarize", "pattern_check", "training_table", "per_seed_table", "sections", "summary_markdown",
+           "write_report"]
 
 #: The aMEDL paper's metrics (first table).
 PAPER_COLUMNS = {"batch_asw": "batch ASW", "label_asw": "label ASW", "batch_inv_db": "batch 1/DB",
@@ -49,9 +50,10 @@ def summarize(results: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd
     """Mean, 95% confidence half-width (Student t over folds) and fold count per method x metric.
 
     A long table with columns ``method, metric, mean, ci95, n`` (``ci95`` is
-    NaN with one fold); methods keep their order of appearance.
+    NaN with one fold); methods keep their order of appearance. With several
+    seeds every seed x fold is one value.
     """
-    skip = {"method", "fold", "n_train", "n_test"}
+    skip = {"method", "seed", "fold", "n_train", "n_test"}
     metrics = [c for c in (metrics or results.columns) if c not in skip and c in results.columns]
     out = []
     for meth, sub in results.groupby("method", sort=False):
@@ -69,11 +71,33 @@ def _fmt(mean: float, ci: float, digits: int) -> str:
 
 
 def _fold_mean(results: pd.DataFrame, col: str | None) -> tuple[float, float]:
-    """Mean and 95% half-width of a fold-level column (one value per fold)."""
+    """Mean and 95% half-width of a fold-level column (one value per fold, of each seed)."""
     if col is None or col not in results.columns:
         return float("nan"), float("nan")
-    v = results.groupby("fold")[col].first().dropna().to_numpy(dtype=float)
+    v = results.groupby(_fold_keys(results))[col].first().dropna().to_numpy(dtype=float)
     return (float(v.mean()) if v.size else float("nan")), _t95(v)
+
+
+def _fold_keys(results: pd.DataFrame) -> list[str]:
+    return ["seed", "fold"] if "seed" in results.columns else ["fold"]
+
+
+def _seeds_of(results: pd.DataFrame) -> list:
+    return list(pd.unique(results["seed"])) if "seed" in results.columns else []
+
+
+def per_seed_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per method (rows) and seed (columns): the fold mean of the scIB totals, one
+    k-means run / averaged k-means runs (without scIB metrics: batch ASW / label ASW)."""
+    cols = [c for c in ("scib_total", "scib_total_kmeans_mean") if c in results.columns] or ["batch_asw", "label_asw"]
+    means = results.groupby(["method", "seed"], sort=False)[cols].mean()
+    table = {}
+    for (meth, seed), row in means.iterrows():
+        table.setdefault(meth, {})[f"seed {seed}"] = " / ".join(
+            f"{row[c]:+.3f}" if c.endswith("_asw") else f"{row[c]:.3f}" for c in cols)
+    df = pd.DataFrame.from_dict(table, orient="index")
+    df.index.name = "method"
+    return df
 
 
 def _wide(summary: pd.DataFrame, columns: dict) -> pd.DataFrame:
@@ -145,12 +169,15 @@ def training_table(results: pd.DataFrame) -> pd.DataFrame:
 
 def _setup_sentence(results: pd.DataFrame, meta: dict) -> str:
     folds = int(meta.get("folds", results["fold"].nunique()))
+    seeds = _seeds_of(results)
+    seed_txt = (f"seeds {', '.join(str(s) for s in seeds)} (the cross-validation repeated once per seed; means over "
+                "every seed × fold)" if len(seeds) > 1 else f"seed {meta.get('seed')}")
     cpu = f" (CPU time {meta['cpu_s']:.0f} s, {os.cpu_count()} cores)" if meta.get("cpu_s") else ""
     return (f"{meta.get('n_cells')} cells × {meta.get('n_genes')} genes; batch `{meta.get('batch_key')}` "
             f"({meta.get('n_batches')} levels), label `{meta.get('label_key')}` ({meta.get('n_labels')} levels); "
             + (f"{folds}-fold cross-validation stratified on batch × label, scores on held-out cells, "
                "mean ± 95% CI over folds" if folds > 1 else "fitted and scored on all cells")
-            + f"; seed {meta.get('seed')}; preset `{meta.get('preset')}`"
+            + f"; {seed_txt}; preset `{meta.get('preset')}`"
             + (f"; max_epochs {meta['max_epochs']}" if meta.get("max_epochs") else "")
             + (f"; wall time {meta['wall_s']:.0f} s{cpu}" if meta.get("wall_s") else "") + ".")
 
@@ -172,6 +199,15 @@ def sections(results: pd.DataFrame, meta: dict) -> list[dict]:
                     f"marked ({KMEANS_INITS} k-means) average them over {KMEANS_INITS} k-means runs, and their total "
                     "uses those averages: on a few hundred cells the one run alone moves NMI / ARI by a few "
                     "hundredths, so two totals closer than that are a tie."})
+    if len(_seeds_of(results)) > 1:
+        scib_cols = "scib_total" in results.columns
+        out.append({"title": "Per seed", "table": per_seed_table(results), "note":
+                    "Fold means for each seed of the run: "
+                    + (f"scIB total, one k-means run / averaged over {KMEANS_INITS} k-means runs"
+                       if scib_cols and "scib_total_kmeans_mean" in results.columns else
+                       "scIB total" if scib_cols else "batch ASW / label ASW")
+                    + ". Seeds draw the folds, the models' initialisation and the k-means runs anew: the spread "
+                    "between them is what a comparison of two methods has to exceed."})
     out.append({"title": "Timing", "table": _wide(summ, TIMING_COLUMNS), "note":
                 "Seconds per fold. fit: the aMEDL preprocessing plus what the method trains (one aMEDL model per "
                 "fold is shared by PCA, AE, FE, RE and Harmony's input PCA); embed: computing the latent; score: "
