@@ -206,8 +206,9 @@ def sections(results: pd.DataFrame, meta: dict) -> list[dict]:
                     + (f"scIB total, one k-means run / averaged over {KMEANS_INITS} k-means runs"
                        if scib_cols and "scib_total_kmeans_mean" in results.columns else
                        "scIB total" if scib_cols else "batch ASW / label ASW")
-                    + ". Seeds draw the folds, the models' initialisation and the k-means runs anew: the spread "
-                    "between them is what a comparison of two methods has to exceed."})
+                    + ". A seed draws the folds (so the scorer's k-means runs see other held-out cells) and the "
+                    "models' initialisation anew: the spread between seeds is what a comparison of two methods has "
+                    "to exceed."})
     out.append({"title": "Timing", "table": _wide(summ, TIMING_COLUMNS), "note":
                 "Seconds per fold. fit: the aMEDL preprocessing plus what the method trains (one aMEDL model per "
                 "fold is shared by PCA, AE, FE, RE and Harmony's input PCA); embed: computing the latent; score: "
