@@ -306,25 +306,21 @@ def cmd_benchmark(args) -> int:
     _probe_writable(out_dir, f"--out-dir {args.out_dir}")
     settings = _settings(args)
     info = _check_input(args.input, {"--batch-key": args.batch_key, "--label-key": args.label_key}, args.layer)
-    if len(set(args.seed)) < len(args.seed):
-        raise AMEDLInputError(f"--seed lists a seed twice ({' '.join(map(str, args.seed))}); give each seed once")
+    from .benchmark import check_seeds, resolve_methods, run_benchmark
+
+    check_seeds(args.seed, "--seed")
     if info and info.get("n_obs") and args.folds > info["n_obs"]:
         raise AMEDLInputError(f"--folds {args.folds} is more than the number of cells of {args.input} ({info['n_obs']})")
-    from .benchmark.methods import resolve_methods
-
     try:
         resolve_methods(args.methods)
     except ValueError as exc:
         raise AMEDLInputError(str(exc)) from None
-    from .benchmark import run_benchmark
-
     if not getattr(args, "verbose", False):
         _quiet_scib()
     adata = _read(args.input)
     _require_columns(adata, args.input, {"--batch-key": args.batch_key, "--label-key": args.label_key})
     run_benchmark(
-        adata, args.batch_key, args.label_key, out_dir, methods=args.methods, folds=args.folds,
-        seed=args.seed[0] if len(args.seed) == 1 else args.seed,
+        adata, args.batch_key, args.label_key, out_dir, methods=args.methods, folds=args.folds, seed=args.seed,
         progress=not args.quiet, scib=not args.no_scib, max_epochs=args.epochs, layer=args.layer,
         preset=args.preset, max_cells=args.max_cells, title=f"amedl benchmark: {Path(args.input).name}",
         command=_benchmark_command_line(args), model_kwargs={k: v for k, v in settings.items() if k != "device"} or None,

@@ -80,7 +80,8 @@ def _offsets_from(z: np.ndarray, ref: np.ndarray, ref_codes: np.ndarray, k: int 
     (``algorithm``: scikit-learn's neighbour search)."""
     from sklearn.neighbors import NearestNeighbors
 
-    idx = NearestNeighbors(n_neighbors=min(k, len(ref)), algorithm=algorithm).fit(ref).kneighbors(z, return_distance=False)
+    search = NearestNeighbors(n_neighbors=min(k, len(ref)), algorithm=algorithm).fit(ref)
+    idx = search.kneighbors(z, return_distance=False)
     near = np.sort(ref_codes[idx], axis=1)
     n_batches = 2 + (np.diff(near, axis=1) != 0).sum(1)  # distinct batches among them, plus the cell's own
     return (z - ref[idx].mean(1)) * ((n_batches - 1) / n_batches)[:, None]

@@ -98,13 +98,14 @@ def _history_summary(model) -> dict:
     return out
 
 
-def _seeds(seed) -> list[int]:
-    """``seed`` as a list of distinct non-negative integers (one, or several)."""
+def check_seeds(seed, name: str = "seed") -> list[int]:
+    """``seed`` (one, or a list) as a list of distinct non-negative integers; ``name``
+    is what the error messages call it (the command line's ``--seed``)."""
     values = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
     if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in values):
-        raise AMEDLInputError(f"seed must be a non-negative integer or a list of them, got {seed!r}")
+        raise AMEDLInputError(f"{name} must be a non-negative integer or a list of them, got {seed!r}")
     if len(set(values)) < len(values):
-        raise AMEDLInputError(f"seed lists a seed twice ({list(values)}); give each seed once")
+        raise AMEDLInputError(f"{name} lists a seed twice ({' '.join(map(str, values))}); give each seed once")
     return [int(v) for v in values]
 
 
@@ -174,7 +175,7 @@ def run_benchmark(
     """
     t_start, cpu_start = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
-    seeds = _seeds(seed)
+    seeds = check_seeds(seed)
     names = resolve_methods(methods)
     adata, notes = _check_input(adata, batch_key, label_key, layer, progress)
     chosen: list[Method] = []
