@@ -488,6 +488,6 @@ PRESETS = {"default": DEFAULT, "paper": PAPER}
 def make_config(preset: str = "default", **overrides) -> AMEDLConfig:
     """A configuration from a named preset plus keyword overrides."""
     if preset not in PRESETS:
-        raise AMEDLConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise AMEDLConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
     values = {**PRESETS[preset], **overrides}
     return AMEDLConfig.from_dict(values)

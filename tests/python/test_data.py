@@ -32,7 +32,18 @@ def test_missing_batch_key(sim):
 def test_bad_values(sim, value, pattern):
     a = _copy(sim)
     a.X[3, 5] = value
-    with pytest.raises(amedl.AMEDLInputError, match=pattern):
+    with pytest.raises(amedl.AMEDLInputError, match=pattern) as err:
+        _fit(a)
+    if pattern == "NaN or infinite":  # one stray value in whole numbers: the counts are there
+        assert "No raw counts were found" not in str(err.value)
+
+
+def test_nonfinite_values_point_to_counts_found_elsewhere(sim):
+    a = _copy(sim)
+    a.layers["counts"] = a.X.copy()
+    a.X = np.log1p(a.X)
+    a.X[3, 5] = np.inf
+    with pytest.raises(amedl.AMEDLInputError, match=r"NaN or infinite.*adata.layers\['counts'\]: pass layer='counts'"):
         _fit(a)
 
 

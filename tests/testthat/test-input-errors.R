@@ -12,7 +12,9 @@ test_that("matrix method rejects bad counts and batches", {
   neg <- as.matrix(s$counts); neg[1, 1] <- -1
   expect_error(RunAMEDL(neg, batch = s$batch), "negative values")
   na <- as.matrix(s$counts); na[2, 2] <- NA
-  expect_error(RunAMEDL(na, batch = s$batch), "missing values \\(NA\\)")
+  expect_error(RunAMEDL(na, batch = s$batch), "missing values \\(NA or NaN\\)")
+  inf <- as.matrix(s$counts); inf[2, 3] <- Inf
+  expect_error(RunAMEDL(inf, batch = s$batch), "infinite values \\(Inf\\)")
   noname <- unname(as.matrix(s$counts))
   expect_error(RunAMEDL(noname, batch = s$batch), "no row \\(gene\\) names")
   expect_error(RunAMEDL(s$counts, batch = s$batch, features = c("gene1", "nope")), "1 of 2 features are not genes.*nope")

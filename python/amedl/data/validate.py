@@ -88,8 +88,9 @@ def _is_counts(X) -> bool:
         return False
 
 
-def _where_counts_are(adata: ad.AnnData | None, layer: str | None) -> str:
-    """Where raw counts are (a hint for the message), or where amedl looked for them."""
+def _where_counts_are(adata: ad.AnnData | None, layer: str | None, *, looked: bool = True) -> str:
+    """Where raw counts are (a hint for the message), or where amedl looked for them
+    (``looked=False``: an empty string instead of that list)."""
     if adata is None:
         return "Pass the raw counts (e.g. layer='counts'; command line: --layer counts)."
     io_info = adata.uns.get("amedl_io")
@@ -108,8 +109,10 @@ def _where_counts_are(adata: ad.AnnData | None, layer: str | None) -> str:
                 f"(command line: --layer {found[0]}).")
     if adata.raw is not None and layer is None and _is_counts(adata.raw.X):
         return "Raw counts seem to be in adata.raw: use adata.raw.to_adata() (it keeps every gene of adata.raw)."
-    looked = ["adata.X"] + [f"adata.layers[{n!r}]" for n in adata.layers] + (["adata.raw"] if adata.raw is not None else [])
-    return f"No raw counts were found (looked in {preview(looked, 6)}); amedl needs the unnormalised counts."
+    if not looked:
+        return ""
+    places = ["adata.X"] + [f"adata.layers[{n!r}]" for n in adata.layers] + (["adata.raw"] if adata.raw is not None else [])
+    return f"No raw counts were found (looked in {preview(places, 6)}); amedl needs the unnormalised counts."
 
 
 def check_counts(X, where: str = "adata.X", adata: ad.AnnData | None = None, layer: str | None = None) -> None:
@@ -127,12 +130,14 @@ def check_counts(X, where: str = "adata.X", adata: ad.AnnData | None = None, lay
     if problem is None:
         return
     kind, n, example = problem
-    hint = _where_counts_are(adata, layer)
     if kind == "nonfinite":
+        # a stray NaN or Inf in otherwise whole numbers: point elsewhere only where counts were found there
+        hint = _where_counts_are(adata, layer, looked=False)
         raise AMEDLInputError(
             f"{where} contains NaN or infinite value(s). Remove or fix those entries "
-            f"(raw counts are finite, non-negative integers). {hint}"
+            f"(raw counts are finite, non-negative integers). {hint}".rstrip()
         )
+    hint = _where_counts_are(adata, layer)
     if kind == "negative":
         raise AMEDLInputError(
             f"{where} contains {n} negative value(s): amedl expects raw counts, not scaled or centred values. {hint}"
