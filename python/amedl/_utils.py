@@ -129,16 +129,32 @@ def _numba_threads(n: int) -> None:
 # ---------------------------------------------------------------------------------- progress
 
 
+#: Seconds between refreshes of a progress bar that writes to a file or pipe (a log,
+#: R's console, CI) instead of a terminal, where every refresh is a new chunk of text.
+OFF_TERMINAL_REFRESH = 10.0
+
+
+def progress_bar(iterable=None, **tqdm_options):
+    """A :class:`tqdm.auto.tqdm` bar; off a terminal (and outside notebooks) it
+    refreshes at most every :data:`OFF_TERMINAL_REFRESH` seconds unless
+    ``mininterval`` is given."""
+    from tqdm.auto import tqdm
+
+    stream = tqdm_options.get("file") or sys.stderr
+    on_terminal = getattr(stream, "isatty", lambda: False)()
+    if not on_terminal and "notebook" not in tqdm.__module__:
+        tqdm_options.setdefault("mininterval", OFF_TERMINAL_REFRESH)
+    return tqdm(iterable, **tqdm_options)
+
+
 def epoch_bar(max_epochs: int, desc: str = "training", disable: bool = False, **tqdm_options):
     """An iterator over epochs ``1..max_epochs`` with a progress bar that shows the
     epochs run, time and speed, but no ETA: early stopping usually ends training well
     before the budget, so a bar towards the budget would promise too much. ``tqdm_options``
     go to :class:`tqdm.tqdm` (``file``, ``mininterval``, ...)."""
-    from tqdm.auto import tqdm
-
     fmt = "{desc}: epoch {n_fmt} (budget " + str(int(max_epochs)) + ") [{elapsed}, {rate_fmt}{postfix}]"
-    return tqdm(iter(range(1, int(max_epochs) + 1)), total=None, desc=desc, disable=disable, leave=False,
-                unit="epoch", bar_format=fmt, **tqdm_options)
+    return progress_bar(iter(range(1, int(max_epochs) + 1)), total=None, desc=desc, disable=disable, leave=False,
+                        unit="epoch", bar_format=fmt, **tqdm_options)
 
 
 # ---------------------------------------------------------------------------------- atomic writes

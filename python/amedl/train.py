@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
 from . import distributed
+from ._utils import epoch_bar, progress_bar
 from .balance import ClusterBalance, weighted_cross_entropy
 from .config import AMEDLConfig
 from .nn import (
@@ -86,7 +86,7 @@ def fit_loop(
     best, best_state, best_epoch, wait = math.inf, None, 0, 0
     rows = []
     stopped = False
-    bar = tqdm(range(1, settings.max_epochs + 1), desc=settings.desc, disable=not settings.progress, leave=False, unit="epoch")
+    bar = epoch_bar(settings.max_epochs, desc=settings.desc, disable=not settings.progress)
     for epoch in bar:
         tr = train_epoch()
         ev = evaluate()
@@ -673,7 +673,7 @@ def adapt_new_batches(
         if isinstance(m, RandomEffects):
             m.train()  # sample the posterior, so that its scale is learned too
     losses: list[float] = []
-    bar = tqdm(total=steps, desc="aMEDL adapt", disable=not progress, leave=False, unit="step")
+    bar = progress_bar(total=steps, desc="aMEDL adapt", disable=not progress, leave=False, unit="step")
     try:
         while len(losses) < steps:
             for mb in loader:

@@ -162,6 +162,32 @@ def test_the_epoch_bar_does_not_promise_the_budget():
     assert "epoch 3 (budget 400)" in text and "/400" not in text and "<" not in text
 
 
+def test_training_shows_the_epoch_bar(tiny, capsys):
+    """Was: training drew its own bar, with an ETA towards the whole budget."""
+    amedl.AMEDL(tiny, "batch", n_top_genes=40, hidden=(16,), n_latent=4, threads=1).fit(
+        seed=0, max_epochs=3, kinds=("ae",), progress=True)
+    err = capsys.readouterr().err
+    assert "aMEDL AE: epoch" in err and "(budget 3)" in err and "/3 " not in err
+
+
+class _Terminal(_io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bars_refresh_rarely_off_a_terminal():
+    """A log, a pipe or R's console gets a refresh every few seconds, not every epoch."""
+    from amedl._utils import OFF_TERMINAL_REFRESH, epoch_bar, progress_bar
+
+    assert progress_bar(total=5, file=_io.StringIO()).mininterval == OFF_TERMINAL_REFRESH
+    assert progress_bar(total=5, file=_Terminal()).mininterval < 1
+    assert progress_bar(total=5, file=_io.StringIO(), mininterval=0).mininterval == 0
+    buf = _io.StringIO()
+    for _ in epoch_bar(50, desc="aMEDL FE", file=buf):
+        pass
+    assert buf.getvalue().count("aMEDL FE: epoch") <= 2  # the first draw, and at most one refresh
+
+
 @pytest.mark.skipif(importlib.util.find_spec("rpy2") is None, reason="rpy2 is not installed")
 @pytest.mark.parametrize("kind, x_name, looked", [
     ("sce", "logcounts", "assay 'counts', assay 'raw', assay 'raw_counts'"),
