@@ -31,6 +31,8 @@ from .io._formats import FORMATS_TEXT, SUFFIXES
 _TERMINATED = threading.Event()
 
 _MAX_MESSAGE = 900
+#: ``amedl embed --adapt``'s steps unless --adapt-steps (as :meth:`amedl.AMEDL.adapt`).
+ADAPT_STEPS = 300
 #: Libraries whose INFO/WARNING logging is hidden unless --verbose.
 _NOISY_LOGGERS = ("scib_metrics", "jax", "jax._src", "absl", "numba", "anndata", "scanpy", "scvi", "lightning",
                   "lightning.pytorch", "pytorch_lightning", "harmonypy", "h5py", "matplotlib", "PIL", "rpy2")
@@ -197,7 +199,9 @@ def _fit(args, columns: dict, settings: dict, out: Path) -> int:
     model.fit(seed=args.seed, max_epochs=args.epochs, progress=not args.quiet)
     if distributed.rank() != 0:  # rank 0 writes the outputs
         return 0
-    tl.add_latents(adata, model)
+    rec = tl.add_latents(adata, model)
+    if args.model_dir:  # where the model is, for the R package's AMEDLModel() / AMEDLCounterfactual()
+        rec["model_dir"] = str(Path(os.path.expanduser(args.model_dir)).resolve())
     for kind, info in model.train_info.items():
         _say(f"{kind.upper()}: {info['epochs_run']} epochs (best {info['best_epoch']}, "
              f"{'early stop' if info['stopped_early'] else 'budget'}) in {info['seconds']:.1f}s")
@@ -222,6 +226,24 @@ def _fit(args, columns: dict, settings: dict, out: Path) -> int:
     return 0
 
 
+def _check_adapt_flags(args) -> None:
+    """``amedl embed``'s adaptation flags: each only with the flag it serves, and the
+    adapted model never in MODEL_DIR."""
+    if args.adapted_model_dir and not args.adapt:
+        raise AMEDLInputError("--adapted-model-dir saves the model adapted to the input's new batches: add --adapt")
+    if args.adapt_steps is not None and not args.adapt:
+        raise AMEDLInputError("--adapt-steps sets the steps of --adapt: add --adapt, or drop --adapt-steps")
+    if args.overwrite and not args.adapted_model_dir:
+        raise AMEDLInputError("--overwrite replaces the model in --adapted-model-dir (MODEL_DIR is never changed): "
+                              "add --adapted-model-dir, or drop --overwrite")
+    if args.adapted_model_dir:
+        reference = Path(os.path.expanduser(args.model_dir)).resolve()
+        target = Path(os.path.expanduser(args.adapted_model_dir)).resolve()
+        if target == reference:
+            raise AMEDLPathError(f"--adapted-model-dir {args.adapted_model_dir} is MODEL_DIR itself, which amedl embed "
+                                 "never changes: save the adapted model in another folder")
+
+
 def cmd_embed(args) -> int:
     from . import modelfile
 
@@ -241,8 +263,7 @@ def cmd_embed(args) -> int:
 
     make_config(**{k: v for k, v in {"device": args.device, "threads": args.threads}.items() if v is not None})
     out = _check_output(args.out)
-    if args.adapted_model_dir and not args.adapt:
-        raise AMEDLInputError("--adapted-model-dir saves the model adapted to the input's new batches: add --adapt")
+    _check_adapt_flags(args)
     if args.adapted_model_dir:
         modelfile.check_target(os.path.expanduser(args.adapted_model_dir), args.overwrite, flag="--overwrite")
 
@@ -268,12 +289,14 @@ def cmd_embed(args) -> int:
         new = model.new_batches(adata)
         if new:
             t1 = time.perf_counter()
-            model.adapt(adata, steps=args.adapt_steps, progress=not args.quiet)
+            model.adapt(adata, steps=args.adapt_steps or ADAPT_STEPS, progress=not args.quiet)
             _say(f"adapted {len(new)} new batch(es) ({', '.join(new[:5])}{' ...' if len(new) > 5 else ''}) "
                  f"in {time.perf_counter() - t1:.1f}s, the model's weights frozen")
         else:
             _say("--adapt: every batch of the input is known to the model; nothing to adapt")
-    tl.add_latents(adata, model, kinds=kinds)
+    rec = tl.add_latents(adata, model, kinds=kinds)
+    saved = args.adapted_model_dir if args.adapted_model_dir and args.adapt else None
+    rec["model_dir"] = str(Path(os.path.expanduser(saved or args.model_dir)).resolve())
     with Staging() as stage:
         io.write(adata, stage.add(out))
         if args.adapted_model_dir:
@@ -401,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--adapt", action="store_true",
                    help="learn random effects for the input's batches that the model has not seen (the model's "
                         "weights frozen; without it they get the batch-membership predictor's mixture)")
-    e.add_argument("--adapt-steps", type=int, default=300, help="adaptation steps (default 300)")
+    e.add_argument("--adapt-steps", type=_whole(1), default=None,
+                   help=f"adaptation steps, with --adapt (default {ADAPT_STEPS})")
     e.add_argument("--adapted-model-dir", help="also save the adapted model here (MODEL_DIR is never changed)")
     e.add_argument("--overwrite", action="store_true", help="replace the amedl model in --adapted-model-dir")
     e.add_argument("--device", help="'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")

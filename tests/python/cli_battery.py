@@ -243,6 +243,11 @@ def cases() -> list[Case]:
              "of the model's 50 genes are not genes of"),
         Case("embed: --out is a folder", [*emb[:3], "--out", "a_folder.h5ad"], "is a folder"),
         Case("embed: --threads 0", [*emb, "--threads", "0"], "--threads: must be a whole number >= 1"),
+        Case("embed: --adapt-steps 0", [*emb, "--adapt", "--adapt-steps", "0"], "--adapt-steps: must be a whole number >= 1"),
+        Case("embed: --adapt-steps without --adapt", [*emb, "--adapt-steps", "20"], "add --adapt"),
+        Case("embed: --overwrite without --adapted-model-dir", [*emb, "--overwrite"], "add --adapted-model-dir"),
+        Case("embed: --adapted-model-dir is MODEL_DIR", [*emb, "--adapt", "--adapted-model-dir", "model/", "--overwrite"],
+             "is MODEL_DIR itself"),
         # benchmark
         Case("benchmark: input missing", ["benchmark", "nope.h5ad", "--batch-key", "batch", "--label-key", "cell_type",
                                           "--out-dir", "bench"], "no such file"),

@@ -74,6 +74,8 @@ def test_embed_gives_the_latents_fit_wrote(fitted_files, tiny, capsys):
     for key in ("X_amedl_fe", "X_amedl_re"):
         assert np.array_equal(emb.obsm[key], fit_out.obsm[key])
     assert emb.uns["amedl"]["batch_key"] == "batch" and (emb.X != tiny.X).nnz == 0
+    # where the model is, so that the R package's AMEDLModel() finds it in a file amedl wrote
+    assert fit_out.uns["amedl"]["model_dir"] == emb.uns["amedl"]["model_dir"] == str((root / "model").resolve())
 
 
 def test_embed_without_the_batch_column_writes_the_fe_latent(fitted_files, tiny, capsys):
@@ -103,6 +105,11 @@ def test_embed_adapt_learns_new_batches_and_saves_the_adapted_model_apart(fitted
     assert adapted.adapted_batches == ["donor_new"] and adapted.batches[-1] == "donor_new"
     out = io.read(root / "query_out.h5ad")
     assert np.allclose(out.obsm["X_amedl_re"], adapted.latent(new, kind="re"), atol=1e-5)
+    assert out.uns["amedl"]["model_dir"] == str((root / "adapted").resolve())
+    # the reference folder is never the adapted model's, even when asked to overwrite
+    assert main([*args, "--adapt", "--adapted-model-dir", str(root / "model"), "--overwrite"]) == 1
+    assert "is MODEL_DIR itself" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (root / "model").iterdir()} == before
 
 
 def test_fit_checks_the_label_key_and_the_output_before_training(fitted_files, capsys):
