@@ -21,7 +21,7 @@ from torch import nn
 from . import __version__, distributed, modelfile
 from .config import RULES, AMEDLConfig, make_config
 from .data import AMEDLInputError, CSRLoader, DeviceCSR, Preprocessor, make_loader
-from .errors import AMEDLConfigError, AMEDLModelError
+from .errors import AMEDLConfigError, AMEDLModelError, preview
 from .intercepts import MAX_CELLS as INTERCEPT_CELLS
 from .intercepts import LatentIntercepts
 from .nn import predicts_unseen
@@ -402,11 +402,14 @@ class AMEDL:
         return self.modules[kind]
 
     def _inputs(
-        self, adata: ad.AnnData | None, layer: str | None, need_batches: bool, predicted: bool = False
+        self, adata: ad.AnnData | None, layer: str | None, need_batches: bool, predicted: bool = False,
+        needs: str = "the random-effects network", instead: str = "",
     ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
         """Model-input matrix (unscaled log1p on the model genes), batch codes (-1: unknown)
         and library sizes (total counts over all genes) of ``adata`` (default: the training cells).
-        ``predicted``: whether the network that reads them predicts unseen batches (for the warning)."""
+        ``predicted``: whether the network that reads them predicts unseen batches (for the warning);
+        ``needs`` and ``instead``: what needs the batch column and the alternative, for the error
+        when ``need_batches`` and there is none."""
         if adata is None:
             if self._X is None:
                 raise AMEDLInputError("this model was loaded from disk: pass the AnnData to embed (adata=...).")
@@ -425,9 +428,11 @@ class AMEDL:
                 raise AMEDLInputError(f"adata.obs[{self.batch_key!r}] has missing values; give every cell a batch.")
             codes = self.prep.encode_batches(batch.astype(str))
         elif need_batches:
+            unseen = ("the mixture of the learned batches' effects that the batch-membership predictor gives each "
+                      "cell" if predicted else "zero random effects")
             raise AMEDLInputError(
-                f"the random-effects network needs each cell's batch, but adata.obs has no {self.batch_key!r} column. "
-                "Add it (batches not seen in training get zero random effects), or use kind='fe', which needs no batch."
+                f"{needs} needs each cell's batch, but adata.obs has no {self.batch_key!r} column. Add it (cells of "
+                f"batches not seen in training get {unseen}){instead}."
             )
         else:
             codes = np.full(X.shape[0], -1, dtype=np.int64)
@@ -519,7 +524,8 @@ class AMEDL:
         model does not know, keep the encoder's latent (with a warning).
         """
         net = self._module(kind)
-        inputs = self._inputs(adata, layer, need_batches=NETWORKS[kind].latent_needs_batch, predicted=predicts_unseen(net))
+        inputs = self._inputs(adata, layer, need_batches=NETWORKS[kind].latent_needs_batch, predicted=predicts_unseen(net),
+                              needs=f"the {KIND_NAMES[kind]} latent", instead=", or use kind='fe', which needs no batch")
         z = self._run(inputs, net.latent, batch_size)
         if kind == "fe" and intercepts and self.intercepts is not None:
             codes = inputs[1]
@@ -560,8 +566,14 @@ class AMEDL:
                 f"the {KIND_NAMES[kind]} decoder of this model has no batch input, so it cannot decode "
                 "'as if from batch'; use the default fixed-effects network (mixed-effects decoder) or kind='re'"
             )
+        if NETWORKS[kind].latent_needs_batch:
+            needs, instead = f"the {KIND_NAMES[kind]} network's encoder", ""
+        else:  # a batch-blind latent decoded with each cell's own batch
+            needs = "reconstruct() (each cell decoded with its own batch's random effects)"
+            instead = f", or pass batch=... ({preview(self.batches, 5)}) to decode every cell as that batch"
         need = NETWORKS[kind].latent_needs_batch or (net.batch_aware and batch is None)
-        inputs = self._inputs(adata, layer, need_batches=need, predicted=predicts_unseen(net))
+        inputs = self._inputs(adata, layer, need_batches=need, predicted=predicts_unseen(net), needs=needs,
+                              instead=instead)
         return self._decode(inputs, net, None if batch is None else self._batch_code(batch), batch_size)
 
     def _decode(self, inputs, net: nn.Module, target: int | None, batch_size: int, minibatches=None) -> np.ndarray:
@@ -674,6 +686,7 @@ class AMEDL:
                 "kinds": list(self.modules),
                 "train_info": self.train_info,
                 "adapted": self.adapted,
+                "unseen_batches": self.unseen_batches,
             })
         return Path(path)
 
@@ -756,4 +769,6 @@ class AMEDL:
             hist = path / f"history_{kind}.csv"
             if hist.exists():
                 self.history[kind] = pd.read_csv(hist)
+        if meta.get("unseen_batches") == "zero":  # as it was set when saved (older models: the default)
+            self.unseen_batches = "zero"
         return self

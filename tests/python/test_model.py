@@ -80,6 +80,24 @@ def test_save_load_identical(small_model, sim, tmp_path):
     assert np.array_equal(m2.reconstruct(sim, batch="batch_1"), small_model.reconstruct(sim, batch="batch_1"))
     with pytest.raises(amedl.AMEDLInputError, match="pass the AnnData"):
         m2.latent(kind="fe")
+    assert m2.unseen_batches == "predict"
+
+
+def test_unseen_batches_zero_survives_save_and_load(small_model, sim, tmp_path):
+    """Was: a saved model set to 'zero' loaded as 'predict' (new batches silently got predicted effects)."""
+    new = sim[:30].copy()
+    new.obs["batch"] = "donor_new"
+    try:
+        small_model.unseen_batches = "zero"
+        with pytest.warns(UserWarning, match="set to zero"):
+            zero = small_model.latent(new, kind="re")
+        path = small_model.save(tmp_path / "model_zero")
+    finally:
+        small_model.unseen_batches = "predict"
+    loaded = amedl.AMEDL.load(path)
+    assert loaded.unseen_batches == "zero"
+    with pytest.warns(UserWarning, match="set to zero"):
+        assert np.array_equal(loaded.latent(new, kind="re"), zero)
 
 
 def test_save_refuses_to_overwrite_and_is_atomic(small_model, tmp_path):
@@ -131,8 +149,13 @@ def test_new_batch_gets_predicted_or_zero_random_effects(small_model, sim):
         warnings.simplefilter("error")
         plain = small_model.latent(new, kind="fe", intercepts=False)
     assert np.allclose(plain, fe, atol=1e-6)
-    with pytest.raises(amedl.AMEDLInputError, match="needs each cell's batch"):
+    with pytest.raises(amedl.AMEDLInputError, match="random effects latent needs each cell's batch.*use kind='fe'"):
         small_model.latent(new, kind="re")
+    # the mixed-effects decoder needs a batch: each cell's own, or one for all
+    with pytest.raises(amedl.AMEDLInputError, match=r"reconstruct\(\) .* needs each cell's batch.*pass batch=") as err:
+        small_model.reconstruct(new)
+    assert "kind='fe'" not in str(err.value) and "zero random effects" not in str(err.value)
+    assert small_model.reconstruct(new, batch=small_model.batches[0]).shape == (50, len(small_model.genes))
 
 
 @pytest.mark.parametrize("kind", ["fe", "re"])
