@@ -205,16 +205,13 @@ def _fit(args, columns: dict, settings: dict, out: Path) -> int:
     for kind, info in model.train_info.items():
         _say(f"{kind.upper()}: {info['epochs_run']} epochs (best {info['best_epoch']}, "
              f"{'early stop' if info['stopped_early'] else 'budget'}) in {info['seconds']:.1f}s")
-    if args.label_key:
-        from .metrics import silhouette_batch, silhouette_label
+    if args.label_key:  # a report only: a label column the silhouettes cannot use must not cost the fit
+        from .metrics import silhouette_report
 
-        for kind in ("fe", "re"):
-            z = adata.obsm[f"X_amedl_{kind}"]
-            try:  # a report only: a label column the silhouettes cannot use must not cost the fit
-                _say(f"{kind.upper()} latent: batch ASW {silhouette_batch(z, adata.obs[args.batch_key].astype(str)):+.3f}, "
-                     f"{args.label_key} ASW {silhouette_label(z, adata.obs[args.label_key].astype(str)):+.3f}")
-            except ValueError as exc:
-                _say(f"{kind.upper()} latent: silhouettes not computed ({exc})")
+        for line in silhouette_report({k: adata.obsm[f"X_amedl_{k}"] for k in ("fe", "re")},
+                                      adata.obs[args.batch_key].astype(str), adata.obs[args.label_key].astype(str),
+                                      args.label_key):
+            _say(line)
     with Staging() as stage:  # the model and the output are moved into place together, at the end
         if args.model_dir:
             model.save(args.model_dir, overwrite=args.overwrite, staging=stage)

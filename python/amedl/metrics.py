@@ -154,6 +154,26 @@ def _silhouette(latent, labels, what, max_cells, seed) -> float:
     return float(silhouette_score(x, codes, metric="euclidean"))
 
 
+#: Cells (at most, a seeded sample) that :func:`silhouette_report` scores.
+REPORT_CELLS = 20_000
+
+
+def silhouette_report(latents: dict, batch, labels, label_name: str = "label") -> list[str]:
+    """One line per latent (``{"fe": z, ...}``) with its batch ASW and label ASW, on at
+    most :data:`REPORT_CELLS` cells (what ``amedl fit --label-key`` prints). A latent
+    the silhouettes cannot score gets a line that says why, instead of an error."""
+    lines = []
+    for kind, z in latents.items():
+        n = len(z)
+        sample = f" (on a sample of {REPORT_CELLS:,} cells)" if n > REPORT_CELLS else ""
+        try:
+            lines.append(f"{kind.upper()} latent: batch ASW {silhouette_batch(z, batch, max_cells=REPORT_CELLS):+.3f}, "
+                         f"{label_name} ASW {silhouette_label(z, labels, max_cells=REPORT_CELLS):+.3f}{sample}")
+        except ValueError as exc:
+            lines.append(f"{kind.upper()} latent: silhouettes not computed ({exc})")
+    return lines
+
+
 def silhouette_batch(latent, batch, *, max_cells: int | None = None, seed: int = 0) -> float:
     """Raw silhouette width of the batch labels on a latent (the paper's batch ASW).
 

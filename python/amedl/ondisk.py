@@ -21,15 +21,16 @@ import torch
 from . import distributed
 from ._utils import Staging
 from .data.backed import CHUNK, BackedLoader
+from .metrics import silhouette_report
 from .model import AMEDL
 from .tl import record
 
 
 def write_latents(model, path: str | os.PathLike, kinds: Sequence[str] = ("fe", "re"), *,
-                  chunk: int = CHUNK, key_added: str = "amedl") -> None:
+                  chunk: int = CHUNK, key_added: str = "amedl", extra_record: dict | None = None) -> None:
     """Write the training cells' latents into ``obsm["X_amedl_<kind>"]`` of the ``.h5ad``
     at ``path`` (opened for writing), ``chunk`` cells at a time, and the fit's record
-    into ``uns[key_added]``."""
+    (with ``extra_record``'s entries) into ``uns[key_added]``."""
     X = model._X
     with h5py.File(path, "r+") as f:
         obsm = f.require_group("obsm")
@@ -54,7 +55,7 @@ def write_latents(model, path: str | os.PathLike, kinds: Sequence[str] = ("fe", 
         uns = f.require_group("uns")
         if key_added in uns:
             del uns[key_added]
-        ad.io.write_elem(uns, key_added, record(model))
+        ad.io.write_elem(uns, key_added, {**record(model), **(extra_record or {})})
 
 
 def fit_backed_command(args, settings: dict, out: Path, say) -> int:
@@ -68,11 +69,20 @@ def fit_backed_command(args, settings: dict, out: Path, say) -> int:
         return 0
     for kind, info in model.train_info.items():
         say(f"{kind.upper()}: {info['epochs_run']} epochs (best {info['best_epoch']}) in {info['seconds']:.1f}s")
+    extra = {"model_dir": str(Path(os.path.expanduser(args.model_dir)).resolve())} if args.model_dir else {}
     with Staging() as stage:
         if args.model_dir:
             model.save(args.model_dir, overwrite=args.overwrite, staging=stage)
         tmp = stage.add(out)
         shutil.copyfile(args.input, tmp)
-        write_latents(model, tmp)
+        write_latents(model, tmp, extra_record=extra)
+        if args.label_key:  # the latents are small: read them back for the report
+            with h5py.File(tmp, "r") as f:
+                latents = {kind: f[f"obsm/X_amedl_{kind}"][:] for kind in ("fe", "re")}
+            for line in silhouette_report(latents, adata.obs[args.batch_key].astype(str),
+                                          adata.obs[args.label_key].astype(str), args.label_key):
+                say(line)
+    if args.model_dir:
+        say(f"model saved to {args.model_dir}")
     say(f"wrote {args.out} (the input plus obsm X_amedl_fe, X_amedl_re; uns amedl) in {time.perf_counter() - t0:.1f}s total")
     return 0

@@ -177,16 +177,23 @@ def test_block_order_reads_contiguous_blocks():
     assert not np.array_equal(order, rows)
 
 
-def test_backed_command_line(csr_file, tmp_path):
+def test_backed_command_line(csr_file, tmp_path, capsys):
     from amedl.cli import main
+    from amedl.metrics import silhouette_batch
 
     out = tmp_path / "out.h5ad"
     assert main(["fit", str(csr_file), "--batch-key", "batch", "--out", str(out), "--backed", "--epochs", "2",
                  "--n-top-genes", "100", "--n-latent", "6", "--threads", "1", "--quiet", "--model-dir",
-                 str(tmp_path / "model")]) == 0
+                 str(tmp_path / "model"), "--label-key", "cell_type"]) == 0
+    said = capsys.readouterr().out
     result = ad.read_h5ad(out)
     assert result.obsm["X_amedl_fe"].shape == (700, 6) and np.isfinite(result.obsm["X_amedl_re"]).all()
     assert result.uns["amedl"]["batch_key"] == "batch" and result.n_vars == 300  # the input, plus the latents
+    assert result.uns["amedl"]["model_dir"] == str((tmp_path / "model").resolve())
+    # --label-key reports the silhouettes, as without --backed (was: ignored)
+    fe_asw = silhouette_batch(result.obsm["X_amedl_fe"], result.obs["batch"].astype(str))
+    assert f"FE latent: batch ASW {fe_asw:+.3f}, cell_type ASW" in said and "RE latent: batch ASW" in said
+    assert f"model saved to {tmp_path / 'model'}" in said
     model = amedl.AMEDL.load(tmp_path / "model", threads=1)
     np.testing.assert_allclose(model.latent(result, kind="fe"), result.obsm["X_amedl_fe"], atol=1e-5)
     rds = tmp_path / "cells.rds"
