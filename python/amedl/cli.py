@@ -27,8 +27,10 @@ from .errors import AMEDLError, AMEDLInputError, AMEDLPathError
 from .io._formats import FORMATS_TEXT, SUFFIXES
 
 
-#: Set by a SIGTERM (see _terminate_as_interrupt).
+#: Set by a SIGTERM or Ctrl-C (see _terminate_as_interrupt).
 _TERMINATED = threading.Event()
+#: Set while _terminate_as_interrupt's handlers are in place.
+_ARMED = threading.Event()
 
 _MAX_MESSAGE = 900
 #: ``amedl embed --adapt``'s steps unless --adapt-steps (as :meth:`amedl.AMEDL.adapt`).
@@ -127,7 +129,22 @@ def _settings(args) -> dict:
 def _read(path: str):
     from . import io
 
-    return io.read(path)
+    adata = io.read(path)
+    _stop_if_terminated()  # R (through rpy2) swallows a Ctrl-C that lands in its callbacks
+    return adata
+
+
+def _start_r_for(*paths) -> None:
+    """Start R now if any of ``paths`` is an R file: rpy2 gives Ctrl-C back to Python's
+    default handler when R starts, so the handler that remembers it is set again after."""
+    from .io._formats import R_SUFFIXES
+
+    if any(p is not None and Path(str(p)).suffix.lower() in R_SUFFIXES for p in paths):
+        from .io.rds import start_r
+
+        start_r()
+        if threading.current_thread() is threading.main_thread() and _ARMED.is_set():
+            signal.signal(signal.SIGINT, _interrupt)
 
 
 def _require_columns(adata, path: str, columns: dict, layer: str | None = None) -> None:
@@ -185,6 +202,7 @@ def _fit(args, columns: dict, settings: dict, out: Path) -> int:
         return fit_backed_command(args, settings, out, _say)
 
     t0 = time.perf_counter()
+    _start_r_for(args.input, args.out)
     adata = _read(args.input)
     _require_columns(adata, args.input, columns, args.layer)
     from .data.validate import validate_adata
@@ -270,6 +288,7 @@ def cmd_embed(args) -> int:
 
     t0 = time.perf_counter()
     model = AMEDL.load(args.model_dir, device=args.device or "auto", threads=args.threads)
+    _start_r_for(args.input, args.out)
     adata = _read(args.input)
     _say(f"read {args.input}: {adata.n_obs} cells × {adata.n_vars} genes")
     kinds = [k for k in ("fe", "re") if k in model.modules]
@@ -337,6 +356,7 @@ def cmd_benchmark(args) -> int:
         raise AMEDLInputError(str(exc)) from None
     if not getattr(args, "verbose", False):
         _quiet_scib()
+    _start_r_for(args.input)
     adata = _read(args.input)
     _require_columns(adata, args.input, {"--batch-key": args.batch_key, "--label-key": args.label_key})
     run_benchmark(
@@ -537,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit:
         raise
     except BaseException as exc:  # every error ends in one line; --debug adds the traceback
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, KeyboardInterrupt) or _TERMINATED.is_set():  # R may turn Ctrl-C into its own error
             msg, status = "interrupted; nothing was written", 130
         else:
             msg, status = _message(exc)
@@ -551,21 +571,34 @@ def main(argv: list[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def _terminate_as_interrupt():
-    """``kill`` (SIGTERM) unwinds like Ctrl-C, so that temporaries are removed."""
+    """``kill`` (SIGTERM) unwinds like Ctrl-C, so that temporaries are removed; both are
+    remembered, so that one swallowed where it lands is raised at the next check."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def interrupt(signum, frame):
-        _TERMINATED.set()  # remembered: the exception can be swallowed where it lands (e.g. in a finaliser)
-        raise KeyboardInterrupt
-
     _TERMINATED.clear()
-    old = signal.signal(signal.SIGTERM, interrupt)
+    old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    old_hook = sys.unraisablehook
+
+    def hook(unraisable):  # an interruption swallowed in a callback is remembered: no traceback for it
+        if not (_TERMINATED.is_set() and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            old_hook(unraisable)
+
+    sys.unraisablehook = hook
+    _ARMED.set()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        _ARMED.clear()
+        sys.unraisablehook = old_hook
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum, frame):
+    _TERMINATED.set()  # remembered: the exception can be swallowed where it lands (a finaliser, R's callbacks)
+    raise KeyboardInterrupt
 
 
 def _stop_if_terminated() -> None:

@@ -5,6 +5,7 @@ The data-loss cases come first: each used to remove or replace the user's files.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import signal
 import stat
@@ -239,6 +240,32 @@ def test_sigterm_during_fit_leaves_nothing_behind(tmp_path, tiny):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "amedl: interrupted; nothing was written" in err and "Traceback" not in err
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.skipif(importlib.util.find_spec("rpy2") is None or not Path("/proc/self/maps").exists(),
+                    reason="needs rpy2 (R files) and /proc")
+def test_ctrl_c_while_r_reads_the_input_leaves_nothing_behind(tmp_path, tiny):
+    """Was: rpy2 swallowed a Ctrl-C that landed while R read the .rds; training went on, the
+    outputs were written and the exit status was 0."""
+    src = tmp_path / "in.rds"
+    io.write(tiny, src)
+    before = tree(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "amedl.cli", "fit", str(src), "--batch-key", "batch",
+                             "--out", str(tmp_path / "out.rds"), "--model-dir", str(tmp_path / "model"),
+                             "--epochs", "400", "--n-top-genes", "50", "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # R is started (and reads the file) once libR is mapped
+        if "libR" in Path(f"/proc/{proc.pid}/maps").read_text():
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err
+    assert err.strip().endswith("amedl: interrupted; nothing was written")
+    assert "Traceback" not in err and "Exception ignored" not in err
     assert tree(tmp_path) == before
 
 
