@@ -4,8 +4,21 @@
 #' `amedl.AMEDLConfig`) for the `settings` argument of [RunAMEDL()] and
 #' [AMEDLIntegration()]. Settings left `NULL` keep the preset's value. The
 #' common ones are arguments; any other field of `AMEDLConfig` can be given
-#' by name in `...` (the engine rejects unknown names with the list of known
-#' ones).
+#' by name in `...`.
+#'
+#' What is checked, and when:
+#' * Here, in R: the arguments above (type and range as described), `threads`
+#'   (a whole number >= 1), that every setting in `...` has a name and is a
+#'   number, string or logical without `NA`, and that `n_latent`,
+#'   `n_top_genes` and `max_epochs` are not given as settings (they are
+#'   arguments of [RunAMEDL()]).
+#' * Here, when the engine can be started (a call that names a
+#'   setting in `...` starts it, as [amedl_available()] does): that every name
+#'   in `...` is a field of `AMEDLConfig`; an unknown name is an error with
+#'   the closest known name ("did you mean ...?") and the list of all of
+#'   them. When the engine cannot be started, names are not checked here.
+#' * By the engine, when [RunAMEDL()] uses the settings (before training):
+#'   the names again, and the type and range of every value of `...`.
 #'
 #' @param lr Learning rate of Adam (a positive number).
 #' @param batch_size Minibatch size (a whole number >= 2).
@@ -19,13 +32,15 @@
 #' @param device `"auto"` (a GPU when PyTorch sees one), `"cpu"`, `"cuda"`, `"cuda:1"`, ...
 #' @param ... Further engine settings by name: numbers, strings or logicals
 #'   (a vector of several numbers for tuple settings such as `adversary_hidden`;
-#'   `Inf` for "no limit", the engine's `None`).
+#'   `Inf` for "no limit", the engine's `None`), e.g. `re_patience = 10`,
+#'   `fe_adv_weight = 2` or `threads = 4` (the number of CPU threads, a whole
+#'   number >= 1).
 #' @return A list of class `amedl_options` with the settings that are set,
 #'   typed for the engine (whole numbers as integers).
 #' @seealso [RunAMEDL()]
 #' @examples
 #' amedl_options(lr = 1e-3, batch_size = 512)
-#' amedl_options(hidden = c(256, 64), fe_adv_weight = 2)
+#' amedl_options(hidden = c(256, 64), fe_adv_weight = 2, threads = 2)
 #' @export
 amedl_options <- function(lr = NULL, batch_size = NULL, hidden = NULL, patience = NULL, prior_scale = NULL,
                           scaling = NULL, device = NULL, ...) {
@@ -35,6 +50,11 @@ amedl_options <- function(lr = NULL, batch_size = NULL, hidden = NULL, patience 
   }
   clash <- intersect(names(extra), c("n_latent", "n_top_genes", "max_epochs"))
   if (length(clash)) .stop("set %s with the argument of RunAMEDL() of that name, not as a setting", paste(clash, collapse = ", "))
+  .check_setting_names(names(extra))
+  th <- extra$threads
+  if (!is.null(th) && (!is.numeric(th) || length(th) != 1L || !is.finite(th) || th != round(th) || th < 1)) {
+    .stop("`threads` must be a whole number >= 1 (the number of CPU threads), not %s", paste(deparse(th), collapse = " "))
+  }
   positive <- function(x, name) {
     if (!is.null(x) && (!is.numeric(x) || length(x) != 1L || is.na(x) || x <= 0)) .stop("`%s` must be a positive number", name)
     x
@@ -88,6 +108,34 @@ print.amedl_options <- function(x, ...) {
     for (n in names(x)) cat(sprintf("  %s = %s\n", n, if (is.null(x[[n]])) "Inf (no limit)" else paste(unlist(x[[n]]), collapse = ", ")))
   }
   invisible(x)
+}
+
+# The names of the engine's settings (the fields of amedl.AMEDLConfig), read once per session
+# from the engine; NULL when the engine cannot start (then RunAMEDL() reports that).
+.engine_setting_names <- function() {
+  if (is.null(.amedl_state$setting_names) && isTRUE(amedl_available())) {
+    nm <- tryCatch(
+      reticulate::py_eval("[f.name for f in __import__('dataclasses').fields(__import__('amedl').AMEDLConfig)]"),
+      error = function(e) NULL)
+    if (length(nm)) .amedl_state$setting_names <- as.character(unlist(nm))
+  }
+  .amedl_state$setting_names
+}
+
+# Setting names given in amedl_options(...) that the engine does not know: an error with
+# the closest known name and the list of all of them.
+.check_setting_names <- function(given) {
+  if (!length(given)) return(invisible(TRUE))
+  fields <- .engine_setting_names()
+  if (is.null(fields)) return(invisible(TRUE))
+  unknown <- setdiff(given, fields)
+  if (!length(unknown)) return(invisible(TRUE))
+  hint <- vapply(unknown, function(u) {
+    d <- utils::adist(u, fields)[1, ]
+    if (min(d) <= max(2, nchar(u) %/% 4)) sprintf("'%s' (did you mean '%s'?)", u, fields[which.min(d)]) else sprintf("'%s'", u)
+  }, character(1))
+  .stop("unknown engine setting(s): %s. The settings are the fields of the engine's amedl.AMEDLConfig: %s",
+        paste(hint, collapse = ", "), paste(sort(fields), collapse = ", "))
 }
 
 # `settings` of RunAMEDL(): amedl_options(), or a named list checked by it.

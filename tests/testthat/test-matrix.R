@@ -43,7 +43,7 @@ test_that("engine settings pass through `settings`, with clear errors for bad on
   expect_null(cfg$patience)
   expect_equal(fit$params$settings$batch_size, 64)
   expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(learning_rate = 1)), FAST)),
-               "^amedl: unknown aMEDL setting\\(s\\): 'learning_rate'; the settings are the fields of amedl.AMEDLConfig$")
+               "^unknown engine setting\\(s\\): 'learning_rate'\\. The settings are the fields of the engine's amedl.AMEDLConfig: .*batch_size")
   expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(batch_size = 2.5)), FAST)),
                "`batch_size` must be a whole number >= 2")
   expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(1e-3)), FAST)),

@@ -70,4 +70,22 @@ test_that("amedl_options checks and types the engine settings", {
   expect_error(amedl_options(n_latent = 4), "set n_latent with the argument of RunAMEDL")
   expect_error(amedl_options(fe_adv_weight = NA), "`fe_adv_weight` must be a number")
   expect_output(print(o), "batch_size = 512")
+  expect_identical(amedl_options(threads = 2)$threads, 2L)
+  for (bad in list(0, 2.5, -1, Inf, NA, "4", c(1, 2))) {
+    expect_error(amedl_options(threads = bad), "`threads` must be a whole number >= 1")
+  }
+})
+
+test_that("amedl_options checks the names of further settings against the engine's AMEDLConfig", {
+  skip_if_no_engine()
+  expect_error(amedl_options(fe_adv_wieght = 2),
+               "unknown engine setting\\(s\\): 'fe_adv_wieght' \\(did you mean 'fe_adv_weight'\\?\\)")
+  err <- tryCatch(amedl_options(lr = 1e-3, learning_rate = 1, fe_adv_weight = 2), error = conditionMessage)
+  expect_match(err, "'learning_rate'")
+  expect_false(grepl("'fe_adv_weight'", sub("The settings are.*", "", err)))  # a known name is not reported
+  expect_match(err, "the fields of the engine's amedl.AMEDLConfig: .*fe_adv_weight.*re_patience")
+  # the field names are the engine's own
+  fields <- reticulate::py_eval("[f.name for f in __import__('dataclasses').fields(__import__('amedl').AMEDLConfig)]")
+  expect_setequal(amedl:::.engine_setting_names(), unlist(fields))
+  expect_identical(amedl_options(re_patience = 5, fe_adv_weight = 2)$fe_adv_weight, 2L)
 })
