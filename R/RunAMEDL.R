@@ -17,6 +17,12 @@
 #'   split is the batch.
 #' * The **SingleCellExperiment** method adds the reducedDims `AMEDL_FE` and
 #'   `AMEDL_RE` and records the parameters in `metadata(sce)$amedl`.
+#' * For both, `batch` given as a vector (not a column name) is also stored
+#'   in the cell-metadata column `amedl_batch` (meta.data or colData), and
+#'   that column is recorded as the fit's batch column, so that
+#'   [AMEDLCounterfactual()] and [AMEDLBatchEffects()] use the same batches.
+#'   An existing `amedl_batch` column that holds other values is never
+#'   overwritten: that is an error, before training.
 #' * The **matrix** method (genes x cells, base or sparse `Matrix`) returns
 #'   `list(fe, re, model, params)`.
 #'
@@ -28,14 +34,20 @@
 #' `overwrite = FALSE`), `RunAMEDL()` trains nothing: it embeds the object
 #' with that model (see `adapt`). Use it to place new donors or samples in
 #' the space of a reference fitted earlier; the query needs the model's genes
-#' and a batch column (a single batch is fine).
+#' and a batch column (a single batch is fine). The saved model fixes the
+#' genes, the latent size and the training settings: `features`, `n_latent`,
+#' `n_top_genes`, `epochs`, `preset` and `settings` (other than `threads`)
+#' are not used, and giving any of them (other than its default) gives a
+#' warning that names them (use
+#' a new `model_dir`, or `overwrite = TRUE`, to train with them).
 #'
 #' @param object A Seurat object, a SingleCellExperiment, or a genes x cells
 #'   count matrix (base `matrix` or `dgCMatrix`).
 #' @param batch The batch of each cell: for Seurat and SingleCellExperiment
-#'   the name of a column of the cell metadata (or a vector with one value
-#'   per cell); for a matrix a vector with one value per cell. At least two
-#'   batches are needed.
+#'   the name of a column of the cell metadata, or a vector with one value
+#'   per cell (then stored in the cell-metadata column `amedl_batch`, see
+#'   Details); for a matrix a vector with one value per cell. At least two
+#'   batches are needed (one is enough for query mapping).
 #' @param features Genes to model. Default: for Seurat the variable features
 #'   when they are set, otherwise the engine picks `n_top_genes` highly
 #'   variable genes (batch-aware).
@@ -62,9 +74,23 @@
 #'   (`adapt = FALSE`). Adaptation also estimates the new batches' latent
 #'   intercepts, which are removed from their FE latent as from the
 #'   reference's; without it their cells keep the FE encoder's latent (a
-#'   small difference). The adapted model stays in this R session's memory (the folder
-#'   is not changed), so [AMEDLCounterfactual()] and [AMEDLBatchEffects()]
-#'   can compare the query's batches with the model's.
+#'   small difference). The adapted model stays in this R session's memory
+#'   (`model_dir` is never changed), so that [AMEDLCounterfactual()] and
+#'   [AMEDLBatchEffects()] can compare the query's batches with the model's
+#'   in this session. In a later R session (the object saved with
+#'   `saveRDS()` and read back) only the reference model in `model_dir` is
+#'   found, without the adapted batches: [AMEDLModel()],
+#'   [AMEDLCounterfactual()] and [AMEDLBatchEffects()] then stop with an
+#'   error saying so; rerun the same `RunAMEDL(query, batch = ..., model_dir
+#'   = ...)` in that session to adapt them again (it takes seconds), or keep
+#'   the adapted model on disk with `adapted_model_dir`.
+#' @param adapted_model_dir Query mapping with `adapt = TRUE` only: a new or
+#'   empty folder to save the adapted model in (the reference model and the
+#'   query's adapted batches). It is recorded as the object's model folder,
+#'   so later R sessions find the adapted model; `model_dir` is not changed.
+#'   It is checked before anything runs; a folder that already holds
+#'   anything (an amedl model included) is never replaced. `NULL` (default):
+#'   the adapted model is kept in memory only.
 #' @param preset Engine preset: `"default"` or `"paper"` (the published configuration).
 #' @param verbose Show the engine's progress bars.
 #' @param settings Further engine settings: [amedl_options()] (or a named
@@ -89,7 +115,8 @@
 #'
 #' # a reference saved once, new donors mapped onto it later
 #' ref <- RunAMEDL(ref, batch = "donor", model_dir = "ref_model")
-#' query <- RunAMEDL(query, batch = "donor", model_dir = "ref_model")
+#' query <- RunAMEDL(query, batch = "donor", model_dir = "ref_model",
+#'                   adapted_model_dir = "query_model")  # keep the adapted model
 #' }
 #' @export
 RunAMEDL <- function(object, ...) UseMethod("RunAMEDL")
@@ -98,7 +125,8 @@ RunAMEDL <- function(object, ...) UseMethod("RunAMEDL")
 #' @export
 RunAMEDL.default <- function(object, batch, features = NULL, n_latent = NULL, n_top_genes = 2000,
                              epochs = NULL, seed = 0, model_dir = NULL, preset = "default",
-                             verbose = TRUE, settings = list(), overwrite = FALSE, adapt = TRUE, ...) {
+                             verbose = TRUE, settings = list(), overwrite = FALSE, adapt = TRUE,
+                             adapted_model_dir = NULL, ...) {
   if (!(is.matrix(object) || methods::is(object, "Matrix") || is.data.frame(object))) {
     .stop("RunAMEDL() needs a Seurat object, a SingleCellExperiment or a genes x cells count matrix, not an object of class %s",
           paste(class(object), collapse = "/"))
@@ -110,7 +138,7 @@ RunAMEDL.default <- function(object, batch, features = NULL, n_latent = NULL, n_
   res <- .amedl_fit(counts, b, batch_key = "batch", features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
                     model_dir = model_dir, verbose = verbose, settings = settings, overwrite = overwrite,
-                    adapt = adapt)
+                    adapt = adapt, adapted_model_dir = adapted_model_dir)
   res
 }
 
@@ -122,14 +150,61 @@ RunAMEDL.default <- function(object, batch, features = NULL, n_latent = NULL, n_
   }
 }
 
-# Batch labels from a column name or a per-cell vector.
-.batch_from_meta <- function(batch, meta, n_cells, where) {
+# Batch labels from a column name or a per-cell vector. For a Seurat object or a
+# SingleCellExperiment (`store = TRUE`) a vector is kept in the cell-metadata column
+# "amedl_batch" and that column is recorded as the batch key, so that
+# AMEDLCounterfactual() and AMEDLBatchEffects() read the fit's batches again; an
+# "amedl_batch" column that holds other values is never overwritten.
+.amedl_batch_col <- "amedl_batch"
+
+.batch_from_meta <- function(batch, meta, n_cells, where, store = FALSE, obj = "obj") {
   if (is.character(batch) && length(batch) == 1L && n_cells != 1L) {
-    if (!batch %in% colnames(meta)) {
+    if (is.na(batch) || !batch %in% colnames(meta)) {
       .stop("`batch = \"%s\"` is not a column of the %s; columns are: %s", batch, where,
             paste(colnames(meta), collapse = ", "))
     }
-    return(list(values = meta[[batch]], key = batch, what = sprintf("column '%s' of the cell metadata", batch)))
+    return(list(values = meta[[batch]], key = batch, what = sprintf("column '%s' of the cell metadata", batch),
+                store = FALSE))
   }
-  list(values = batch, key = "batch", what = "`batch`")
+  if (!store) return(list(values = batch, key = "batch", what = "`batch`", store = FALSE))
+  col <- .amedl_batch_col
+  if (col %in% colnames(meta) && is.atomic(batch) && is.null(dim(batch)) && length(batch) == n_cells &&
+      !identical(as.character(meta[[col]]), as.character(batch))) {
+    .stop(paste0(
+      "`batch` is a vector, which RunAMEDL() keeps in the %s column '%s' (so that AMEDLCounterfactual() and ",
+      "AMEDLBatchEffects() use the fit's batches), but that column already holds other values and is not overwritten.\n",
+      "Fix: put the batches in a column of their own and name it (%s$donor <- my_batches; RunAMEDL(%s, batch = \"donor\")), ",
+      "or remove the old column first (%s$%s <- NULL)"), where, col, obj, obj, obj, col)
+  }
+  list(values = batch, key = col, what = "`batch`", store = TRUE)
+}
+
+# A reduction-name prefix (Seurat): checked before training. Returns the key root.
+.check_prefix <- function(prefix, arg = "reduction.prefix") {
+  if (!is.character(prefix) || length(prefix) != 1L || is.na(prefix) || !nzchar(prefix)) {
+    .stop("`%s` must be a single non-empty string, e.g. \"amedl\"", arg)
+  }
+  keyroot <- gsub("[^A-Za-z0-9]", "", prefix)
+  if (!grepl("^[A-Za-z]", keyroot)) {
+    .stop("`%s = \"%s\"` must start with a letter (after dropping characters other than letters and digits, it makes the reduction keys, e.g. \"amedl\" gives amedlfe_ and amedlre_)",
+          arg, prefix)
+  }
+  keyroot
+}
+
+# Training arguments that query mapping (model_dir holding a saved model) does not use,
+# named when they differ from their defaults: the saved model fixes them.
+.ignored_when_mapping <- function(features, n_latent, n_top_genes, epochs, preset, settings) {
+  extra <- setdiff(names(settings), "threads")
+  given <- c(
+    features = !is.null(features) && length(features) > 0L,
+    n_latent = !is.null(n_latent),
+    n_top_genes = !identical(as.numeric(n_top_genes), 2000),
+    epochs = !is.null(epochs),
+    preset = !identical(preset, "default"),
+    settings = length(extra) > 0L
+  )
+  out <- names(given)[given]
+  out[out == "settings"] <- sprintf("settings (%s)", paste(extra, collapse = ", "))
+  out
 }

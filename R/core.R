@@ -101,23 +101,43 @@
 }
 
 # Fit on a genes x cells matrix; returns list(fe, re, model, genes, batches, params).
+# `batch_key` is where the object holds the batches (recorded for AMEDLCounterfactual()
+# and AMEDLBatchEffects()); with a model_dir holding a saved model, the object is mapped.
 .amedl_fit <- function(counts, batch, batch_key = "batch", features = NULL, n_latent = NULL, n_top_genes = 2000,
                        epochs = NULL, seed = 0, preset = "default", model_dir = NULL, verbose = TRUE,
-                       settings = list(), overwrite = FALSE, adapt = TRUE) {
+                       settings = list(), overwrite = FALSE, adapt = TRUE, adapted_model_dir = NULL) {
   n_latent <- .scalar_int(n_latent, "n_latent", 1L, null_ok = TRUE)
   n_top_genes <- .scalar_int(n_top_genes, "n_top_genes", 2L)
   epochs <- .scalar_int(epochs, "epochs", 1L, null_ok = TRUE)
   seed <- .scalar_int(seed, "seed", 0L)
   if (!is.character(preset) || length(preset) != 1L) .stop("`preset` must be a single string such as \"default\" or \"paper\"")
-  if (!is.null(model_dir) && (!is.character(model_dir) || length(model_dir) != 1L)) .stop("`model_dir` must be a folder path or NULL")
+  if (!is.null(model_dir) && (!is.character(model_dir) || length(model_dir) != 1L || is.na(model_dir))) .stop("`model_dir` must be a folder path or NULL")
   if (!is.logical(overwrite) || length(overwrite) != 1L || is.na(overwrite)) .stop("`overwrite` must be TRUE or FALSE")
+  if (!is.logical(adapt) || length(adapt) != 1L || is.na(adapt)) .stop("`adapt` must be TRUE or FALSE")
+  if (!is.null(adapted_model_dir) && (!is.character(adapted_model_dir) || length(adapted_model_dir) != 1L ||
+                                      is.na(adapted_model_dir) || !nzchar(adapted_model_dir))) {
+    .stop("`adapted_model_dir` must be a folder path or NULL")
+  }
   settings <- .check_settings(settings)
   threads <- getOption("amedl.threads", NULL)
   if (is.null(settings$threads) && !is.null(threads)) settings$threads <- .scalar_int(threads, "options(amedl.threads)", 1L)
   bridge <- amedl_engine()
-  if (.maps_query(model_dir, overwrite)) {
+  mapping <- .maps_query(model_dir, overwrite)
+  if (!is.null(adapted_model_dir)) .check_adapted_model_dir(bridge, adapted_model_dir, model_dir, mapping, adapt)
+  if (mapping) {
+    ignored <- .ignored_when_mapping(features, n_latent, n_top_genes, epochs, preset, settings)
+    if (length(ignored)) {
+      warning(sprintf(paste0(
+        "amedl: model_dir '%s' holds a saved model, so RunAMEDL() maps the object onto it and trains nothing: ",
+        "%s %s ignored (the saved model fixes the genes, the latent size and every training setting). ",
+        "To train a new model with them, use a new model_dir, or overwrite = TRUE to replace the saved model."),
+        model_dir, paste(ignored, collapse = ", "), if (length(ignored) > 1L) "are" else "is"), call. = FALSE)
+    }
     if (!is.null(settings$threads)) bridge$set_threads(settings$threads)
-    return(.amedl_map(bridge, counts, batch, model_dir, adapt = adapt, seed = seed, verbose = verbose))
+    res <- .amedl_map(bridge, counts, batch, model_dir, adapt = adapt, seed = seed, verbose = verbose,
+                      adapted_model_dir = adapted_model_dir)
+    res$params$batch_key <- batch_key  # the record names the model's own batch key; R reads this object's
+    return(res)
   }
   features <- .check_features(features, rownames(counts))
   res <- tryCatch(
@@ -136,6 +156,39 @@
   .amedl_result(res, colnames(counts))
 }
 
+# `adapted_model_dir` (keep the model adapted to a query on disk), checked before anything runs:
+# only for query mapping with adapt = TRUE, a new or empty folder, never model_dir itself.
+.check_adapted_model_dir <- function(bridge, adapted_model_dir, model_dir, mapping, adapt) {
+  if (!mapping) {
+    .stop(paste0("`adapted_model_dir` keeps the model adapted to a query's new batches, so it needs query mapping: ",
+                 "a `model_dir` that holds a saved model (and overwrite = FALSE); %s. ",
+                 "Fix: drop adapted_model_dir when fitting a model (model_dir keeps it)"),
+          if (is.null(model_dir)) "model_dir is NULL" else sprintf("model_dir '%s' holds no saved model, or overwrite = TRUE", model_dir))
+  }
+  if (!isTRUE(adapt)) {
+    .stop("`adapted_model_dir` saves the model adapted to the query's new batches: it needs adapt = TRUE (or drop adapted_model_dir)")
+  }
+  target <- path.expand(adapted_model_dir)
+  if (file.exists(target) && !dir.exists(target)) .stop("`adapted_model_dir` '%s' is a file, not a folder", adapted_model_dir)
+  if (dir.exists(target)) {
+    if (identical(normalizePath(target), normalizePath(path.expand(model_dir)))) {
+      .stop("`adapted_model_dir` is model_dir itself ('%s'), which query mapping never changes: choose another folder",
+            adapted_model_dir)
+    }
+    if (length(list.files(target, all.files = TRUE, no.. = TRUE))) {
+      if (isTRUE(bridge$is_model_dir(target))) {
+        .stop(paste0("`adapted_model_dir` '%s' already holds an amedl model, which RunAMEDL() does not replace.\n",
+                     "Fix: to embed with that model, pass model_dir = \"%s\" (without adapted_model_dir); to adapt ",
+                     "again, choose a new folder or remove it first (unlink(\"%s\", recursive = TRUE))"),
+              adapted_model_dir, adapted_model_dir, adapted_model_dir)
+      }
+      .stop("`adapted_model_dir` '%s' is not empty and is not an amedl model: give a new or empty folder (a folder holding anything else is never replaced)",
+            adapted_model_dir)
+    }
+  }
+  invisible(TRUE)
+}
+
 # Whether RunAMEDL() maps the object onto the model saved in `model_dir` instead of training.
 .maps_query <- function(model_dir, overwrite = FALSE) {
   !is.null(model_dir) && !isTRUE(overwrite) && dir.exists(path.expand(model_dir)) &&
@@ -143,26 +196,34 @@
 }
 
 # Map a query onto a saved model: new batches get their own random effects (adapt = TRUE)
-# or the batch-membership predictor's mixture of the learned ones.
-.amedl_map <- function(bridge, counts, batch, model_dir, adapt = TRUE, seed = 0, verbose = TRUE) {
+# or the batch-membership predictor's mixture of the learned ones. With `adapted_model_dir`
+# the adapted model is saved there and recorded as the object's model_dir.
+.amedl_map <- function(bridge, counts, batch, model_dir, adapt = TRUE, seed = 0, verbose = TRUE,
+                       adapted_model_dir = NULL) {
   # adaptation takes seconds: a message says what was done, no progress bar
-  if (!is.logical(adapt) || length(adapt) != 1L || is.na(adapt)) .stop("`adapt` must be TRUE or FALSE")
   res <- tryCatch(
     bridge$map_query(path.expand(model_dir), counts, colnames(counts), rownames(counts), as.character(batch),
                      batch_levels = levels(batch), adapt = adapt, seed = seed, progress = FALSE),
     error = .py_error
   )
   new <- unlist(res$new_batches)
+  reference <- res$model_dir
+  if (!is.null(adapted_model_dir)) {
+    res$model_dir <- tryCatch(bridge$save_model(res$model, path.expand(adapted_model_dir), overwrite = FALSE),
+                              error = .py_error)
+  }
   if (isTRUE(verbose)) {
     how <- switch(res$unseen_batches,
       adapted = "learned their random effects with the model's weights frozen (adapt = TRUE)",
       predict = "gave them the batch-membership predictor's mixture of the learned batches' effects (adapt = FALSE)",
       "gave them zero random effects")
-    message(sprintf("amedl: mapped %d cells onto the model in '%s'%s", ncol(counts), model_dir,
-                    if (length(new)) sprintf("; %d new batch(es) (%s): %s", length(new), .some(new), how) else ""))
+    message(sprintf("amedl: mapped %d cells onto the model in '%s'%s%s", ncol(counts), model_dir,
+                    if (length(new)) sprintf("; %d new batch(es) (%s): %s", length(new), .some(new), how) else "",
+                    if (!is.null(adapted_model_dir)) sprintf("; the adapted model is saved in '%s'", adapted_model_dir) else ""))
   }
   out <- .amedl_result(res, colnames(counts))
-  out$params$query <- list(new_batches = if (length(new)) new else character(0), unseen_batches = res$unseen_batches)
+  out$params$query <- list(new_batches = if (length(new)) new else character(0), unseen_batches = res$unseen_batches,
+                           reference_model_dir = reference)
   out
 }
 
@@ -204,12 +265,37 @@
   }
   id <- params$model_id
   if (!is.null(id) && !is.null(.amedl_state$models[[id]])) return(.amedl_state$models[[id]])
-  if (!is.null(params$model_dir) && dir.exists(params$model_dir)) return(.load_model(params$model_dir))
+  if (!is.null(params$model_dir) && dir.exists(params$model_dir)) {
+    m <- .load_model(params$model_dir)
+    .check_adapted_batches(m, params)
+    return(m)
+  }
   .stop(paste0(
     "the aMEDL model fitted for this object is not available: fitted models are kept in memory only in the R session ",
     "that fitted them%s.\nFix: rerun RunAMEDL(..., model_dir = \"some/folder\") to keep the model on disk, ",
     "or pass model = \"path/to/model_dir\""),
     if (!is.null(params$model_dir)) sprintf(", and model_dir '%s' does not exist", params$model_dir) else " and no model_dir was given")
+}
+
+# A query mapped with adapt = TRUE: its new batches were adapted onto the model in memory. A
+# model loaded from model_dir in a later session lacks them unless adapted_model_dir kept them.
+.check_adapted_batches <- function(model, params) {
+  q <- params$query
+  if (is.null(q) || !identical(q$unseen_batches, "adapted")) return(invisible(TRUE))
+  new <- as.character(unlist(q$new_batches))
+  known <- unlist(tryCatch(amedl_engine()$model_info(model)$batches, error = .py_error))
+  miss <- setdiff(new, known)
+  if (!length(miss)) return(invisible(TRUE))
+  key <- params$batch_key
+  batch_arg <- if (identical(key, "layer_split")) "" else if (is.null(key) || is.null(params$object_kind) || identical(key, "groups"))
+    "batch = <each cell's batch>, " else sprintf("batch = \"%s\", ", key)
+  .stop(paste0(
+    "the batch(es) %s of this object were adapted onto the model in '%s' by RunAMEDL() in an earlier R session; ",
+    "adapted batches are kept in that session's memory only, and model_dir holds the reference model without them.\n",
+    "Fix: in this session, rerun RunAMEDL(object, %smodel_dir = \"%s\") to adapt them again (it takes ",
+    "seconds and trains nothing else); add adapted_model_dir = \"some/folder\" to keep the adapted model on disk ",
+    "for later sessions"),
+    .some(miss), params$model_dir, batch_arg, params$model_dir)
 }
 
 .load_model <- function(path) {
@@ -221,7 +307,11 @@
 #'
 #' Returns the Python model (an `amedl.AMEDL` object, through reticulate)
 #' that [RunAMEDL()] fitted for `object`: from this R session's memory, or
-#' loaded from the `model_dir` recorded when it was fitted.
+#' loaded from the `model_dir` recorded when it was fitted. For a query
+#' mapped with `adapt = TRUE` in an earlier R session, the model in
+#' `model_dir` lacks the query's adapted batches: that is an error that says
+#' how to adapt them again (see `adapt` and `adapted_model_dir` in
+#' [RunAMEDL()]).
 #'
 #' @param object A Seurat object or SingleCellExperiment after [RunAMEDL()],
 #'   or the list returned by the matrix method.

@@ -11,14 +11,21 @@
 #' `RunAMEDL()` are kept there), else loaded from the `model_dir` recorded by
 #' `RunAMEDL(..., model_dir = )`, or given as `model` (a model folder or a
 #' Python model). Nothing is refitted: in a new R session pass `model_dir`
-#' when fitting to be able to come back.
+#' when fitting to be able to come back (for a query mapped with
+#' `adapt = TRUE`, `adapted_model_dir`; see [RunAMEDL()]). Each cell's own
+#' batch is read from where the fit recorded it (the batch column, the
+#' `amedl_batch` column for a `batch` vector, or the split of the counts
+#' layer); a column changed since the fit is an error.
 #'
 #' @param object A Seurat object or SingleCellExperiment after [RunAMEDL()],
 #'   or a genes x cells count matrix (then `model` and `batch_of_cells` are needed).
 #' @param batch The batch every cell is decoded as (one of the batches of the
 #'   fit).
 #' @param model A model folder or Python model; default the model recorded in `object`.
-#' @param name Name of the new assay (Seurat) or altExp / assay (SingleCellExperiment).
+#' @param name Name of the new assay (Seurat) or altExp / assay
+#'   (SingleCellExperiment); default `"amedl_<batch>"`. An existing assay or
+#'   altExp is replaced only when it is an earlier counterfactual (with
+#'   `sce.as = "assay"`, any assay but the counts and `logcounts`).
 #' @param ... Arguments passed to methods.
 #' @return Seurat: the object with a new assay `name` whose `data` holds the
 #'   counterfactual expression (model genes x cells). SingleCellExperiment:
@@ -38,12 +45,23 @@ AMEDLCounterfactual <- function(object, batch, ...) UseMethod("AMEDLCounterfactu
 
 .cf_name <- function(batch) paste0("amedl_", gsub("[^A-Za-z0-9.]", "_", batch))
 
+.check_target_batch <- function(target) {
+  if ((!is.character(target) && !is.factor(target) && !is.numeric(target)) || length(target) != 1L || is.na(target)) {
+    .stop("`batch` must be a single batch name")
+  }
+  as.character(target)
+}
+
+.check_cf_name <- function(name) {
+  if (!is.character(name) || length(name) != 1L || is.na(name) || !nzchar(name)) {
+    .stop("`name` must be a single non-empty string (the name of the new assay or altExp), or NULL")
+  }
+}
+
 .run_counterfactual <- function(model, counts, cell_batch, target) {
   info <- tryCatch(amedl_engine()$model_info(model), error = .py_error)
   batches <- unlist(info$batches)
-  if (!is.character(target) && !is.factor(target) && !is.numeric(target)) .stop("`batch` must be a batch name")
-  target <- as.character(target)
-  if (length(target) != 1L) .stop("`batch` must be a single batch name")
+  target <- .check_target_batch(target)
   if (!target %in% batches) .stop("unknown batch '%s'; the model knows: %s", target, paste(batches, collapse = ", "))
   res <- tryCatch(
     amedl_engine()$counterfactual(model, counts, colnames(counts), rownames(counts),
@@ -77,12 +95,24 @@ AMEDLCounterfactual.default <- function(object, batch, model = NULL, batch_of_ce
 #' @export
 AMEDLCounterfactual.Seurat <- function(object, batch, model = NULL, name = NULL, reduction = "amedl_fe", ...) {
   .check_dots(...)
+  batch <- .check_target_batch(batch)
+  if (is.null(name)) name <- .cf_name(batch)
+  .check_cf_name(name)
+  if (!identical(make.names(name), name)) {
+    .stop("`name = \"%s\"` is not a syntactic R name, which Seurat would change to '%s'; give a name such as \"%s\"",
+          name, make.names(name), make.names(name))
+  }
+  if (name %in% names(object@reductions)) .stop("`name = \"%s\"` is the name of a reduction of the object; choose another name for the counterfactual assay", name)
+  if (name %in% names(object@assays) &&
+      is.null(tryCatch(SeuratObject::Misc(object[[name]], slot = "amedl")$counterfactual_batch, error = function(e) NULL))) {
+    .stop("`name = \"%s\"` is an assay of the object that is not an aMEDL counterfactual, and it is never replaced; choose another name",
+          name)
+  }
   fit <- .seurat_fit_inputs(object, model, reduction)
   params <- fit$params
   x <- .run_counterfactual(fit$model, fit$counts, fit$batch, batch)
-  if (is.null(name)) name <- .cf_name(batch)
   a <- SeuratObject::CreateAssayObject(data = x)
-  SeuratObject::Key(a) <- paste0(tolower(gsub("[^A-Za-z0-9]", "", name)), "_")
+  SeuratObject::Key(a) <- tolower(.amedl_key(name))
   SeuratObject::Misc(a, slot = "amedl") <- list(counterfactual_batch = as.character(batch), model_id = params$model_id)
   object[[name]] <- a
   object
@@ -95,11 +125,22 @@ AMEDLCounterfactual.SingleCellExperiment <- function(object, batch, model = NULL
                                                      sce.as = c("altExp", "assay"), ...) {
   .check_dots(...)
   sce.as <- match.arg(sce.as)
+  batch <- .check_target_batch(batch)
+  if (is.null(name)) name <- .cf_name(batch)
+  .check_cf_name(name)
+  fit_assay <- .amedl_or(.recorded(S4Vectors::metadata(object)$amedl$assay), "counts")
+  if (sce.as == "assay" && name %in% c(fit_assay, "counts", "logcounts")) {
+    .stop("`name = \"%s\"` would replace the assay '%s' of the object; choose another name for the counterfactual assay", name, name)
+  }
+  if (sce.as == "altExp" && name %in% SingleCellExperiment::altExpNames(object) &&
+      is.null(S4Vectors::metadata(SingleCellExperiment::altExp(object, name))$amedl$counterfactual_batch)) {
+    .stop("`name = \"%s\"` is an altExp of the object that is not an aMEDL counterfactual, and it is never replaced; choose another name",
+          name)
+  }
   fit <- .sce_fit_inputs(object, model)
   params <- fit$params
   counts <- fit$counts
   x <- .run_counterfactual(fit$model, counts, fit$batch, batch)
-  if (is.null(name)) name <- .cf_name(batch)
   object <- .amedl_repair_sce(object)
   if (sce.as == "altExp") {
     alt <- SingleCellExperiment::SingleCellExperiment(assays = list(logcounts = x))
@@ -119,15 +160,14 @@ AMEDLCounterfactual.SingleCellExperiment <- function(object, batch, model = NULL
   params <- if (reduction %in% names(object@reductions)) object@reductions[[reduction]]@misc$amedl else NULL
   if (is.null(params) && is.null(model)) .stop("the Seurat object has no reduction '%s' from RunAMEDL(): run RunAMEDL() first", reduction)
   m <- .find_model(params, model)
-  assay <- if (!is.null(params$assay)) params$assay else SeuratObject::DefaultAssay(object)
-  layer <- if (!is.null(params$layer)) params$layer else "counts"
+  assay <- .amedl_or(.recorded(params$assay), SeuratObject::DefaultAssay(object))
+  layer <- .amedl_or(.recorded(params$layer), "counts")
   counts <- SeuratLayerCounts(object, assay = assay, layer = layer)
   split <- attr(counts, "split")
   attr(counts, "split") <- NULL
   counts <- .check_counts(counts)
-  key <- if (!is.null(params$batch_key)) params$batch_key else "batch"
-  cell_batch <- if (identical(key, "layer_split") && !is.null(split)) split else object@meta.data[[key]]
-  if (is.null(cell_batch)) .stop("the batch column '%s' used for the fit is no longer in the meta.data", key)
+  cell_batch <- .recorded_batches(params, object@meta.data, colnames(counts), split, layer,
+                                  "Seurat object's meta.data", "obj")
   list(model = m, counts = counts, batch = cell_batch, params = params, meta = object@meta.data)
 }
 
@@ -136,11 +176,61 @@ AMEDLCounterfactual.SingleCellExperiment <- function(object, batch, model = NULL
   params <- S4Vectors::metadata(object)$amedl
   if (is.null(params) && is.null(model)) .stop("the SingleCellExperiment has no aMEDL fit recorded (metadata(sce)$amedl): run RunAMEDL() first")
   m <- .find_model(params, model)
-  assay <- if (!is.null(params$assay)) params$assay else "counts"
+  assay <- .amedl_or(.recorded(params$assay), "counts")
   counts <- .check_counts(SummarizedExperiment::assay(object, assay, withDimnames = TRUE))
-  key <- if (!is.null(params$batch_key)) params$batch_key else "batch"
-  cell_batch <- SummarizedExperiment::colData(object)[[key]]
-  if (is.null(cell_batch)) .stop("the batch column '%s' used for the fit is no longer in colData", key)
-  list(model = m, counts = counts, batch = cell_batch, params = params,
-       meta = as.data.frame(SummarizedExperiment::colData(object)))
+  meta <- SummarizedExperiment::colData(object)
+  cell_batch <- .recorded_batches(params, meta, colnames(counts), NULL, assay, "colData", "sce")
+  list(model = m, counts = counts, batch = cell_batch, params = params, meta = as.data.frame(meta))
+}
+
+# A name recorded with a fit (layer, assay, batch key); NULL when it is not recorded or is
+# "" or NA (the command line records layer "" when it read the counts the input holds).
+.recorded <- function(x) {
+  if (is.null(x) || length(x) != 1L || is.na(x) || !nzchar(x)) NULL else as.character(x)
+}
+
+# Each cell's batch, from where the fit recorded it: a cell-metadata column (a `batch` vector
+# given to RunAMEDL() is kept in the column "amedl_batch"), the split of the counts layer
+# (Seurat 5), or the groups given to AMEDLIntegration() (kept in the record, by cell). The
+# batches must be the fit's: a column changed since the fit is an error, never a silent mix-up.
+.recorded_batches <- function(params, meta, cells, split, layer, where, obj) {
+  key <- .amedl_or(.recorded(params$batch_key), "batch")
+  if (identical(key, "layer_split")) {
+    if (is.null(split)) {
+      .stop("the fit used the split of the '%s' layer as the batch (no `batch` was given), but that layer is no longer split; split it again by the same batches (%s[[assay]] <- split(%s[[assay]], f = ...)) or rerun RunAMEDL() with `batch =`",
+            layer, obj, obj)
+    }
+    cell_batch <- split
+    what <- sprintf("the split of the '%s' layer", layer)
+  } else if (identical(key, "groups") && identical(params$method, "IntegrateLayers(method = AMEDLIntegration)")) {
+    cb <- params$cell_batches
+    if (is.null(cb) || is.null(names(cb))) {
+      .stop("this AMEDLIntegration() fit used `groups` as the batches but did not record them (an older amedl); rerun IntegrateLayers(method = AMEDLIntegration, groups = ...)")
+    }
+    miss <- setdiff(cells, names(cb))
+    if (length(miss)) {
+      .stop("%d cell(s) have no batch among the `groups` of the AMEDLIntegration() fit (e.g. %s); were they added after the fit? Rerun IntegrateLayers()",
+            length(miss), .some(miss, 3))
+    }
+    cell_batch <- unname(cb[cells])
+    what <- "the `groups` given to AMEDLIntegration()"
+  } else {
+    cell_batch <- meta[[key]]
+    if (is.null(cell_batch)) {
+      .stop("the batch column '%s' used for the fit is no longer in the %s; put it back (each cell's batch as given to RunAMEDL()) or rerun RunAMEDL()",
+            key, where)
+    }
+    what <- sprintf("the batch column '%s' of the %s", key, where)
+  }
+  # the fit's batches, and a query's own batches (not added to the model when adapt = FALSE)
+  known <- unique(as.character(c(unlist(params$batches), unlist(params$query$new_batches))))
+  if (length(known)) {
+    if (anyNA(cell_batch)) .stop("%s has missing values; the fit gave every cell a batch (put them back or rerun RunAMEDL())", what)
+    bad <- setdiff(unique(as.character(cell_batch)), known)
+    if (length(bad)) {
+      .stop("%s holds batches that the fit did not have (%s; the fit's batches: %s): it was changed after RunAMEDL(). Put the fit's batches back, or rerun RunAMEDL()",
+            what, .some(bad, 3), .some(known, 8))
+    }
+  }
+  cell_batch
 }

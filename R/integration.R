@@ -29,15 +29,19 @@
 #' @param groups Optional batch per cell instead of the layer split: a vector
 #'   (named by cell, or in the order of the assay's cells), or a one-column
 #'   data frame with cells as row names (as \code{CreateIntegrationGroups}
-#'   makes).
+#'   makes). They are recorded by cell with the fit
+#'   (\code{Misc(obj[[new.reduction]])$amedl$cell_batches}), so that
+#'   \code{\link{AMEDLCounterfactual}} and \code{\link{AMEDLBatchEffects}}
+#'   with \code{reduction = new.reduction} use the same batches.
 #' @param features Genes to model (set by \code{IntegrateLayers()}: the
 #'   variable features). \code{NULL}: the assay's variable features, or the
 #'   engine's highly variable genes when none are set. Library sizes are
 #'   computed over all genes.
 #' @param scale.layer Ignored (set by \code{IntegrateLayers()}).
 #' @param new.reduction Name of the integrated (FE) reduction.
-#' @param reduction.key Key of the FE reduction; default made from
-#'   \code{new.reduction} (\code{"integratedamedl_"}).
+#' @param reduction.key Key of the FE reduction: a letter, then letters or
+#'   digits, then \code{"_"}; default made from \code{new.reduction}
+#'   (\code{"integratedamedl_"}). Names and keys are checked before training.
 #' @param re.reduction Name for the RE reduction, or \code{NULL} (default) to
 #'   return only the FE one.
 #' @param re.key Key of the RE reduction; default made from
@@ -64,7 +68,7 @@
 #' obj <- FindVariableFeatures(obj)
 #' obj <- IntegrateLayers(obj, method = AMEDLIntegration, orig.reduction = NULL,
 #'                        re.reduction = "amedl.re")
-#' obj <- RunUMAP(obj, reduction = "integrated.amedl", dims = 1:30)
+#' obj <- RunUMAP(obj, reduction = "integrated.amedl", dims = 1:10)  # n_latent: 10 by default
 #' }
 #' @seealso \code{\link{RunAMEDL}}
 #' @export
@@ -85,6 +89,9 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
   }
   so <- function(name) getExportedValue("SeuratObject", name)
   assay <- .amedl_or(assay, "RNA")
+  # names and keys of the reductions, checked before training
+  fe_key <- .check_reduction_name(new.reduction, reduction.key, "new.reduction", "reduction.key")
+  re_key <- if (!is.null(re.reduction)) .check_reduction_name(re.reduction, re.key, "re.reduction", "re.key")
   cells <- so("Cells")(object)
 
   # --- raw counts, one genes x cells matrix over all split layers ---
@@ -134,6 +141,9 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
   params$batch_key <- if (is.null(groups)) "layer_split" else "groups"
   params <- utils::modifyList(params, list(assay = assay, layer = counts.layer, object_kind = "Seurat",
                                            method = "IntegrateLayers(method = AMEDLIntegration)"))
+  # `groups` are in no column of the object: the record keeps them by cell, so that
+  # AMEDLCounterfactual() and AMEDLBatchEffects() use the fit's batches
+  if (!is.null(groups)) params$cell_batches <- stats::setNames(as.character(batch), cells)
   make_dr <- function(emb, key, kind) {
     emb <- as.matrix(emb)
     if (nrow(emb) != length(cells)) {
@@ -146,12 +156,8 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
                                misc = list(amedl = c(params, list(latent = kind))))
   }
   out <- list()
-  out[[new.reduction]] <- make_dr(fit$fe, .amedl_or(reduction.key,
-                                    .amedl_key(new.reduction)), "fe")
-  if (!is.null(re.reduction)) {
-    out[[re.reduction]] <- make_dr(fit$re, .amedl_or(re.key,
-                                     .amedl_key(re.reduction)), "re")
-  }
+  out[[new.reduction]] <- make_dr(fit$fe, fe_key, "fe")
+  if (!is.null(re.reduction)) out[[re.reduction]] <- make_dr(fit$re, re_key, "re")
   out
 }
 attr(AMEDLIntegration, "Seurat.method") <- "integration"
@@ -163,6 +169,21 @@ attr(AMEDLIntegration, "Seurat.method") <- "integration"
   k <- gsub("[^[:alnum:]]", "", name)
   if (!grepl("^[[:alpha:]]", k)) k <- paste0("amedl", k)
   paste0(k, "_")
+}
+
+# A reduction name and its key (default: made from the name), checked before training;
+# returns the key (Seurat's form: a letter, letters or digits, "_").
+.check_reduction_name <- function(name, key, name_arg, key_arg) {
+  if (!is.character(name) || length(name) != 1L || is.na(name) || !nzchar(name)) {
+    .stop("`%s` must be a single non-empty string (the name of the reduction)", name_arg)
+  }
+  if (is.null(key)) return(.amedl_key(name))
+  if (!is.character(key) || length(key) != 1L || is.na(key) || !grepl("^[A-Za-z][A-Za-z0-9]*_?$", key)) {
+    .stop("`%s = %s` is not a valid Seurat key: a letter, then letters or digits, then \"_\" (e.g. \"amedl_\"); or leave it NULL to make one from `%s`",
+          key_arg, paste(deparse(key), collapse = " "), name_arg)
+  }
+  if (!endsWith(key, "_")) key <- paste0(key, "_")
+  key
 }
 
 # The batch per cell (character vector in the order of `cells`).

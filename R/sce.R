@@ -11,7 +11,8 @@
 RunAMEDL.SingleCellExperiment <- function(object, batch, assay = "counts", features = NULL,
                                           n_latent = NULL, n_top_genes = 2000, epochs = NULL, seed = 0,
                                           model_dir = NULL, preset = "default", verbose = TRUE,
-                                          settings = list(), overwrite = FALSE, adapt = TRUE, ...) {
+                                          settings = list(), overwrite = FALSE, adapt = TRUE,
+                                          adapted_model_dir = NULL, ...) {
   .check_dots(...)
   .sce_ns()
   if (missing(batch)) batch <- NULL
@@ -27,13 +28,14 @@ RunAMEDL.SingleCellExperiment <- function(object, batch, assay = "counts", featu
   counts <- .check_counts(SummarizedExperiment::assay(object, assay, withDimnames = TRUE),
                           sprintf("assay '%s'", assay),
                           drop_hint = sprintf("sce <- sce[, Matrix::colSums(assay(sce, \"%s\")) > 0]", assay))
-  b <- .batch_from_meta(batch, SummarizedExperiment::colData(object), ncol(object), "colData")
+  b <- .batch_from_meta(batch, SummarizedExperiment::colData(object), ncol(object), "colData", store = TRUE, obj = "sce")
   bf <- .check_batch(b$values, ncol(counts), b$what, min_batches = if (.maps_query(model_dir, overwrite)) 1L else 2L)
   res <- .amedl_fit(counts, bf, batch_key = b$key, features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
                     model_dir = model_dir, verbose = verbose, settings = settings, overwrite = overwrite,
-                    adapt = adapt)
+                    adapt = adapt, adapted_model_dir = adapted_model_dir)
   object <- .amedl_repair_sce(object)
+  if (isTRUE(b$store)) SummarizedExperiment::colData(object)[[b$key]] <- unname(b$values)
   SingleCellExperiment::reducedDim(object, "AMEDL_FE") <- res$fe
   SingleCellExperiment::reducedDim(object, "AMEDL_RE") <- res$re
   md <- S4Vectors::metadata(object)

@@ -52,14 +52,17 @@ SeuratLayerCounts <- function(object, assay = NULL, layer = "counts") {
 #' @param layer Seurat: the layer (slot) with raw counts.
 #' @param reduction.prefix Seurat: prefix of the reduction names
 #'   (`<prefix>_fe`, `<prefix>_re`); the keys are the prefix without
-#'   non-alphanumeric characters followed by `fe_` / `re_`.
+#'   non-alphanumeric characters followed by `fe_` / `re_`, so it must start
+#'   with a letter once those are dropped (checked before training).
 #' @export
 RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts", features = NULL,
                             n_latent = NULL, n_top_genes = 2000, epochs = NULL, seed = 0, model_dir = NULL,
                             preset = "default", reduction.prefix = "amedl", verbose = TRUE,
-                            settings = list(), overwrite = FALSE, adapt = TRUE, ...) {
+                            settings = list(), overwrite = FALSE, adapt = TRUE, adapted_model_dir = NULL, ...) {
   .check_dots(...)
   .seurat_ns()
+  keyroot <- .check_prefix(reduction.prefix)
+  if (!is.character(layer) || length(layer) != 1L || is.na(layer) || !nzchar(layer)) .stop("`layer` must be a layer name such as \"counts\"")
   mapping <- .maps_query(model_dir, overwrite)
   if (is.null(assay)) assay <- SeuratObject::DefaultAssay(object)
   counts <- SeuratLayerCounts(object, assay = assay, layer = layer)
@@ -73,9 +76,9 @@ RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts"
             paste(colnames(object@meta.data), collapse = ", "))
     }
     if (isTRUE(verbose)) message("amedl: no batch given; using the split of the '", layer, "' layer (", nlevels(split), " parts) as the batch")
-    b <- list(values = split, key = "layer_split", what = sprintf("the split of the '%s' layer", layer))
+    b <- list(values = split, key = "layer_split", what = sprintf("the split of the '%s' layer", layer), store = FALSE)
   } else {
-    b <- .batch_from_meta(batch, object@meta.data, ncol(object), "Seurat object's meta.data")
+    b <- .batch_from_meta(batch, object@meta.data, ncol(object), "Seurat object's meta.data", store = TRUE, obj = "obj")
   }
   bf <- .check_batch(b$values, ncol(counts), b$what, min_batches = if (mapping) 1L else 2L)
   if (is.null(features) && !mapping) {
@@ -89,10 +92,9 @@ RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts"
   res <- .amedl_fit(counts, bf, batch_key = b$key, features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
                     model_dir = model_dir, verbose = verbose, settings = settings, overwrite = overwrite,
-                    adapt = adapt)
+                    adapt = adapt, adapted_model_dir = adapted_model_dir)
   params <- utils::modifyList(res$params, list(assay = assay, layer = layer, object_kind = "Seurat"))
-  keyroot <- gsub("[^A-Za-z0-9]", "", reduction.prefix)
-  if (!nzchar(keyroot) || !grepl("^[A-Za-z]", keyroot)) .stop("`reduction.prefix` must start with a letter")
+  if (isTRUE(b$store)) object@meta.data[[b$key]] <- unname(b$values)
   for (kind in c("fe", "re")) {
     key <- paste0(keyroot, kind, "_")
     emb <- res[[kind]]

@@ -115,3 +115,34 @@ test_that("amedl fit x.rds --out y.rds works for a SingleCellExperiment and a Se
     }
   }
 })
+
+test_that("a Seurat object written by `amedl fit` (recorded layer \"\") works with AMEDLCounterfactual and AMEDLBatchEffects", {
+  py <- python_with_rpy2()
+  cli <- file.path(dirname(py), "amedl")
+  skip_if(!file.exists(cli), "the amedl command is not installed next to the engine's Python")
+  skip_if_no_engine()
+  sce <- muscat_sce()
+  keep <- unlist(lapply(split(seq_len(ncol(sce)), sce$sample_id), utils::head, 80))
+  sce <- sce[, keep]
+  obj <- suppressWarnings(SeuratObject::CreateSeuratObject(
+    counts = SingleCellExperiment::counts(sce), meta.data = as.data.frame(SummarizedExperiment::colData(sce))))
+  x <- tempfile(fileext = ".rds"); y <- tempfile(fileext = ".rds"); m <- tempfile("amedl-cli-model-")
+  on.exit(unlink(c(x, y, m), recursive = TRUE), add = TRUE)
+  saveRDS(obj, x)
+  out <- suppressWarnings(system2(cli, c("fit", shQuote(x), "--batch-key", "sample_id", "--out", shQuote(y),
+                                         "--model-dir", shQuote(m), "--epochs", "1", "--n-latent", "6",
+                                         "--n-top-genes", "150", "--quiet"), stdout = TRUE, stderr = TRUE))
+  expect_null(attr(out, "status"))
+  res <- readRDS(y)
+  p <- SeuratObject::Misc(res[["amedl_fe"]])$amedl
+  expect_identical(p$batch_key, "sample_id")
+  expect_false(isTRUE(nzchar(p$layer)))  # the command line records no layer: read as the counts layer
+  cf <- AMEDLCounterfactual(res, batch = "ctrl101", model = m)
+  x_cf <- SeuratLayerCounts(cf, assay = "amedl_ctrl101", layer = "data")
+  expect_identical(colnames(x_cf), colnames(obj))
+  ref <- AMEDLCounterfactual(SeuratLayerCounts(obj), batch = "ctrl101", model = m,
+                             batch_of_cells = as.character(obj$sample_id))
+  expect_equal(as.matrix(x_cf), ref[rownames(x_cf), ], tolerance = 1e-6)
+  de <- AMEDLBatchEffects(res, "stim101", "ctrl101", model = m, n_samples = 5)
+  expect_equal(nrow(de), length(p$genes))
+})

@@ -16,7 +16,7 @@ test_that("model_dir never replaces a folder that is not an amedl model, and a m
   expect_true(file.exists(file.path(model, ".amedl-model")))
   # a folder holding a model is mapped onto, never retrained or rewritten, without overwrite = TRUE
   before <- tools::md5sum(list.files(model, full.names = TRUE))
-  mapped <- do.call(RunAMEDL, c(list(s$counts, batch = s$batch, model_dir = model), FAST))
+  mapped <- suppressWarnings(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, model_dir = model), FAST)))
   expect_equal(mapped$fe, fit$fe, tolerance = 1e-5)
   expect_identical(tools::md5sum(list.files(model, full.names = TRUE)), before)
   again <- do.call(RunAMEDL, c(list(s$counts, batch = s$batch, model_dir = model, overwrite = TRUE, seed = 1), FAST))

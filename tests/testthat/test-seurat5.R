@@ -164,6 +164,19 @@ test_that("AMEDLIntegration works without an original reduction and can return t
   expect_false(isTRUE(all.equal(unname(fe), unname(re))))
 })
 
+test_that("AMEDLIntegration checks reduction names and keys before training", {
+  s5_skip()
+  obj <- s5_object()
+  t0 <- Sys.time()
+  expect_error(AMEDLIntegration(obj[["RNA"]], reduction.key = "1x_", epochs = 500, verbose = FALSE),
+               "`reduction.key = \"1x_\"` is not a valid Seurat key")
+  expect_error(AMEDLIntegration(obj[["RNA"]], re.reduction = "re", re.key = "re.", epochs = 500, verbose = FALSE),
+               "`re.key = \"re.\"` is not a valid Seurat key")
+  expect_error(AMEDLIntegration(obj[["RNA"]], new.reduction = "", epochs = 500, verbose = FALSE),
+               "`new.reduction` must be a single non-empty string")
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 20)
+})
+
 test_that("AMEDLIntegration takes groups for an unsplit assay and explains a missing split", {
   s5_skip()
   obj <- s5_object()
@@ -187,6 +200,15 @@ test_that("AMEDLIntegration takes groups for an unsplit assay and explains a mis
   expect_identical(SeuratObject::Misc(out[["integrated.amedl"]])$amedl$batches,
                    sort(unique(as.character(obj$sample_id))))
   expect_identical(SeuratObject::Misc(out[["integrated.amedl"]])$amedl$batch_key, "groups")
+  # the groups are recorded by cell, and the follow-ups read them from there (not from a
+  # meta.data column "groups", which here holds something else)
+  expect_identical(SeuratObject::Misc(out[["integrated.amedl"]])$amedl$cell_batches[SeuratObject::Cells(joined)],
+                   stats::setNames(as.character(joined$sample_id), SeuratObject::Cells(joined)))
+  out$groups <- rep(c("x", "y"), length.out = ncol(out))
+  cf <- AMEDLCounterfactual(out, batch = "ctrl101", reduction = "integrated.amedl")
+  expect_true("amedl_ctrl101" %in% SeuratObject::Assays(cf))
+  de <- AMEDLBatchEffects(out, "stim101", "ctrl101", reduction = "integrated.amedl", n_samples = 5)
+  expect_gt(nrow(de), 0)
   # same cells in the same order, same counts and batches: the same fit as on the split layers
   if (!is.null(s5_env$fe_batch_col) && identical(SeuratObject::Cells(joined), SeuratObject::Cells(obj))) {
     expect_equal(unname(emb), unname(s5_env$fe_batch_col), tolerance = 1e-5)
