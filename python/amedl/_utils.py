@@ -52,7 +52,7 @@ def resolve_device(device="auto"):
         if not torch.cuda.is_available():
             raise AMEDLConfigError(
                 f"device {str(device)!r}: PyTorch sees no CUDA GPU on this machine (torch {torch.__version__}, "
-                f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'}); use device='cpu' or 'auto'"
+                f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'}); use 'cpu' or 'auto' (device=..., command line --device)"
             )
         n = torch.cuda.device_count()
         if dev.index is not None and dev.index >= n:

@@ -444,7 +444,7 @@ class AMEDL:
             )
             warnings.warn(
                 f"{int((codes < 0).sum())} cell(s) come from batch(es) not seen in training ({unseen[:5]}); {how}. "
-                "To learn their own effects, call adapt() with these cells first.",
+                "To learn their own effects, call adapt() with these cells first (command line: amedl embed --adapt).",
                 UserWarning,
                 stacklevel=3,
             )
@@ -534,7 +534,7 @@ class AMEDL:
                         and self.batch_key not in adata.obs.columns
                         else f"{int((codes < 0).sum())} cell(s) come from batches the model does not know")
                 warnings.warn(f"{what}: those cells keep the encoder's FE latent, without their batch's latent "
-                              "intercepts (give the batch column; for new batches call adapt() first).",
+                              "intercepts (give the batch column; for new batches call adapt() first, or amedl embed --adapt).",
                               UserWarning, stacklevel=2)
             z = self.intercepts.apply(z, codes)
         return z
