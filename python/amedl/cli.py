@@ -29,8 +29,6 @@ from .io._formats import FORMATS_TEXT, SUFFIXES
 
 #: Set by a SIGTERM or Ctrl-C (see _terminate_as_interrupt).
 _TERMINATED = threading.Event()
-#: Set while _terminate_as_interrupt's handlers are in place.
-_ARMED = threading.Event()
 
 _MAX_MESSAGE = 900
 #: ``amedl embed --adapt``'s steps unless --adapt-steps (as :meth:`amedl.AMEDL.adapt`).
@@ -134,19 +132,6 @@ def _read(path: str):
     return adata
 
 
-def _start_r_for(*paths) -> None:
-    """Start R now if any of ``paths`` is an R file: rpy2 gives Ctrl-C back to Python's
-    default handler when R starts, so the handler that remembers it is set again after."""
-    from .io._formats import R_SUFFIXES
-
-    if any(p is not None and Path(str(p)).suffix.lower() in R_SUFFIXES for p in paths):
-        from .io.rds import start_r
-
-        start_r()
-        if threading.current_thread() is threading.main_thread() and _ARMED.is_set():
-            signal.signal(signal.SIGINT, _interrupt)
-
-
 def _require_columns(adata, path: str, columns: dict, layer: str | None = None) -> None:
     """The columns' check for inputs :func:`amedl.io.peek` cannot look into (R files)."""
     from . import io
@@ -202,7 +187,6 @@ def _fit(args, columns: dict, settings: dict, out: Path) -> int:
         return fit_backed_command(args, settings, out, _say)
 
     t0 = time.perf_counter()
-    _start_r_for(args.input, args.out)
     adata = _read(args.input)
     _require_columns(adata, args.input, columns, args.layer)
     from .data.validate import validate_adata
@@ -288,7 +272,6 @@ def cmd_embed(args) -> int:
 
     t0 = time.perf_counter()
     model = AMEDL.load(args.model_dir, device=args.device or "auto", threads=args.threads)
-    _start_r_for(args.input, args.out)
     adata = _read(args.input)
     _say(f"read {args.input}: {adata.n_obs} cells × {adata.n_vars} genes")
     kinds = [k for k in ("fe", "re") if k in model.modules]
@@ -356,7 +339,6 @@ def cmd_benchmark(args) -> int:
         raise AMEDLInputError(str(exc)) from None
     if not getattr(args, "verbose", False):
         _quiet_scib()
-    _start_r_for(args.input)
     adata = _read(args.input)
     _require_columns(adata, args.input, {"--batch-key": args.batch_key, "--label-key": args.label_key})
     run_benchmark(
@@ -581,16 +563,18 @@ def _terminate_as_interrupt():
     old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     old_hook = sys.unraisablehook
 
-    def hook(unraisable):  # an interruption swallowed in a callback is remembered: no traceback for it
-        if not (_TERMINATED.is_set() and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+    def hook(unraisable):
+        # Ctrl-C swallowed where it landed (R's callbacks, through rpy2, which also gives
+        # SIGINT back to Python's default handler when R starts): remembered, no traceback
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _TERMINATED.set()
+        else:
             old_hook(unraisable)
 
     sys.unraisablehook = hook
-    _ARMED.set()
     try:
         yield
     finally:
-        _ARMED.clear()
         sys.unraisablehook = old_hook
         for sig, handler in old.items():
             signal.signal(sig, handler)

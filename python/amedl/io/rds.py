@@ -47,11 +47,6 @@ def _ro():
     return ro
 
 
-def start_r() -> None:
-    """Start the embedded R now (the first read or write does it otherwise); needs rpy2."""
-    _ro()
-
-
 @functools.lru_cache(maxsize=1)
 def _env():
     """The R side (rds.R), evaluated once per process in a private environment."""
