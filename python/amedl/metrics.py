@@ -130,6 +130,13 @@ def subsample_indices(n_cells: int, max_cells: int | None, seed: int = 0, strata
     alloc = np.maximum(1, np.floor(share)).astype(int)
     alloc = np.minimum(alloc, counts)
     spare = max_cells - alloc.sum()
+    while spare < 0:  # the strata raised to one cell took more than there was: give back from the largest
+        over = np.flatnonzero(alloc > 1)
+        if not over.size:  # more strata than max_cells: one cell each
+            break
+        s = over[np.argmax((alloc - share)[over])]
+        alloc[s] -= 1
+        spare += 1
     if spare > 0:
         order = np.argsort(-(share - np.floor(share)), kind="stable")
         for s in order:

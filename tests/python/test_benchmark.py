@@ -142,6 +142,11 @@ def test_run_benchmark_writes_report_files(small_adata, tmp_path):
     assert len(csv) == len(res) and set(csv["method"]) == set(methods)
     md = (out / "summary.md").read_text()
     assert "| aMEDL-FE |" in md and "±" in md  # two folds: mean ± CI
+    # the training record reads each network's validation loss (was: a column name no history has, so "–")
+    for kind in ("ae", "fe", "re"):
+        assert res[f"{kind}_val_recon"].notna().all() and (res[f"{kind}_val_recon"] > 0).all()
+    record = B.report.training_table(res)
+    assert not record["validation reconstruction loss"].str.contains("–").any()
     png = (out / "umap.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     html = (out / "report.html").read_text()

@@ -108,6 +108,12 @@ def test_subsample_indices_seeded_stratified_and_exact():
     np.testing.assert_array_equal(M.subsample_indices(50, None), np.arange(50))
     np.testing.assert_array_equal(M.subsample_indices(50, 80), np.arange(50))
     assert len(M.subsample_indices(1000, 37, seed=0)) == 37
+    # many tiny strata: each keeps a cell, the large one gives back what they took (was: 29 cells for 20)
+    tiny = np.array(["big"] * 990 + [f"s{i}" for i in range(10)])
+    i = M.subsample_indices(1000, 20, seed=0, strata=tiny)
+    assert len(i) == 20 and len(np.unique(i)) == 20 and set(tiny[i]) == set(tiny)
+    # more strata than cells asked for: one cell each
+    assert len(M.subsample_indices(1000, 5, seed=0, strata=tiny)) == 11
 
 
 def test_silhouette_subsample_is_close_and_reproducible():

@@ -83,7 +83,7 @@ def _history_summary(model) -> dict:
     """The fold model's training record: epochs run, and at the kept epoch the validation
     reconstruction error and the batch adversary / classifier accuracy."""
     out = {}
-    wanted = {"fe": ("val_mse", "val_adv_acc"), "re": ("val_mse", "val_cls_acc"), "ae": ("val_mse",)}
+    wanted = {"fe": ("val_recon", "val_adv_acc"), "re": ("val_recon", "val_cls_acc"), "ae": ("val_recon",)}
     for kind, cols in wanted.items():
         df = (getattr(model, "history", None) or {}).get(kind)
         if df is None or not len(df):

@@ -154,13 +154,15 @@ def _total_comparisons(results: pd.DataFrame) -> list[str]:
 
 
 def training_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Per aMEDL network: epochs run, validation MSE and batch accuracy at the kept epoch, mean ± CI over folds."""
+    """Per aMEDL network: epochs run, validation reconstruction loss (each network's own: the negative
+    binomial's negative log-likelihood per value, or the mean squared error on scaled expression) and
+    batch accuracy at the kept epoch, mean ± CI over folds."""
     rows = {}
     for kind, label, acc in (("ae", "AE", None), ("fe", "FE (adversary)", "fe_val_adv_acc"),
                              ("re", "RE (classifier)", "re_val_cls_acc")):
         if f"{kind}_epochs" in results.columns:
             rows[label] = {"epochs": _fmt(*_fold_mean(results, f"{kind}_epochs"), 0),
-                           "validation MSE": _fmt(*_fold_mean(results, f"{kind}_val_mse"), 3),
+                           "validation reconstruction loss": _fmt(*_fold_mean(results, f"{kind}_val_recon"), 3),
                            "validation batch accuracy": _fmt(*_fold_mean(results, acc), 3)}
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "network"
