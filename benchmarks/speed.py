@@ -13,7 +13,11 @@ own. Printed per network (FE, RE, AE): cells per second per training epoch,
 the model's FLOPs per cell per training step, achieved GFLOP/s and its ratio to
 this machine's dense float32 matmul rate (measured first), epochs and wall time
 to early-stopping convergence, latent-inference cells per second, peak RSS and
-the size of the CSR input.
+the size of the CSR input. The JSON also records each network's last validation
+reconstruction loss (``final_val_recon``, the history's ``val_recon``) and which
+loss that is (``recon_loss``: ``"nb"``, the mean negative binomial negative
+log-likelihood per gene of the FE network's count decoder, or ``"mse"``, the mean
+squared error on the scaled input).
 """
 from __future__ import annotations
 
@@ -89,6 +93,13 @@ def flops_per_cell(kind: str, n_genes: int, n_batches: int, cfg) -> dict:
     return {"forward": _dense_flops([n_genes, *cfg.hidden]) + 2 * cfg.hidden[-1] * cfg.n_latent, "train": 3 * re_fwd}
 
 
+def recon_loss(kind: str, config, networks) -> str:
+    """Which reconstruction loss the history's ``val_recon`` of ``kind`` is: ``"nb"`` (mean
+    negative binomial negative log-likelihood per gene, when the network decodes raw
+    counts) or ``"mse"`` (mean squared error on the scaled model input)."""
+    return "nb" if networks[kind].needs_counts(config) else "mse"
+
+
 SIM = dict(n_cell_types=10, library_size=1000, gene_mean_sd=3.0)
 
 
@@ -121,6 +132,7 @@ def run_size(path: Path, seed: int, kinds: list[str], max_epochs: int | None, de
     import torch
 
     import amedl
+    from amedl.train import NETWORKS
 
     t0 = time.perf_counter()
     adata = ad.read_h5ad(path)
@@ -157,7 +169,8 @@ def run_size(path: Path, seed: int, kinds: list[str], max_epochs: int | None, de
             "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"], "stopped_early": info["stopped_early"],
             "fit_s": info["seconds"], "epoch_s": epoch_s, "train_cells_per_s": n_train / epoch_s,
             "flops_per_cell_train": fl["train"], "achieved_gflops": fl["train"] * n_train / epoch_s / 1e9,
-            "inference_cells_per_s": n_cells / infer_s, "final_val_mse": float(hist["val_mse"].iloc[-1]),
+            "inference_cells_per_s": n_cells / infer_s, "final_val_recon": float(hist["val_recon"].iloc[-1]),
+            "recon_loss": recon_loss(kind, model.config, NETWORKS),
             "peak_rss_after_fit_bytes": peak_fit,
             **quality(z, adata),
         }
@@ -165,7 +178,8 @@ def run_size(path: Path, seed: int, kinds: list[str], max_epochs: int | None, de
         del model.modules[kind]
         k = row["kinds"][kind]
         print(f"  {kind.upper()}: {k['epochs_run']} epochs, {k['epoch_s']:.2f} s/epoch, fit {k['fit_s']:.0f}s, "
-              f"batch ASW {k['batch_asw']:+.3f}", file=sys.stderr, flush=True)
+              f"val recon ({k['recon_loss']}) {k['final_val_recon']:.3f}, batch ASW {k['batch_asw']:+.3f}",
+              file=sys.stderr, flush=True)
         if long_epochs and kind != "ae" and n_cells <= long_max_cells:
             # the same fit without early stopping, for a much larger budget: how far is the default from converged?
             saved = model.config.patience, model.config.re_patience
