@@ -15,6 +15,7 @@ used for the quality comparison of `ddp`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -110,6 +111,11 @@ def train(path: str, backed: bool, steps: int, threads: int, kinds=("fe", "re"),
     ctx = PlanContext.from_codes(m._codes[train_idx], len(prep.genes), len(prep.batches))
     for kind in kinds:
         net = NETWORKS[kind]
+        if kind == "fe" and c.fe_neighbour_weight > 0:
+            # as AMEDL.fit: the FE neighbourhood loss needs the PCA of the training cells as its reference
+            t = time.perf_counter()
+            ctx = dataclasses.replace(ctx, reference=m._reference_pca(train_idx, 0))
+            rec["reference_pca_s"] = round(time.perf_counter() - t, 1)
         modules = net.build(c, prep)
         plan = net.plan(modules, c, ctx)
         loader = make_loader(m._X, m._codes, prep, rows=train_idx, batch_size=c.batch_size, shuffle=True,
