@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .errors import preview
 
 _CHUNK = 20_000
 
@@ -172,6 +173,9 @@ def pseudo_batches(
         raise ValueError(f"n must be at least 2 pseudo-batches, got {n}")
     values = adata.obs[batch_key].astype(str)
     batch = values.value_counts().index[0] if batch is None else str(batch)
+    if batch not in set(values):
+        raise ValueError(f"batch {batch!r} is not a value of adata.obs[{batch_key!r}] "
+                         f"({preview(sorted(set(values)), 5)})")
     cells = np.flatnonzero((values == batch).to_numpy())
     if cells.size < 2 * n:
         raise ValueError(f"batch {batch!r} has {cells.size} cells, too few for {n} pseudo-batches")

@@ -101,6 +101,8 @@ def test_pattern_check_compares_fe_total_with_harmony_and_scvi():
     worse = res.assign(scib_total=res["scib_total"].where(res["method"] != "scVI", 0.9))
     assert any(line.startswith("FE scIB total 0.760") and "NOT at least both (margin -0.140)" in line
                for line in B.pattern_check(worse))
+    # one reference of PCA and AE: "below it", not "below both"
+    assert "FE batch ASW -0.100 vs PCA +0.100: below it (margin +0.200)" in lines
     # no baseline ran: no sentence rather than a comparison with nothing
     assert not any("scIB total" in line for line in B.pattern_check(res[res["method"].isin(["PCA", "aMEDL-FE"])]))
 

@@ -158,4 +158,6 @@ def test_pseudo_batches_split_one_batch_at_random():
     pd.testing.assert_frame_equal(sim.obs, before)  # the input is not changed
     with pytest.raises(ValueError, match="at least 2"):
         pseudo_batches(sim, "batch", n=1)
+    with pytest.raises(ValueError, match="batch 'nope' is not a value of adata.obs\\['batch'\\]"):
+        pseudo_batches(sim, "batch", batch="nope")
     np.testing.assert_array_equal(null.obs_names, null.obs_names.unique())

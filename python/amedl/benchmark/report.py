@@ -127,7 +127,8 @@ def pattern_check(results: pd.DataFrame) -> list[str]:
             v = mean.loc[name, "batch_asw"]
             margin = min(sign * (v - mean.loc[r, "batch_asw"]) for r in refs)
             out.append(f"{name[-2:]} batch ASW {v:+.3f} vs {ref_txt}: "
-                       + ("" if margin > 0 else "NOT ") + f"{want} both (margin {margin:+.3f})")
+                       + ("" if margin > 0 else "NOT ") + f"{want} {'both' if len(refs) > 1 else 'it'}"
+                       + f" (margin {margin:+.3f})")
     if "aMEDL-FE" in mean.index and "PCA" in mean.index:
         fe, pca = mean.loc["aMEDL-FE", "label_asw"], mean.loc["PCA", "label_asw"]
         out.append(f"FE label ASW {fe:+.3f} vs PCA {pca:+.3f} (difference {fe - pca:+.3f})")
