@@ -4,6 +4,8 @@ batch probe, held-out adversary/classifier accuracy, epochs and time.
 Used to choose the default preset (docs/tuning.md). Run, e.g.:
 
     .venv/bin/python benchmarks/tune.py cellbench '{"fe_adv_weight": 1.0}' --kinds fe,re,ae
+
+(``{"max_epochs": 3}`` in the settings makes a quick check.)
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from sklearn.metrics import silhouette_score
 
 import amedl
 from amedl.baselines import pca_latent
+from amedl.train import NETWORKS
 from _shared import load_shared
 
 
@@ -45,7 +48,10 @@ def main(argv=None) -> int:
         if kind in m.train_info:
             info = m.train_info[kind]
             best = m.history[kind].set_index("epoch").loc[info["best_epoch"]]
-            line += f"  epochs {info['epochs_run']} (best {info['best_epoch']}) {info['seconds']:.0f}s  val MSE {best['val_mse']:.3f}"
+            # the validation reconstruction loss: NB negative log-likelihood per gene for a count decoder, else MSE
+            loss = "NB NLL" if NETWORKS[kind].needs_counts(m.config) else "MSE"
+            line += (f"  epochs {info['epochs_run']} (best {info['best_epoch']}) {info['seconds']:.0f}s  "
+                     f"val recon ({loss}) {best['val_recon']:.3f}")
             if kind == "fe":
                 line += f"  adversary acc {best['val_adv_acc']:.2f} (chance {info['chance_accuracy']:.2f})"
             if kind == "re":
