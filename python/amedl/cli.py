@@ -306,6 +306,12 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def _threads_in_use() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _benchmark_command_line(args) -> str:
     """The command that reproduces this benchmark (recorded in its summary)."""
     parts = ["amedl", "benchmark", args.input, "--batch-key", args.batch_key, "--label-key", args.label_key,
@@ -314,10 +320,11 @@ def _benchmark_command_line(args) -> str:
         parts += ["--methods", *args.methods]
     parts += ["--folds", str(args.folds), "--seed", *(str(s) for s in args.seed)]
     for flag, value, default in (("--epochs", args.epochs, None), ("--layer", args.layer, None),
-                                 ("--preset", args.preset, "default"), ("--max-cells", args.max_cells, 10_000),
-                                 ("--threads", args.threads, None)):
+                                 ("--preset", args.preset, "default"), ("--max-cells", args.max_cells, 10_000)):
         if value != default:
             parts += [flag, str(value)]
+    # results are bit-identical for a fixed seed *and* thread count: always record the threads it ran with
+    parts += ["--threads", str(args.threads or _threads_in_use())]
     return " ".join(shlex.quote(str(p)) for p in parts + (["--no-scib"] if args.no_scib else []))
 
 

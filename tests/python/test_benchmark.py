@@ -233,6 +233,12 @@ def test_benchmark_command_line(small_adata, tmp_path, capsys):
     several = build_parser().parse_args(["benchmark", str(path), "--batch-key", "batch", "--label-key", "cell_type",
                                          "--out-dir", str(tmp_path / "s"), "--seed", "0", "2"])
     assert several.seed == [0, 2] and "--seed 0 2" in _benchmark_command_line(several)
+    import torch  # the threads it ran with are part of what reproduces it
+
+    assert f"--threads {torch.get_num_threads()}" in _benchmark_command_line(several)
+    three = build_parser().parse_args(["benchmark", str(path), "--batch-key", "batch", "--label-key", "cell_type",
+                                       "--out-dir", str(tmp_path / "s"), "--threads", "3"])
+    assert _benchmark_command_line(three).endswith("--threads 3")
     from amedl.cli import main
 
     assert main(["benchmark", str(path), "--batch-key", "batch", "--label-key", "cell_type",
