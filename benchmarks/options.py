@@ -25,28 +25,43 @@ import numpy as np
 import torch
 
 
-def _cells_per_s(model, kind: str, batch_size: int, n_cells: int, compile_: bool = False) -> dict:
-    from amedl.data import CSRLoader
-    from amedl.train import batch_entropy
+def _context(model, kind: str):
+    """The plan context of training ``kind`` on all the model's cells, as ``AMEDL.fit``
+    builds it (with the reference PCA that the FE network's ``fe_neighbour_weight`` needs)."""
+    import dataclasses
 
+    from amedl.train import PlanContext
+
+    ctx = PlanContext.from_codes(model._codes, len(model.prep.genes), len(model.prep.batches))
+    if kind == "fe" and model.config.fe_neighbour_weight > 0:
+        ctx = dataclasses.replace(ctx, reference=model._reference_pca(np.arange(model._X.shape[0]), 0))
+    return ctx
+
+
+def _cells_per_s(model, kind: str, batch_size: int, n_cells: int, ctx, compile_: bool = False) -> dict:
+    from amedl.data import make_loader
+    from amedl.train import NETWORKS
+
+    network = NETWORKS[kind]
     torch.manual_seed(0)
     modules = model._build(kind)
     if compile_:
-        for name in list(modules.keys()):
-            modules[name] = torch.compile(modules[name])
-    chance_ce, _ = batch_entropy(model._codes, len(model.prep.batches))
-    trainer = model._trainer(kind, modules, chance_ce)
+        for sub in modules.modules():  # in place, so that the plan's calls (encode, decode, ...) stay as they are
+            sub.compile()
+    trainer = network.plan(modules, model.config, ctx)
+    library = model._library if network.needs_counts(model.config) else None  # counts for the NB decoder
     rows = np.random.default_rng(0).permutation(model._X.shape[0])
-    warm = CSRLoader(model._X, model._codes, model.prep, rows=rows[: batch_size * 5], batch_size=batch_size)
+    warm = make_loader(model._X, model._codes, model.prep, rows=rows[: batch_size * 5], batch_size=batch_size,
+                       library=library)
     t0 = time.perf_counter()
     trainer.train_epoch(warm)  # first steps: allocation, and compilation when asked
     warm_s = time.perf_counter() - t0
-    loader = CSRLoader(model._X, model._codes, model.prep, rows=rows[:n_cells], batch_size=batch_size, shuffle=True,
-                       rng=np.random.default_rng(1))
+    loader = make_loader(model._X, model._codes, model.prep, rows=rows[:n_cells], batch_size=batch_size, shuffle=True,
+                         rng=np.random.default_rng(1), library=library)
     t0 = time.perf_counter()
     trainer.train_epoch(loader)
     s = time.perf_counter() - t0
-    return {"cells_per_s": n_cells / s, "warmup_s": warm_s}
+    return {"cells_per_s": min(n_cells, len(rows)) / s, "warmup_s": warm_s}  # no more cells than the data hold
 
 
 def _first_layer(model, batch_size: int, repeats: int = 50) -> dict:
@@ -102,13 +117,14 @@ def main(argv=None) -> int:
     model = amedl.AMEDL(ad.read_h5ad(path), "batch", n_top_genes=None, device="cpu")
     results = {"torch_threads": torch.get_num_threads(), "cells": args.cells, "batch_size": {}, "compile": {}}
     for kind in ("fe", "re"):
+        ctx = _context(model, kind)
         for bs in (256, 512, 1024):
-            r = _cells_per_s(model, kind, bs, args.steps_cells)
+            r = _cells_per_s(model, kind, bs, args.steps_cells, ctx)
             results["batch_size"][f"{kind}_{bs}"] = r
             print(f"{kind.upper()} minibatch {bs}: {r['cells_per_s']:,.0f} cells/s", flush=True)
         if not args.no_compile:
             try:
-                r = _cells_per_s(model, kind, 256, args.steps_cells, compile_=True)
+                r = _cells_per_s(model, kind, 256, args.steps_cells, ctx, compile_=True)
                 results["compile"][kind] = r
                 print(f"{kind.upper()} torch.compile, minibatch 256: {r['cells_per_s']:,.0f} cells/s "
                       f"(first 5 steps with compilation {r['warmup_s']:.0f}s)", flush=True)
