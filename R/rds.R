@@ -187,12 +187,17 @@
   m
 }
 
-# Columns that convert exactly (numbers, strings, logicals, factors), others left out with a warning.
+# Whether a metadata column converts exactly (numbers, strings, logicals, factors).
+.amedl_convertible <- function(v) {
+  is.atomic(v) && is.null(dim(v)) && (is.numeric(v) || is.character(v) || is.logical(v) || is.factor(v))
+}
+
+# Columns that convert exactly, others left out with a warning.
 .amedl_columns <- function(df, what) {
   df <- as.list(as.data.frame(df, optional = TRUE, stringsAsFactors = FALSE))
   keep <- vapply(names(df), function(n) {
     v <- df[[n]]
-    ok <- is.atomic(v) && is.null(dim(v)) && (is.numeric(v) || is.character(v) || is.logical(v) || is.factor(v))
+    ok <- .amedl_convertible(v)
     if (!ok) warning(sprintf("%s column '%s' (class %s) cannot be converted: left out", what, n,
                              paste(class(v), collapse = "/")), call. = FALSE)
     ok
@@ -447,10 +452,15 @@
   rownames(obs) <- colnames(obj)
   rd <- lapply(p$rd, function(m) { m <- m[ord, , drop = FALSE]; rownames(m) <- colnames(obj); m })
   amedl <- uns$amedl
+  # the object's metadata columns that were left out on reading (dates, lists ...) are kept as they were
+  old <- if (kind == "sce") SummarizedExperiment::colData(obj) else obj@meta.data
+  kept <- Filter(function(n) !n %in% names(obs) && !.amedl_convertible(old[[n]]), names(old))
   if (kind == "sce") {
     requireNamespace("SingleCellExperiment", quietly = TRUE)
     obj <- .amedl_repair_sce(obj)
-    SummarizedExperiment::colData(obj) <- S4Vectors::DataFrame(obs, check.names = FALSE)
+    cd <- S4Vectors::DataFrame(obs, check.names = FALSE)
+    for (n in kept) cd[[n]] <- old[[n]]
+    SummarizedExperiment::colData(obj) <- cd
     for (n in names(rd)) {
       r <- .amedl_r_name(n, "sce")
       if (r %in% SingleCellExperiment::reducedDimNames(obj) && .amedl_same(SingleCellExperiment::reducedDim(obj, r), rd[[n]])) next
@@ -462,6 +472,7 @@
   requireNamespace("SeuratObject", quietly = TRUE)
   assay <- info$assay
   if (is.null(assay) || !assay %in% SeuratObject::Assays(obj)) assay <- SeuratObject::DefaultAssay(obj)
+  for (n in kept) obs[[n]] <- old[[n]]
   obj@meta.data <- obs
   for (n in names(rd)) {
     r <- .amedl_r_name(n, "seurat")
@@ -477,7 +488,7 @@
 # a `kind` object: into `template` (the file it was read from) when it still
 # fits, else built anew. `uns` is the converted AnnData.uns.
 .amedl_rds_write <- function(sce, uns, info, kind, path, object_name, template = NULL, template_name = NULL,
-                             assay = "RNA", strict = FALSE) {
+                             assay = "RNA", strict = FALSE, keep_from = NULL) {
   uns <- .amedl_row_names(if (is.null(uns)) list() else uns)
   p <- .amedl_parts(sce, info)
   obj <- NULL
@@ -485,6 +496,8 @@
     obj <- .amedl_update(template, template_name, kind, p, uns, info)
     if (is.character(obj)) {
       if (strict) stop(sprintf("cannot use template %s: %s", template, obj))
+      warning(sprintf(paste0("the %s object of %s is not updated (%s): a new one is written, without that object's ",
+                             "other assays, loadings, graphs and commands"), kind, template, obj), call. = FALSE)
       obj <- NULL
     }
   }
@@ -501,8 +514,10 @@
     saveRDS(obj, file = path)
   } else {
     env <- new.env(parent = emptyenv())
+    # writing into an existing .rda replaces one object: the file's other objects stay
+    if (!is.null(keep_from) && file.exists(keep_from)) load(keep_from, envir = env)
     assign(object_name, obj, envir = env)
-    save(list = object_name, envir = env, file = path)
+    save(list = ls(env, all.names = TRUE, sorted = TRUE), envir = env, file = path)
   }
   invisible(TRUE)
 }

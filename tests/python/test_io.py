@@ -309,3 +309,39 @@ def test_amedl_fit_reads_and_writes_rda_like_rds(sce_adata, tmp_path, capsys):
     assert main(["fit", str(src), "--batch-key", "sample_id", "--out", str(tmp_path / "x.loom")]) == 1
     err = capsys.readouterr().err
     assert "amedl: cannot write" in err and "unknown suffix '.loom'" in err
+
+
+def test_writing_back_keeps_what_could_not_be_read(seurat_rds, sce_rda, tmp_path):
+    """Was: a Date column left out on reading was deleted from the object written back; writing into an
+    .rda dropped the file's other objects; a template that no longer fitted was replaced silently."""
+    ro = _r()
+    rds, rda = tmp_path / "dated.rds", tmp_path / "two.rda"
+    ro.r(f"""
+        local({{
+          obj <- readRDS("{seurat_rds}")
+          obj$day <- as.Date("2020-01-01") + seq_len(ncol(obj))
+          saveRDS(obj, "{rds}")
+          e <- new.env(); load("{sce_rda}", envir = e); sce <- e$example_sce
+          notes <- "an R object beside the cells"
+          save(sce, notes, file = "{rda}")
+        }})""")
+    with pytest.warns(UserWarning, match="'day'.*left out"):
+        a = io.read(rds)
+    assert "day" not in a.obs
+    a.obs["new_col"] = 1
+    io.write(a, rds)  # into the same file
+    assert _r_true(f'local({{ b <- readRDS("{rds}"); inherits(b@meta.data$day, "Date") && all(b$new_col == 1) }})')
+
+    s = io.read(rda)
+    s.obsm["X_pca_mine"] = np.zeros((s.n_obs, 2))
+    io.write(s, rda)  # into the file itself
+    from amedl.cli import main  # and through the command line, which writes beside it and moves the file in
+
+    assert main(["fit", str(rda), "--batch-key", "sample_id", "--out", str(rda), "--epochs", "1",
+                 "--n-latent", "4", "--n-top-genes", "50", "--quiet"]) == 0
+    assert _r_true(f"""local({{ e <- new.env(); n <- load("{rda}", envir = e)
+        setequal(n, c("sce", "notes")) && identical(e$notes, "an R object beside the cells") &&
+        all(c("pca_mine", "AMEDL_FE") %in% SingleCellExperiment::reducedDimNames(e$sce)) }})""")
+
+    with pytest.warns(UserWarning, match="is not updated \\(its cells differ from the AnnData's\\)"):
+        io.write(a[:100].copy(), tmp_path / "subset.rds")

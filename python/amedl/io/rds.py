@@ -233,12 +233,17 @@ def write_rds(
         always builds a new object. An updated object keeps its assays,
         graphs, commands etc.; only the cell metadata, the reductions and
         ``uns['amedl']`` are written into it (the right thing after
-        ``amedl fit`` on an R file).
+        ``amedl fit`` on an R file), and metadata columns that were left out
+        on reading (dates, lists) stay as they were. When ``"auto"`` finds the
+        file but cannot use it (e.g. the cells were subset), a warning says
+        why and a new object is written.
     assay
         Seurat: the assay to create (default: the one it was read from, else ``"RNA"``).
     object_name
         ``.rda`` only: the R name of the saved object (default: the name it
-        was read under, else ``sce`` / ``seurat``).
+        was read under, else ``sce`` / ``seurat``). Writing into an existing
+        ``.rda`` replaces that object and keeps the file's other objects; a
+        new ``.rda`` written from a template ``.rda`` keeps the template's.
 
     Notes
     -----
@@ -291,6 +296,14 @@ def write_rds(
         r_info = _to_r(info, "uns['amedl_io']")
         tmpl_name = info.get("object_name") if tmpl is not None and str(tmpl) == info.get("source") else None
         with atomic_path(path) as tmp:
+            # an .rda holds other objects too: keep those of the file written into, else of the template's
+            keep_from = None
+            if path.suffix.lower() != ".rds":
+                if path.is_file() and path.stat().st_size:
+                    keep_from = str(path)
+                elif tmpl is not None and tmpl.suffix.lower() != ".rds":
+                    keep_from = str(tmpl)
             _call(".amedl_rds_write", sce, r_uns, r_info, kind, str(tmp), object_name,
-                  _to_r(None if tmpl is None else str(tmpl)), _to_r(tmpl_name), assay, template not in (None, "auto"))
+                  _to_r(None if tmpl is None else str(tmpl)), _to_r(tmpl_name), assay, template not in (None, "auto"),
+                  _to_r(keep_from))
     return path
