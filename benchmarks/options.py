@@ -25,19 +25,6 @@ import numpy as np
 import torch
 
 
-def _context(model, kind: str):
-    """The plan context of training ``kind`` on all the model's cells, as ``AMEDL.fit``
-    builds it (with the reference PCA that the FE network's ``fe_neighbour_weight`` needs)."""
-    import dataclasses
-
-    from amedl.train import PlanContext
-
-    ctx = PlanContext.from_codes(model._codes, len(model.prep.genes), len(model.prep.batches))
-    if kind == "fe" and model.config.fe_neighbour_weight > 0:
-        ctx = dataclasses.replace(ctx, reference=model._reference_pca(np.arange(model._X.shape[0]), 0))
-    return ctx
-
-
 def _cells_per_s(model, kind: str, batch_size: int, n_cells: int, ctx, compile_: bool = False) -> dict:
     from amedl.data import make_loader
     from amedl.train import NETWORKS
@@ -117,7 +104,7 @@ def main(argv=None) -> int:
     model = amedl.AMEDL(ad.read_h5ad(path), "batch", n_top_genes=None, device="cpu")
     results = {"torch_threads": torch.get_num_threads(), "cells": args.cells, "batch_size": {}, "compile": {}}
     for kind in ("fe", "re"):
-        ctx = _context(model, kind)
+        ctx = model._plan_context(kind, np.arange(model._X.shape[0]), 0)  # as AMEDL.fit, on all cells
         for bs in (256, 512, 1024):
             r = _cells_per_s(model, kind, bs, args.steps_cells, ctx)
             results["batch_size"][f"{kind}_{bs}"] = r

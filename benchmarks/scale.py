@@ -15,7 +15,6 @@ used for the quality comparison of `ddp`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import os
@@ -96,7 +95,7 @@ def train(path: str, backed: bool, steps: int, threads: int, kinds=("fe", "re"),
 
     import amedl
     from amedl.data import make_loader
-    from amedl.train import NETWORKS, PlanContext
+    from amedl.train import NETWORKS
 
     torch.set_num_threads(threads)
     rec = {"path": path, "mode": "backed" if backed else "memory", "steps": steps, "threads": threads}
@@ -108,13 +107,11 @@ def train(path: str, backed: bool, steps: int, threads: int, kinds=("fe", "re"),
     rec.update(preprocess_s=round(time.perf_counter() - t, 1), rss_after_preprocess=round(_rss_gib(), 2))
     c, prep = m.config, m.prep
     train_idx, _ = m._split(0)
-    ctx = PlanContext.from_codes(m._codes[train_idx], len(prep.genes), len(prep.batches))
     for kind in kinds:
         net = NETWORKS[kind]
-        if kind == "fe" and c.fe_neighbour_weight > 0:
-            # as AMEDL.fit: the FE neighbourhood loss needs the PCA of the training cells as its reference
-            t = time.perf_counter()
-            ctx = dataclasses.replace(ctx, reference=m._reference_pca(train_idx, 0))
+        t = time.perf_counter()
+        ctx = m._plan_context(kind, train_idx, 0)  # as AMEDL.fit (FE: with the training cells' reference PCA)
+        if ctx.reference is not None:
             rec["reference_pca_s"] = round(time.perf_counter() - t, 1)
         modules = net.build(c, prep)
         plan = net.plan(modules, c, ctx)

@@ -200,11 +200,9 @@ class AMEDL:
         n_train = len(train_idx)
         epochs = int(max_epochs) if max_epochs is not None else c.epochs_for(n_train)
         batch_size = min(c.batch_size, n_train)
-        context = PlanContext.from_codes(self._codes[train_idx], len(self.prep.genes), len(self.prep.batches))
         for kind in kinds:
             network = NETWORKS[kind]
-            if kind == "fe" and c.fe_neighbour_weight > 0:
-                context = dataclasses.replace(context, reference=self._reference_pca(train_idx, seed))
+            context = self._plan_context(kind, train_idx, seed)
             seed_everything(seed + network.seed_offset)
             modules = self._build(kind).to(self.device)
             X = self._matrix_for_device(self._X)
@@ -280,6 +278,14 @@ class AMEDL:
         return LatentIntercepts.fit(z[rows], self._codes[rows], len(self.prep.batches), n_clusters=c.fe_intercept_clusters,
                                     shrinkage=c.fe_intercept_shrinkage, rounds=c.fe_intercept_rounds, seed=seed,
                                     offsets=c.fe_intercept_offsets)
+
+    def _plan_context(self, kind: str, train_idx: np.ndarray, seed: int) -> PlanContext:
+        """What network ``kind``'s training plan is built with, for the cells ``train_idx``
+        (the FE network's neighbourhood loss also needs their reference PCA)."""
+        context = PlanContext.from_codes(self._codes[train_idx], len(self.prep.genes), len(self.prep.batches))
+        if kind == "fe" and self.config.fe_neighbour_weight > 0:
+            context = dataclasses.replace(context, reference=self._reference_pca(train_idx, seed))
+        return context
 
     def _reference_pca(self, train_idx: np.ndarray, seed: int) -> tuple:
         """(center, components) of a ``fe_neighbour_pcs``-component PCA of the scaled
