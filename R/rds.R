@@ -161,14 +161,19 @@
   nms <- load(path, envir = env)
   if (!is.null(object_name)) {
     if (!object_name %in% nms) {
-      stop(sprintf("%s holds no object named '%s' (it holds: %s)", path, object_name, paste(nms, collapse = ", ")))
+      stop(sprintf("%s holds no object named '%s' (it holds: %s)", path, object_name, paste(nms, collapse = ", ")),
+           call. = FALSE)
     }
     return(list(object = get(object_name, envir = env), name = object_name))
   }
   ok <- vapply(nms, function(n) .amedl_kind(get(n, envir = env)) != "", logical(1))
-  if (sum(ok) != 1L) {
-    stop(sprintf("%s holds %d Seurat/SingleCellExperiment objects (%s); name the one to read (object_name=)",
-                 path, sum(ok), paste(nms, collapse = ", ")))
+  if (!any(ok)) {
+    stop(sprintf("%s holds no Seurat object or SingleCellExperiment (it holds: %s)", path,
+                 if (length(nms)) paste(nms, collapse = ", ") else "nothing"), call. = FALSE)
+  }
+  if (sum(ok) > 1L) {
+    stop(sprintf("%s holds %d Seurat objects / SingleCellExperiments (%s); name the one to read (object_name=, command line --object-name)",
+                 path, sum(ok), paste(nms[ok], collapse = ", ")), call. = FALSE)
   }
   list(object = get(nms[ok], envir = env), name = nms[ok])
 }
@@ -257,6 +262,11 @@
   keys <- list()
   colnms <- list()
   if (kind == "sce") {
+    if (!is.null(assay)) {
+      stop(sprintf(paste("assay = '%s' names an assay of a Seurat object, but %s holds a SingleCellExperiment,",
+                         "whose assays all become layers (pick the counts with layer=, command line --layer)"),
+                   assay, path), call. = FALSE)
+    }
     requireNamespace("SingleCellExperiment", quietly = TRUE)
     obj <- .amedl_repair_sce(obj)
     an <- SummarizedExperiment::assayNames(obj)
@@ -298,7 +308,7 @@
     info$assay <- assay
     others <- setdiff(SeuratObject::Assays(obj), assay)
     if (length(others)) {
-      warning(sprintf("only assay '%s' is converted; left out: %s (read them with assay=)", assay,
+      warning(sprintf("only assay '%s' is converted; left out: %s (read another with assay=, command line --assay)", assay,
                       paste(others, collapse = ", ")), call. = FALSE)
     }
     present <- list()

@@ -124,10 +124,21 @@ def _settings(args) -> dict:
     return settings
 
 
-def _read(path: str):
+def _r_options(args) -> dict:
+    """``--object-name`` / ``--assay`` as :func:`amedl.io.read`'s keywords; an error for an input they cannot apply to."""
+    given = {k: v for k, v in (("object_name", args.object_name), ("assay", args.assay)) if v is not None}
+    suffix = Path(args.input).suffix.lower()
+    if given and suffix == ".h5ad":
+        flags = " and ".join(f"--{k.replace('_', '-')}" for k in given)
+        raise AMEDLInputError(f"{flags} choose{'s' if len(given) == 1 else ''} what to read from an R file "
+                              f"(.rds / .rda / .RData); {args.input} is an .h5ad: drop {flags}")
+    return given
+
+
+def _read(path: str, **kwargs):
     from . import io
 
-    adata = io.read(path)
+    adata = io.read(path, **kwargs)
     _stop_if_terminated()  # R (through rpy2) swallows a Ctrl-C that lands in its callbacks
     return adata
 
@@ -150,6 +161,7 @@ def cmd_fit(args) -> int:
         raise AMEDLInputError(f"--backed reads an .h5ad file from disk; {args.input} is not one "
                               "(convert it with amedl.io.read(...).write_h5ad(...), or drop --backed)")
     _check_input(args.input, columns, args.layer)
+    _r_options(args)
     settings = _settings(args)
     out = _check_output(args.out)
     if args.backed and out.suffix.lower() != ".h5ad":
@@ -187,7 +199,7 @@ def _fit(args, columns: dict, settings: dict, out: Path) -> int:
         return fit_backed_command(args, settings, out, _say)
 
     t0 = time.perf_counter()
-    adata = _read(args.input)
+    adata = _read(args.input, **_r_options(args))
     _require_columns(adata, args.input, columns, args.layer)
     from .data.validate import validate_adata
 
@@ -249,6 +261,7 @@ def cmd_embed(args) -> int:
     meta = modelfile.read_meta(os.path.expanduser(args.model_dir))
     modelfile.verify_weights(os.path.expanduser(args.model_dir), meta)
     info = _check_input(args.input, {}, args.layer)
+    read_options = _r_options(args)
     genes = meta["preprocessing"]["genes"]
     if info and info.get("var_names") is not None:
         missing = sorted(set(genes) - set(info["var_names"]))
@@ -272,7 +285,7 @@ def cmd_embed(args) -> int:
 
     t0 = time.perf_counter()
     model = AMEDL.load(args.model_dir, device=args.device or "auto", threads=args.threads)
-    adata = _read(args.input)
+    adata = _read(args.input, **read_options)
     _say(f"read {args.input}: {adata.n_obs} cells × {adata.n_vars} genes")
     kinds = [k for k in ("fe", "re") if k in model.modules]
     if "re" in kinds and model.batch_key not in adata.obs.columns:
@@ -319,7 +332,8 @@ def _benchmark_command_line(args) -> str:
     if args.methods:
         parts += ["--methods", *args.methods]
     parts += ["--folds", str(args.folds), "--seed", *(str(s) for s in args.seed)]
-    for flag, value, default in (("--epochs", args.epochs, None), ("--layer", args.layer, None),
+    for flag, value, default in (("--object-name", args.object_name, None), ("--assay", args.assay, None),
+                                 ("--epochs", args.epochs, None), ("--layer", args.layer, None),
                                  ("--preset", args.preset, "default"), ("--max-cells", args.max_cells, 10_000)):
         if value != default:
             parts += [flag, str(value)]
@@ -335,6 +349,7 @@ def cmd_benchmark(args) -> int:
     _probe_writable(out_dir, f"--out-dir {args.out_dir}")
     settings = _settings(args)
     info = _check_input(args.input, {"--batch-key": args.batch_key, "--label-key": args.label_key}, args.layer)
+    read_options = _r_options(args)
     from .benchmark import check_seeds, resolve_methods, run_benchmark
 
     check_seeds(args.seed, "--seed")
@@ -346,7 +361,7 @@ def cmd_benchmark(args) -> int:
         raise AMEDLInputError(str(exc)) from None
     if not getattr(args, "verbose", False):
         _quiet_scib()
-    adata = _read(args.input)
+    adata = _read(args.input, **read_options)
     _require_columns(adata, args.input, {"--batch-key": args.batch_key, "--label-key": args.label_key})
     run_benchmark(
         adata, args.batch_key, args.label_key, out_dir, methods=args.methods, folds=args.folds, seed=args.seed,
@@ -391,12 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="CPU threads of torch, numba and BLAS for the whole run (default: the libraries' own; "
                               "results are bit-identical for a fixed seed and thread count)")
 
+    r_input = argparse.ArgumentParser(add_help=False)
+    r_input.add_argument("--object-name", help="R input: the object to read from an .rda / .RData file holding several")
+    r_input.add_argument("--assay", help="R input: the Seurat assay to read (default: the object's default assay)")
+
     p = _Parser(prog="amedl", parents=[common],
                 description="aMEDL: fixed- and random-effects latents for single-cell RNA-seq")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    f = sub.add_parser("fit", parents=[common, threads], help="fit aMEDL and write both latents")
+    f = sub.add_parser("fit", parents=[common, threads, r_input], help="fit aMEDL and write both latents")
     f.add_argument("input", help=f"{FORMATS_TEXT} (raw counts)")
     f.add_argument("--batch-key", required=True, help="cell metadata column naming the batch")
     f.add_argument("--out", required=True, help=f"output ({FORMATS_TEXT}) with obsm X_amedl_fe / X_amedl_re; "
@@ -421,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train out of core: read the .h5ad input from disk in blocks of cells instead of into memory")
     f.set_defaults(func=cmd_fit)
 
-    e = sub.add_parser("embed", parents=[common, threads], help="latents of new cells from a saved model")
+    e = sub.add_parser("embed", parents=[common, threads, r_input], help="latents of new cells from a saved model")
     e.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder saved by amedl fit --model-dir")
     e.add_argument("input", help=f"{FORMATS_TEXT} (raw counts; the model's genes by name)")
     e.add_argument("--out", required=True, help=f"output ({FORMATS_TEXT}) with obsm X_amedl_fe (and X_amedl_re "
@@ -438,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress output")
     e.set_defaults(func=cmd_embed)
 
-    b = sub.add_parser("benchmark", parents=[common, threads],
+    b = sub.add_parser("benchmark", parents=[common, threads, r_input],
                        help="compare PCA, AE, aMEDL FE/RE, Harmony and scVI on held-out cells")
     b.add_argument("input", help=f"{FORMATS_TEXT} (raw counts in X or --layer)")
     b.add_argument("--batch-key", required=True, help="obs column with the batch")

@@ -345,3 +345,52 @@ def test_writing_back_keeps_what_could_not_be_read(seurat_rds, sce_rda, tmp_path
 
     with pytest.warns(UserWarning, match="is not updated \\(its cells differ from the AnnData's\\)"):
         io.write(a[:100].copy(), tmp_path / "subset.rds")
+
+
+def test_command_line_picks_the_object_and_the_assay(sce_adata, tmp_path, capsys):
+    """Was: an .rda holding several objects, or a Seurat object whose default assay is not the counts',
+    could be read only from Python (object_name=, assay=); the command line said to use object_name=."""
+    from amedl.cli import main
+
+    ro = _r()
+    small = sce_adata[::6].copy()
+    rda, rds = tmp_path / "two.rda", tmp_path / "two_assays.rds"
+    io.write(small, tmp_path / "one.rds", template=None)
+    ro.r(f"""
+        local({{
+          first <- readRDS("{tmp_path / 'one.rds'}")
+          second <- first[1:300, ]
+          save(first, second, file = "{rda}")
+          obj <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = SingleCellExperiment::counts(first),
+            meta.data = as.data.frame(SummarizedExperiment::colData(first))))
+          obj[["ALT"]] <- SeuratObject::CreateAssayObject(counts = SingleCellExperiment::counts(first)[1:40, ] * 2)
+          SeuratObject::DefaultAssay(obj) <- "ALT"
+          saveRDS(obj, "{rds}")
+        }})""")
+    fit = ["fit", "--batch-key", "sample_id", "--epochs", "1", "--n-latent", "4", "--n-top-genes", "30", "--quiet"]
+
+    assert main([*fit, str(rda), "--out", str(rda)]) == 1
+    err = capsys.readouterr().err
+    assert "holds 2 Seurat objects / SingleCellExperiments (first, second)" in err and "--object-name" in err
+    assert "Error in" not in err  # R's call is not the user's business
+    assert main([*fit, str(rda), "--out", str(rda), "--object-name", "second"]) == 0
+    assert _r_true(f"""local({{ e <- new.env(); n <- load("{rda}", envir = e)
+        setequal(n, c("first", "second")) && nrow(e$second) == 300 &&
+        "AMEDL_FE" %in% SingleCellExperiment::reducedDimNames(e$second) &&
+        !"AMEDL_FE" %in% SingleCellExperiment::reducedDimNames(e$first) }})""")
+
+    out = tmp_path / "rna.h5ad"
+    assert main([*fit, str(rds), "--out", str(out), "--assay", "RNA"]) == 0
+    import anndata as ad
+
+    back = ad.read_h5ad(out)
+    assert back.n_vars == small.n_vars and back.uns["amedl_io"]["assay"] == "RNA"
+    assert main([*fit, str(rds), "--out", str(out), "--assay", "ADT"]) == 1
+    assert "has no assay 'ADT' (assays: " in capsys.readouterr().err
+
+    for args, says in (([str(tmp_path / "one.rds"), "--object-name", "first"], "an .rds, which holds one object"),
+                       ([str(rda), "--object-name", "first", "--assay", "RNA"], "pick the counts with layer=, command line --layer"),
+                       ([str(out), "--assay", "RNA"], "--assay chooses what to read from an R file")):
+        assert main([*fit, *args, "--out", str(tmp_path / "x.h5ad")]) == 1, args
+        assert says in capsys.readouterr().err, args
+    assert not (tmp_path / "x.h5ad").exists()

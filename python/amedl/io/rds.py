@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import warnings
 from importlib.resources import files
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .._utils import atomic_path
+from ..errors import AMEDLInputError
 
 __all__ = ["read_rds", "write_rds", "RConversionError", "R_SUFFIXES", "KINDS"]
 
@@ -70,10 +72,15 @@ def _call(name: str, *args):
     try:
         res = env[".amedl_call"](env[name], *args)
     except RRuntimeError as e:
-        raise RConversionError(str(e).strip()) from e
+        raise RConversionError(_without_r_call(str(e))) from e
     for w in res.rx2("warnings"):
         warnings.warn(f"R: {w}", stacklevel=3)
     return res.rx2("value")
+
+
+def _without_r_call(message: str) -> str:
+    """An R error's message without R's ``Error in f(x) :`` / ``Error:`` prefix, which names R internals."""
+    return re.sub(r"^Error(?: in .+? :|:)\s*", "", message.strip(), count=1, flags=re.S).strip()
 
 
 def _to_py(x) -> Any:
@@ -185,6 +192,9 @@ def read_rds(path: str | os.PathLike, object_name: str | None = None, assay: str
         raise ValueError(f"read_rds reads .rds / .rda / .RData files, not {path.name!r}")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
+    if object_name is not None and path.suffix.lower() == ".rds":
+        raise AMEDLInputError(f"object_name = {object_name!r} picks one of the objects of an .rda / .RData file, but "
+                              f"{path.name} is an .rds, which holds one object: drop object_name (command line --object-name)")
     with localconverter(ro.default_converter):
         res = _call(".amedl_rds_read", str(path), _to_r(object_name), _to_r(assay))
     with localconverter(anndata2ri.converter):
