@@ -407,8 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "results are bit-identical for a fixed seed and thread count)")
 
     r_input = argparse.ArgumentParser(add_help=False)
-    r_input.add_argument("--object-name", help="R input: the object to read from an .rda / .RData file holding several")
-    r_input.add_argument("--assay", help="R input: the Seurat assay to read (default: the object's default assay)")
+    r_input.add_argument("--object-name", metavar="NAME", help="R input: the object to read from an .rda / .RData file holding several")
+    r_input.add_argument("--assay", metavar="NAME", help="R input: the Seurat assay to read (default: the object's default assay)")
 
     p = _Parser(prog="amedl", parents=[common],
                 description="aMEDL: fixed- and random-effects latents for single-cell RNA-seq")
