@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -123,6 +124,27 @@ class AMEDL:
     @property
     def is_trained(self) -> bool:
         return bool(self.modules)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short checksum of what the model computes with: its networks' weights, the
+        latent intercepts, the genes and the batches (the same after :meth:`save` and
+        :meth:`load`; another fit or :meth:`adapt` changes it). Recorded in
+        ``uns['amedl']`` so that a saved object can tell whether a model folder still
+        holds the model it was fitted with."""
+        if not self.modules:
+            raise RuntimeError("the model is not fitted: call fit() first")
+        h = hashlib.sha256()
+        state = {k: m.state_dict() for k, m in self.modules.items()}
+        if self.intercepts is not None:
+            state[_INTERCEPTS] = self.intercepts.state()
+        for kind in sorted(state):
+            for name in sorted(state[kind]):
+                t = state[kind][name].detach().cpu().contiguous()
+                h.update(f"{kind}/{name}:{t.dtype}:{tuple(t.shape)}".encode())
+                h.update(t.numpy().tobytes())
+        h.update("\x00".join(self.genes).encode() + b"\x01" + "\x00".join(self.batches).encode())
+        return h.hexdigest()[:16]
 
     def __repr__(self) -> str:
         trained = ", ".join(self.modules) or "not trained"

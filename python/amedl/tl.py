@@ -19,7 +19,9 @@ __all__ = ["amedl", "add_latents", "record"]
 def record(model: AMEDL) -> dict:
     """What was fitted, as stored in ``uns['amedl']``: batch key, counts layer,
     seed, preset, latent size, genes, batches, epochs run per network, the
-    settings that differ from the preset, the engine version.
+    settings that differ from the preset (``settings``; those set to ``None``,
+    i.e. off or no limit, by name in ``settings_none``), the engine version and
+    the model's :attr:`~amedl.AMEDL.fingerprint`.
 
     Only plain values (strings, integers, lists, dicts), so that the record
     survives ``.h5ad``, ``.rds`` and reticulate unchanged.
@@ -41,7 +43,11 @@ def record(model: AMEDL) -> dict:
         # (device and threads are how it ran, not what was fitted)
         "settings": {k: v for k, v in config.items() if v != preset.get(k) and v is not None
                      and k not in ("n_latent", "device", "threads")},
+        # ... so the settings turned off (None) where the preset has a value are listed by name
+        "settings_none": sorted(k for k, v in config.items() if v is None and preset.get(k) is not None
+                                and k not in ("device", "threads")),
         "amedl_version": __version__,
+        "fingerprint": model.fingerprint,
     }
 
 

@@ -45,6 +45,21 @@ def test_the_record_says_what_was_fitted(record_tl, tiny):
     assert rec["epochs"] == {"fe": 1, "re": 1}
     assert rec["settings"] == {"n_top_genes": 60, "hidden": [32, 16], "adversary_hidden": [32, 16]}
     assert rec["amedl_version"] == amedl.__version__
+    assert rec["settings_none"] == [] and len(rec["fingerprint"]) == 16
+
+
+def test_the_record_names_settings_turned_off_and_the_model(tiny, tmp_path):
+    """Was: a setting turned off (None) was missing from the record, which read as the preset's value; and an
+    object could not tell whether a model folder still held the model it was fitted with."""
+    m = amedl.AMEDL(tiny, "batch", n_latent=4, n_top_genes=60, fe_intercept_clusters=None, patience=None)
+    m.fit(seed=3, max_epochs=1, progress=False)
+    rec = amedl.tl.record(m)
+    assert rec["settings_none"] == ["fe_intercept_clusters", "patience"]
+    m.save(tmp_path / "m")
+    assert amedl.AMEDL.load(tmp_path / "m").fingerprint == rec["fingerprint"]
+    other = amedl.AMEDL(tiny, "batch", n_latent=4, n_top_genes=60, fe_intercept_clusters=None, patience=None)
+    other.fit(seed=4, max_epochs=1, progress=False)
+    assert other.fingerprint != rec["fingerprint"]
 
 
 def test_amedl_fit_writes_the_same_record(record_tl, tiny, tmp_path):
@@ -55,7 +70,8 @@ def test_amedl_fit_writes_the_same_record(record_tl, tiny, tmp_path):
     back = io.read(out)
     rec = plain(back.uns["amedl"])
     # the command line has no --hidden: compare everything else
-    assert {k: v for k, v in rec.items() if k != "settings"} == {k: v for k, v in record_tl.items() if k != "settings"}
+    other = ("settings", "fingerprint")  # another network size: other settings, other weights
+    assert {k: v for k, v in rec.items() if k not in other} == {k: v for k, v in record_tl.items() if k not in other}
     assert rec["settings"] == {"n_top_genes": 60}
     assert back.obsm["X_amedl_fe"].shape == (tiny.n_obs, 4)
 
