@@ -168,7 +168,7 @@ def cmd_fit(args) -> int:
         raise AMEDLPathError(f"with --backed the output is the input .h5ad plus the latents; --out {args.out} must end in .h5ad")
     _check_model_dir(args.model_dir, args.overwrite, out)
     if args.nproc > 1 and not distributed.launched():  # this process only launches the ranks
-        return distributed.launch(_without_nproc(args.argv), args.nproc)
+        return distributed.launch(_without_nproc(args.argv), args.nproc, quiet=not args.verbose)
     if distributed.launched():
         distributed.init_from_env()
     try:
@@ -573,7 +573,10 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"amedl: {_one_line(msg)}", file=sys.stderr, flush=True)
+        from .distributed import report_to_launcher
+
+        if not report_to_launcher(_one_line(msg)):  # a rank of --nproc: its launcher says it, once
+            print(f"amedl: {_one_line(msg)}", file=sys.stderr, flush=True)
         return status
 
 

@@ -31,6 +31,9 @@ import numpy as np
 
 #: The environment variables torchrun sets for every worker.
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+#: Set by :func:`launch` for its ranks: the folder where each rank leaves its error
+#: message for the launcher, which reports the failure once.
+_MESSAGES_VAR = "AMEDL_RANK_MESSAGES"
 
 
 def launched() -> bool:
@@ -299,28 +302,87 @@ def gather(value) -> list:
 # ------------------------------------------------------------------------------ launching
 
 
-def launch(argv: Sequence[str], nproc: int, module: str = "amedl.cli") -> int:
+def report_to_launcher(message: str) -> bool:
+    """In a rank started by :func:`launch`: leave ``message`` (the rank's one-line
+    error) for the launcher, which reports the failure once, and return ``True``;
+    elsewhere (one process, or ranks started by ``torchrun`` directly) ``False``."""
+    folder = os.environ.get(_MESSAGES_VAR)
+    if not folder or not launched():
+        return False
+    try:
+        with open(os.path.join(folder, f"rank{int(os.environ['RANK'])}.txt"), "w") as f:
+            f.write(message)
+    except OSError:
+        return False
+    return True
+
+
+def _failure_message(first: int, failure, folder: str, nproc: int) -> str:
+    """What the launcher says when rank ``first`` failed first: its own message, or how it died."""
+    messages = {}
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name)) as f:
+            messages[name] = f.read().strip()
+    message = messages.get(f"rank{first}.txt")
+    if message:  # the same on every rank that left one (an error in the data): said once, without a rank
+        return message if len(set(messages.values())) == 1 else f"{message} (rank {first} of {nproc})"
+    code = getattr(failure, "exitcode", None)
+    if isinstance(code, int) and code < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = "; out of memory? try fewer processes or --backed" if name == "SIGKILL" else ""
+        return f"rank {first} of {nproc} was killed by {name}{hint}; nothing was written"
+    return f"rank {first} of {nproc} failed (exit status {code}) without a message; rerun with --debug"
+
+
+def launch(argv: Sequence[str], nproc: int, module: str = "amedl.cli", *, quiet: bool = True) -> int:
     """Run ``python -m module argv`` in ``nproc`` processes on this machine with
     torchrun's launcher (``torch.distributed.run``, standalone rendezvous).
 
-    Returns 0 when every rank succeeded; raises :class:`~amedl.errors.AMEDLError`
-    naming the first rank that failed otherwise (its own message is above).
+    Returns 0 when every rank succeeded. Otherwise the ranks print nothing
+    themselves and the launcher raises once: :class:`~amedl.errors.AMEDLError`
+    with the message of the rank that failed first (or how it died), or
+    :class:`KeyboardInterrupt` when the launch was interrupted (Ctrl-C, SIGTERM).
+    ``quiet``: without the launcher's own log lines about the ranks.
     """
+    import tempfile
+
     from .errors import AMEDLConfigError, AMEDLError
 
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise AMEDLConfigError(f"the number of processes must be a whole number >= 1, got {nproc!r}")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(
         ["--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc), "--module", module, *argv]
     )
-    try:
-        run(args)
-    except ChildFailedError as exc:
-        first = min(exc.failures) if exc.failures else None
-        failure = exc.failures[first] if first is not None else None
-        code = getattr(failure, "exitcode", "?")
-        raise AMEDLError(f"rank {first} of {nproc} failed (exit status {code}); its message is above") from None
+    if quiet:  # torchrun's loggers set their own levels when created
+        import logging
+
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("torch.distributed"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="amedl-ranks-") as folder:
+        before = os.environ.get(_MESSAGES_VAR)
+        os.environ[_MESSAGES_VAR] = folder  # the ranks inherit it
+        try:
+            run(args)
+        except SignalException:  # torchrun's own handlers catch Ctrl-C / SIGTERM and stop the ranks
+            raise KeyboardInterrupt from None
+        except ChildFailedError as exc:
+            if not exc.failures:
+                raise AMEDLError(f"the launch of {nproc} processes failed; rerun with --debug") from None
+            first, failure = exc.get_first_failure()  # the earliest, not the ranks stopped because of it
+            raise AMEDLError(_failure_message(first, failure, folder, nproc)) from None
+        finally:
+            if before is None:
+                os.environ.pop(_MESSAGES_VAR, None)
+            else:
+                os.environ[_MESSAGES_VAR] = before
     return 0

@@ -120,6 +120,48 @@ def test_launch_refuses_bad_process_counts():
     assert main(["fit", "x.h5ad", "--batch-key", "b", "--out", "o.h5ad", "--nproc", "0"]) == 2
 
 
+FAILING_RANK = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from amedl.cli import main
+
+    rank, how = int(os.environ["RANK"]), os.environ["FAILING_HOW"]
+    if how == "data":  # amedl fit itself: the same error in the data on every rank
+        sys.exit(main(sys.argv[1:]))
+    if rank == 1:
+        time.sleep(1)
+        if how == "killed":
+            os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+        os.kill(os.getppid(), signal.SIGTERM)  # "interrupted": the launcher is told to stop
+    time.sleep(60)  # rank 0 is stopped by the launcher
+    """
+)
+
+
+@pytest.mark.parametrize("how, says, status", [
+    ("data", "has a single batch ('x')", 1),
+    ("killed", "rank 1 of 2 was killed by SIGKILL; out of memory?", 1),
+    ("interrupted", "interrupted; nothing was written", 130),
+])
+def test_a_failed_launch_is_reported_once(sim_file, tmp_path, how, says, status):
+    """Was (amedl fit --nproc 2): each rank printed its own line, then the launcher blamed the rank it had
+    stopped itself ("rank 0 of 2 failed (exit status -15)"); Ctrl-C ended as an internal error, status 1."""
+    (tmp_path / "failing_rank.py").write_text(FAILING_RANK)
+    one = ad.read_h5ad(sim_file)[:60].copy()
+    one.obs["one"] = "x"
+    one.write_h5ad(tmp_path / "one.h5ad")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from amedl.cli import main; from amedl import distributed; "
+         "distributed.launch = (lambda f: lambda argv, n, **k: f(argv, n, module='failing_rank', **k))(distributed.launch); "
+         "sys.exit(main(['fit', 'one.h5ad', '--batch-key', 'one', '--out', 'o.h5ad', '--nproc', '2', '--quiet']))"],
+        env={**_env(tmp_path), "FAILING_HOW": how}, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == status, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("amedl: ") and says in lines[0], proc.stderr
+    assert not (tmp_path / "o.h5ad").exists()
+
+
 # ------------------------------------------------------------------------------ out of core
 
 
