@@ -446,6 +446,7 @@ class AMEDL:
         if getattr(adata, "isbacked", False):
             from .data.backed import model_inputs
 
+            self.prep.check_library_genes(adata.n_vars)
             X, library = model_inputs(self, adata, layer)
         else:
             X = self.prep.transform(adata, layer=layer)

@@ -126,6 +126,21 @@ def test_genes_matched_by_name(small_model, sim):
         small_model.latent(missing, kind="fe")
 
 
+def test_cells_cut_down_to_the_model_genes_are_warned_about(small_model, sim):
+    """Was: "extra genes are ignored", but every gene counts in a cell's library size, so cells given with
+    only the model's genes got other latents, silently."""
+    m = amedl.AMEDL(sim, "batch", **{**SMALL, "n_top_genes": 100}).fit(seed=0, max_epochs=1, progress=False,
+                                                                       kinds=("fe",))
+    assert m.prep.n_genes_fit == sim.n_vars > 2 * len(m.genes)
+    with pytest.warns(UserWarning, match=rf"the input has 100 genes, the training input had {sim.n_vars}"):
+        z_cut = m.latent(sim[:, m.genes].copy(), kind="fe")
+    assert not np.allclose(z_cut, m.latent(sim, kind="fe"), atol=1e-3)  # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.latent(sim[:, ::-1].copy(), kind="fe")  # all the genes, in another order: no warning
+        small_model.latent(sim[:, small_model.genes].copy(), kind="fe")  # 200 of 300 genes: no warning
+
+
 def test_new_batch_gets_predicted_or_zero_random_effects(small_model, sim):
     new = sim[:50].copy()
     new.obs["batch"] = "unseen_donor"

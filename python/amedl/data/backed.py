@@ -328,7 +328,7 @@ def fit_backed(
         center, scale = mean.astype(np.float32), std.astype(np.float32)
     prep = Preprocessor(genes=list(selected), scaling=scaling, center=center, scale=scale,
                         batches=[str(c) for c in batch.categories], target_sum=target_sum,
-                        n_cells_fit=n_cells, dropped_genes=dropped)
+                        n_cells_fit=n_cells, dropped_genes=dropped, n_genes_fit=adata.n_vars)
     return prep, BackedMatrix(counts, adata.var_names, prep.genes, target_sum), codes, library
 
 

@@ -64,6 +64,8 @@ class Preprocessor:
     target_sum: float = 1e4
     n_cells_fit: int = 0
     dropped_genes: int = 0
+    #: genes of the training input: each cell's library size was its total over all of them
+    n_genes_fit: int = 0
 
     # -- fitting -----------------------------------------------------------
     @classmethod
@@ -128,6 +130,7 @@ class Preprocessor:
             target_sum=target_sum,
             n_cells_fit=adata.n_obs,
             dropped_genes=dropped,
+            n_genes_fit=adata.n_vars,
         )
         return prep, Xs, np.asarray(batch.codes, dtype=np.int64)
 
@@ -144,9 +147,21 @@ class Preprocessor:
             raise AMEDLInputError(
                 f"{len(missing)} of the model's {len(self.genes)} genes are missing from adata.var_names "
                 f"(e.g. {missing[:10]}). The input needs every gene the model was trained on, named the same way "
-                "(check gene symbols vs Ensembl IDs); genes may be in any order and extra genes are ignored."
+                "(check gene symbols vs Ensembl IDs); genes may be in any order."
             )
+        self.check_library_genes(adata.n_vars)
         return _normalised_log(adata, layer, self.target_sum, self.genes)
+
+    def check_library_genes(self, n_vars: int) -> None:
+        """Warn when an input has far fewer genes than the training input had: each cell's
+        library size (the normalisation's divisor) is its total over all the input's genes,
+        so cells cut down to the model's genes are normalised differently from training."""
+        if self.n_genes_fit and n_vars < self.n_genes_fit / 2:
+            warnings.warn(
+                f"the input has {n_vars} genes, the training input had {self.n_genes_fit}: each cell's library "
+                "size is its total count over all the input's genes, so cells cut down to the model's genes get "
+                "other latents than their full profiles would. Give the cells with all their genes.",
+                UserWarning, stacklevel=3)
 
     @staticmethod
     def library_size(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
@@ -182,6 +197,7 @@ class Preprocessor:
             "target_sum": self.target_sum,
             "n_cells_fit": self.n_cells_fit,
             "dropped_genes": self.dropped_genes,
+            "n_genes_fit": self.n_genes_fit,
         }
 
     @classmethod
@@ -195,6 +211,7 @@ class Preprocessor:
             target_sum=float(d["target_sum"]),
             n_cells_fit=int(d.get("n_cells_fit", 0)),
             dropped_genes=int(d.get("dropped_genes", 0)),
+            n_genes_fit=int(d.get("n_genes_fit", 0)),
         )
 
 
