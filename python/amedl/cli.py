@@ -255,12 +255,24 @@ def _check_adapt_flags(args) -> None:
                                  "never changes: save the adapted model in another folder")
 
 
+def _check_embed_layer(args, layer: str | None, layers: list) -> None:
+    """The counts layer that ``amedl embed`` reads (``--layer``, else the model's) is one of the input's."""
+    if layer is not None and layer not in layers:
+        which = f"--layer {layer!r}" if args.layer is not None else f"the model's counts layer {layer!r} (amedl fit --layer)"
+        raise AMEDLInputError(f"{which} is not a layer of {args.input} (its layers: {', '.join(map(str, layers)) or 'none'}); "
+                              "name the layer holding the raw counts with --layer, or --layer X for the matrix X")
+
+
 def cmd_embed(args) -> int:
     from . import modelfile
 
     meta = modelfile.read_meta(os.path.expanduser(args.model_dir))
     modelfile.verify_weights(os.path.expanduser(args.model_dir), meta)
-    info = _check_input(args.input, {}, args.layer)
+    use_x = args.layer == "X"  # the counts are in X, whatever layer the model was fitted on
+    layer = None if use_x else args.layer if args.layer is not None else meta.get("layer") or None
+    info = _check_input(args.input, {}, None)
+    if info:
+        _check_embed_layer(args, layer, info["layers"])
     read_options = _r_options(args)
     genes = meta["preprocessing"]["genes"]
     if info and info.get("var_names") is not None:
@@ -286,14 +298,15 @@ def cmd_embed(args) -> int:
     t0 = time.perf_counter()
     model = AMEDL.load(args.model_dir, device=args.device or "auto", threads=args.threads)
     adata = _read(args.input, **read_options)
+    _check_embed_layer(args, layer, list(adata.layers))
     _say(f"read {args.input}: {adata.n_obs} cells × {adata.n_vars} genes")
     kinds = [k for k in ("fe", "re") if k in model.modules]
     if "re" in kinds and model.batch_key not in adata.obs.columns:
         kinds.remove("re")
+        stale = "; the input's X_amedl_re, from another fit, is removed" if "X_amedl_re" in adata.obsm else ""
         _say(f"no {model.batch_key!r} column in the cell metadata: writing the FE latent only "
-             "(the RE latent needs each cell's batch)")
-    if args.layer is not None:
-        model.layer = args.layer
+             f"(the RE latent needs each cell's batch){stale}")
+    model.layer = layer
     if args.adapt:
         if model.batch_key not in adata.obs.columns:
             raise AMEDLInputError(f"--adapt learns the random effects of the input's new batches, but the input has no "
@@ -314,7 +327,8 @@ def cmd_embed(args) -> int:
         if args.adapted_model_dir:
             model.save(args.adapted_model_dir, overwrite=args.overwrite, staging=stage)
         _stop_if_terminated()
-    _say(f"wrote {args.out} (obsm {', '.join(f'X_amedl_{k}' for k in kinds)}; model {args.model_dir}, "
+    used = f"model {saved}, adapted from {args.model_dir}" if saved else f"model {args.model_dir}"
+    _say(f"wrote {args.out} (obsm {', '.join(f'X_amedl_{k}' for k in kinds)}; {used}, "
          f"written by amedl {meta.get('amedl_version', '?')}) in {time.perf_counter() - t0:.1f}s")
     return 0
 
@@ -445,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("input", help=f"{FORMATS_TEXT} (raw counts; the model's genes by name)")
     e.add_argument("--out", required=True, help=f"output ({FORMATS_TEXT}) with obsm X_amedl_fe (and X_amedl_re "
                                                 "when the input has the model's batch column)")
-    e.add_argument("--layer", help="layer holding raw counts (default: the model's)")
+    e.add_argument("--layer", help="layer holding raw counts, or X for the matrix X (default: the layer the model "
+                                   "was fitted on)")
     e.add_argument("--adapt", action="store_true",
                    help="learn random effects for the input's batches that the model has not seen (the model's "
                         "weights frozen; without it they get the batch-membership predictor's mixture)")

@@ -56,11 +56,15 @@ def add_latents(adata: ad.AnnData, model: AMEDL, *, key_added: str = "amedl", ki
 
     Adds ``obsm['X_{key_added}_fe']`` (batch-invariant), ``obsm['X_{key_added}_re']``
     (batch-specific) and ``uns[key_added]`` (:func:`record`); returns the record.
-    ``kinds`` chooses the latents (e.g. ``("fe",)`` for cells without a batch column).
-    All latents are computed before anything is written into ``adata``.
+    ``kinds`` chooses the latents (e.g. ``("fe",)`` for cells without a batch column);
+    a latent of another kind already in ``adata`` under ``key_added`` is removed, since
+    it is not this model's. All latents are computed before anything is written into ``adata``.
     """
     latents = {kind: model.latent(adata, kind=kind) for kind in kinds}
     rec = record(model)
+    for kind in ("fe", "re"):
+        if kind not in latents:
+            adata.obsm.pop(f"X_{key_added}_{kind}", None)
     for kind, z in latents.items():
         adata.obsm[f"X_{key_added}_{kind}"] = z
     adata.uns[key_added] = rec

@@ -88,6 +88,31 @@ def test_embed_without_the_batch_column_writes_the_fe_latent(fitted_files, tiny,
     out = io.read(root / "new_out.h5ad")
     assert out.obsm["X_amedl_fe"].shape == (40, 3) and "X_amedl_re" not in out.obsm
 
+    # was: an RE latent already in the input (another fit's) stayed beside this model's FE latent
+    new.obsm["X_amedl_re"] = np.ones((40, 3))
+    io.write(new, root / "stale.h5ad")
+    assert main(["embed", str(root / "model"), str(root / "stale.h5ad"), "--out", str(root / "stale.h5ad")]) == 0
+    assert "X_amedl_re, from another fit, is removed" in capsys.readouterr().out
+    assert set(io.read(root / "stale.h5ad").obsm) == {"X_amedl_fe"}
+
+
+def test_embed_reads_the_counts_where_it_is_told(tiny, tmp_path, capsys):
+    """Was: a model fitted on --layer counts could not embed cells whose counts are in X (--layer X was refused),
+    and the missing layer was found only after reading the input."""
+    fitted = tiny.copy()
+    fitted.layers["counts"] = fitted.X.copy()
+    fitted.X = fitted.X * 0
+    io.write(fitted, tmp_path / "layer.h5ad")
+    io.write(tiny, tmp_path / "x.h5ad")
+    assert main(["fit", str(tmp_path / "layer.h5ad"), "--layer", "counts", "--batch-key", "batch", "--out",
+                 str(tmp_path / "fit.h5ad"), "--model-dir", str(tmp_path / "m"), "--threads", "1", *CLI]) == 0
+    assert main(["embed", str(tmp_path / "m"), str(tmp_path / "x.h5ad"), "--out", str(tmp_path / "e.h5ad")]) == 1
+    err = capsys.readouterr().err
+    assert "the model's counts layer 'counts' (amedl fit --layer) is not a layer of" in err and "--layer X" in err
+    assert main(["embed", str(tmp_path / "m"), str(tmp_path / "x.h5ad"), "--out", str(tmp_path / "e.h5ad"),
+                 "--layer", "X"]) == 0
+    assert np.array_equal(io.read(tmp_path / "e.h5ad").obsm["X_amedl_fe"], io.read(tmp_path / "fit.h5ad").obsm["X_amedl_fe"])
+
 
 def test_embed_adapt_learns_new_batches_and_saves_the_adapted_model_apart(fitted_files, tiny, capsys):
     root = fitted_files
