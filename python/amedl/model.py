@@ -211,6 +211,7 @@ class AMEDL:
             max_epochs = RULES["max_epochs"].check("max_epochs", max_epochs)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise AMEDLConfigError(f"seed must be a whole number >= 0, got {seed!r}")
+        seed = int(seed)  # numpy integers (e.g. from np.arange) are not seeds for Python's random
         kinds = [kinds] if isinstance(kinds, str) else list(dict.fromkeys(kinds))
         bad = [k for k in kinds if k not in KINDS]
         if bad or not kinds:
@@ -675,6 +676,8 @@ class AMEDL:
         Baselines such as PCA use it so that every comparison sees identical preprocessing.
         """
         X, _, _ = self._inputs(adata, layer, need_batches=False)
+        if not sp.issparse(X):  # a backed AnnData's rows, read from disk (the result is dense in memory)
+            X = X.read_log(0, X.shape[0])
         return self.prep.scale_dense(X.toarray())
 
     # ------------------------------------------------------------ save / load

@@ -62,6 +62,14 @@ def test_same_seed_same_latents_different_seed_differs(sim):
     assert not np.allclose(fe0, fe1)
 
 
+def test_numpy_integer_seeds_are_seeds(sim):
+    """Was: TypeError from Python's random.seed for a seed taken from np.arange, after fit() had accepted it."""
+    a = amedl.AMEDL(sim, "batch", **SMALL).fit(seed=np.int64(2), max_epochs=1, progress=False, kinds=("fe",))
+    b = amedl.AMEDL(sim, "batch", **SMALL).fit(seed=2, max_epochs=1, progress=False, kinds=("fe",))
+    np.testing.assert_array_equal(a.latent(kind="fe"), b.latent(kind="fe"))
+    assert amedl.tl.record(a)["seed"] == 2
+
+
 def test_fitting_one_kind_matches_fitting_both(sim):
     a = amedl.AMEDL(sim, "batch", **SMALL).fit(seed=2, max_epochs=2, progress=False, kinds=["re"])
     b = amedl.AMEDL(sim, "batch", **SMALL).fit(seed=2, max_epochs=2, progress=False, kinds=["fe", "re"])

@@ -194,6 +194,9 @@ def test_backed_training_matches_memory_on_the_same_blocks(csr_file):
         np.testing.assert_allclose(z_disk, z_mem, rtol=0, atol=1e-5)
         assert z_mem.std(0).min() > 1e-3
     assert backed.history["fe"]["val_monitor"].tolist() == pytest.approx(memory.history["fe"]["val_monitor"].tolist(), abs=1e-6)
+    # was: AttributeError ('BackedMatrix' object has no attribute 'toarray')
+    np.testing.assert_array_equal(backed.transform(), memory.transform())
+    np.testing.assert_array_equal(backed.transform(backed_adata), memory.transform())
 
 
 def test_backed_neighbourhood_reference_is_the_in_memory_one(csr_file):
