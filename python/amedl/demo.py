@@ -9,6 +9,7 @@ FE and RE, and writes ``umap.png``, ``summary.md``, ``results.csv`` and
 """
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,19 @@ def demo_table(results: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _command(out_dir, seed: int, max_epochs, scib: bool, simulate_kwargs: dict) -> str:
+    """The command that reproduces a demo run (Python's call where the command line has no flag for a setting)."""
+    import torch
+
+    threads = torch.get_num_threads()  # results are bit-identical for a seed *and* a thread count
+    if max_epochs is None and not scib and not simulate_kwargs:
+        return " ".join(["amedl demo --out-dir", shlex.quote(str(out_dir))] + ([f"--seed {seed}"] if seed else [])
+                        + [f"--threads {threads}"])
+    extra = "".join(f", {k}={v!r}" for k, v in {"max_epochs": max_epochs, "scib": scib or None, **simulate_kwargs}.items()
+                    if v is not None)
+    return f"amedl.demo.run_demo({str(out_dir)!r}, seed={seed}{extra}) with {threads} torch thread(s)"
+
+
 def run_demo(out_dir="amedl-demo", seed: int = 0, progress: bool = True, *, max_epochs: int | None = None,
              scib: bool = False, **simulate_kwargs) -> pd.DataFrame:
     """Run the demo and return its results table (one row per method).
@@ -87,7 +101,7 @@ def run_demo(out_dir="amedl-demo", seed: int = 0, progress: bool = True, *, max_
     results = run_benchmark(
         adata, "batch", "cell_type", out_dir, methods=list(DEMO_METHODS), folds=1, seed=seed,
         progress=progress, scib=scib, max_epochs=max_epochs,
-        title="amedl demo: simulated data", command=f"amedl demo --out-dir {out_dir}",
+        title="amedl demo: simulated data", command=_command(out_dir, seed, max_epochs, scib, simulate_kwargs),
     )
     print()
     print(f"aMEDL demo on simulated data ({adata.n_obs} cells, {sim['n_batches']} batches, "

@@ -184,6 +184,12 @@ def test_demo_prints_table_and_writes_figure(tmp_path, capsys):
         assert re.search(rf"^{re.escape(meth)}\s+\d\.\d\d\s+\d\.\d\d\s+[+-]\d\.\d{{3}}\s+[+-]\d\.\d{{3}}$", printed, re.M), meth
     for name in ("umap.png", "report.html", "summary.md", "results.csv"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
+    # the recorded command reproduces this run (was "amedl demo --out-dir ..." whatever was run)
+    md = (tmp_path / "demo" / "summary.md").read_text()
+    assert f"amedl.demo.run_demo('{tmp_path / 'demo'}', seed=0, max_epochs=3, n_cells=240, n_genes=150)" in md
+    from amedl.demo import _command
+
+    assert _command("d", 3, None, False, {}).startswith("amedl demo --out-dir d --seed 3 --threads ")
 
 
 def test_several_seeds_repeat_the_cross_validation(small_adata, tmp_path):

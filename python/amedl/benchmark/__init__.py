@@ -263,6 +263,9 @@ def run_benchmark(
                            titles=titles, seed=seeds[0])
         plt.close(fig)
     meta["wall_s"], meta["cpu_s"] = time.perf_counter() - t_start, time.process_time() - cpu_start
+    import torch
+
+    meta["threads"] = torch.get_num_threads()
     with atomic_open(out_dir / "summary.md") as fh:
         fh.write(summary_markdown(results, meta))
     if report:

@@ -175,7 +175,8 @@ def _setup_sentence(results: pd.DataFrame, meta: dict) -> str:
     seeds = _seeds_of(results)
     seed_txt = (f"seeds {', '.join(str(s) for s in seeds)} (the cross-validation repeated once per seed; means over "
                 "every seed × fold)" if len(seeds) > 1 else f"seed {meta.get('seed')}")
-    cpu = f" (CPU time {meta['cpu_s']:.0f} s, {os.cpu_count()} cores)" if meta.get("cpu_s") else ""
+    threads = f"{meta['threads']} threads" if meta.get("threads") else f"{os.cpu_count()} cores"
+    cpu = f" (CPU time {meta['cpu_s']:.0f} s, {threads})" if meta.get("cpu_s") else ""
     return (f"{meta.get('n_cells')} cells × {meta.get('n_genes')} genes; batch `{meta.get('batch_key')}` "
             f"({meta.get('n_batches')} levels), label `{meta.get('label_key')}` ({meta.get('n_labels')} levels); "
             + (f"{folds}-fold cross-validation stratified on batch × label, scores on held-out cells, "
