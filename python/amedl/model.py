@@ -503,6 +503,8 @@ class AMEDL:
     def _run(self, inputs, fn, batch_size: int, library: bool = False, minibatches=None) -> np.ndarray:
         """``fn(minibatch)`` over minibatches of cells (``minibatches``, or those of
         ``inputs``), written into one preallocated float32 array."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise AMEDLConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         X = inputs[0]
         out, lo = None, 0
         for mb in minibatches if minibatches is not None else self._loader(inputs, batch_size, library):
@@ -800,7 +802,9 @@ class AMEDL:
             self.modules[kind] = m
             hist = path / f"history_{kind}.csv"
             if hist.exists():
-                self.history[kind] = pd.read_csv(hist)
+                self.history[kind] = pd.read_csv(hist, float_precision="round_trip")  # the saved floats, exactly
+                info = self.train_info.get(kind, {})
+                self.history[kind].attrs.update({k: info[k] for k in ("best_epoch", "stopped_early") if k in info})
         if meta.get("unseen_batches") == "zero":  # as it was set when saved (older models: the default)
             self.unseen_batches = "zero"
         return self

@@ -62,6 +62,13 @@ def test_same_seed_same_latents_different_seed_differs(sim):
     assert not np.allclose(fe0, fe1)
 
 
+def test_batch_size_of_embedding_is_checked(small_model, sim):
+    """Was: ZeroDivisionError for latent(batch_size=0)."""
+    for bad in (0, -5, 2.5):
+        with pytest.raises(amedl.AMEDLConfigError, match="batch_size must be a whole number >= 1"):
+            small_model.latent(sim, kind="fe", batch_size=bad)
+
+
 def test_numpy_integer_seeds_are_seeds(sim):
     """Was: TypeError from Python's random.seed for a seed taken from np.arange, after fit() had accepted it."""
     a = amedl.AMEDL(sim, "batch", **SMALL).fit(seed=np.int64(2), max_epochs=1, progress=False, kinds=("fe",))
@@ -89,6 +96,9 @@ def test_save_load_identical(small_model, sim, tmp_path):
     with pytest.raises(amedl.AMEDLInputError, match="pass the AnnData"):
         m2.latent(kind="fe")
     assert m2.unseen_batches == "predict"
+    for kind, hist in small_model.history.items():  # was: attrs lost, floats off in the last digit
+        pd.testing.assert_frame_equal(m2.history[kind], hist, check_exact=True, check_dtype=False)
+        assert m2.history[kind].attrs == hist.attrs and set(hist.attrs) == {"best_epoch", "stopped_early"}
 
 
 def test_unseen_batches_zero_survives_save_and_load(small_model, sim, tmp_path):
