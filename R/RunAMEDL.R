@@ -14,9 +14,14 @@
 #'   from the `counts` layer of `assay`: `GetAssayData()` with Seurat 4,
 #'   `LayerData()` with Seurat 5, where split layers (`counts.A`, `counts.B`,
 #'   ...) are joined; when `batch` is `NULL` and the counts are split, the
-#'   split is the batch.
+#'   split is the batch, and each cell's batch is recorded by cell
+#'   (`Misc(obj[["amedl_fe"]])$amedl$cell_batches`), so that
+#'   [AMEDLCounterfactual()] and [AMEDLBatchEffects()] work also after
+#'   `JoinLayers()`. The reduction keys must not be those of another
+#'   reduction or assay of the object (checked before training).
 #' * The **SingleCellExperiment** method adds the reducedDims `AMEDL_FE` and
-#'   `AMEDL_RE` and records the parameters in `metadata(sce)$amedl`.
+#'   `AMEDL_RE` and records the parameters in `metadata(sce)$amedl`. The
+#'   cells need names (`colnames(sce)`; `NULL` is an error).
 #' * For both, `batch` given as a vector (not a column name) is also stored
 #'   in the cell-metadata column `amedl_batch` (meta.data or colData), and
 #'   that column is recorded as the fit's batch column, so that
@@ -47,7 +52,8 @@
 #'   the name of a column of the cell metadata, or a vector with one value
 #'   per cell (then stored in the cell-metadata column `amedl_batch`, see
 #'   Details); for a matrix a vector with one value per cell. At least two
-#'   batches are needed (one is enough for query mapping).
+#'   batches are needed (one is enough for query mapping); missing (`NA`) or
+#'   empty (`""`) labels are an error.
 #' @param features Genes to model. Default: for Seurat the variable features
 #'   when they are set, otherwise the engine picks `n_top_genes` highly
 #'   variable genes (batch-aware).

@@ -26,8 +26,9 @@
     storage.mode(counts) <- "double"
     vals <- counts
   } else {
-    .stop("%s must be a matrix or a sparse Matrix (genes x cells), not an object of class %s",
-          what, paste(class(counts), collapse = "/"))
+    .stop("%s must be a matrix or a sparse Matrix (genes x cells), not an object of class %s%s",
+          what, paste(class(counts), collapse = "/"),
+          if (methods::is(counts, "DelayedArray")) "; read it into memory first, e.g. as(x, \"dgCMatrix\")" else "")
   }
   if (nrow(counts) < 2L || ncol(counts) < 2L) .stop("%s is %d x %d: it needs genes in rows and cells in columns", what, nrow(counts), ncol(counts))
   if (anyNA(vals)) .stop("%s has missing values (NA or NaN); aMEDL needs raw counts", what)
@@ -64,6 +65,11 @@
   if (!is.atomic(batch) || !is.null(dim(batch))) .stop("%s must be a vector with one label per cell", what)
   if (length(batch) != n_cells) .stop("%s has %d values for %d cells", what, length(batch), n_cells)
   if (anyNA(batch)) .stop("%s has %d missing value(s); give every cell a batch (or drop those cells)", what, sum(is.na(batch)))
+  blank <- !nzchar(trimws(as.character(batch)))
+  if (any(blank)) {
+    .stop("%s has %d empty label(s) (\"\"), which is no batch name; give every cell a batch (or drop those cells, e.g. with subset())",
+          what, sum(blank))
+  }
   b <- droplevels(as.factor(batch))
   if (nlevels(b) < min_batches) {
     .stop("%s has a single batch ('%s'): aMEDL separates batch effects and needs at least 2 batches", what, levels(b)[1])
@@ -268,13 +274,39 @@
   if (!is.null(params$model_dir) && dir.exists(params$model_dir)) {
     m <- .load_model(params$model_dir)
     .check_adapted_batches(m, params)
+    .check_fingerprint(m, params)
     return(m)
+  }
+  refit <- if (identical(params$method, .integration_method)) {
+    "rerun IntegrateLayers(obj, method = AMEDLIntegration, ..., model_dir = \"some/folder\")"
+  } else {
+    "rerun RunAMEDL(..., model_dir = \"some/folder\")"
   }
   .stop(paste0(
     "the aMEDL model fitted for this object is not available: fitted models are kept in memory only in the R session ",
-    "that fitted them%s.\nFix: rerun RunAMEDL(..., model_dir = \"some/folder\") to keep the model on disk, ",
+    "that fitted them%s.\nFix: %s to keep the model on disk, ",
     "or pass model = \"path/to/model_dir\""),
-    if (!is.null(params$model_dir)) sprintf(", and model_dir '%s' does not exist", params$model_dir) else " and no model_dir was given")
+    if (!is.null(params$model_dir)) sprintf(", and model_dir '%s' does not exist", params$model_dir) else " and no model_dir was given",
+    refit)
+}
+
+# The model loaded from a recorded model_dir must be the one fitted for the object: the folder
+# may have been overwritten since (RunAMEDL(..., overwrite = TRUE) of another fit). The record's
+# `fingerprint` (a checksum of the model's weights, intercepts, genes and batches) tells; records
+# made before amedl recorded it are not checked.
+.check_fingerprint <- function(model, params) {
+  want <- .recorded(params$fingerprint)
+  if (is.null(want)) return(invisible(TRUE))
+  have <- tryCatch(as.character(model$fingerprint), error = function(e) NULL)
+  if (is.null(have) || identical(have, want)) return(invisible(TRUE))
+  refit <- if (identical(params$method, .integration_method)) "IntegrateLayers(obj, method = AMEDLIntegration, ...)" else "RunAMEDL()"
+  .stop(paste0(
+    "the model in model_dir '%s' is not the model fitted for this object (its fingerprint is %s; the object recorded %s): ",
+    "the folder was overwritten by another fit (e.g. with overwrite = TRUE) after this object was fitted, and using it ",
+    "would give results of another model.\n",
+    "Fix: rerun %s on this object (with a new model_dir to keep the model), or pass model = \"path/to/the/right/model_dir\" ",
+    "if the object's model was saved elsewhere"),
+    params$model_dir, have, want, refit)
 }
 
 # A query mapped with adapt = TRUE: its new batches were adapted onto the model in memory. A

@@ -14,8 +14,19 @@
 #' when fitting to be able to come back (for a query mapped with
 #' `adapt = TRUE`, `adapted_model_dir`; see [RunAMEDL()]). Each cell's own
 #' batch is read from where the fit recorded it (the batch column, the
-#' `amedl_batch` column for a `batch` vector, or the split of the counts
-#' layer); a column changed since the fit is an error.
+#' `amedl_batch` column for a `batch` vector, or, recorded by cell with the
+#' fit, the split of the counts layer or the `groups` of
+#' [AMEDLIntegration()], so also after `JoinLayers()`); a column changed
+#' since the fit is an error. An object never passed to `RunAMEDL()`, with
+#' its model given as `model`, needs the column named as the model's batch
+#' key (`model$batch_key`: the batch column it was fitted with, e.g.
+#' `"sample_id"`); without it the error names that column.
+#'
+#' When the model is loaded from the recorded `model_dir`, it must be the
+#' model fitted for the object: a folder overwritten since by another fit
+#' (its fingerprint differs from the one recorded) is an error; refit, or
+#' pass `model` (objects fitted before amedl recorded fingerprints are not
+#' checked).
 #'
 #' @param object A Seurat object or SingleCellExperiment after [RunAMEDL()],
 #'   or a genes x cells count matrix (then `model` and `batch_of_cells` are needed).
@@ -28,7 +39,10 @@
 #'   `sce.as = "assay"`, any assay but the counts and `logcounts`).
 #' @param ... Arguments passed to methods.
 #' @return Seurat: the object with a new assay `name` whose `data` holds the
-#'   counterfactual expression (model genes x cells). SingleCellExperiment:
+#'   counterfactual expression (model genes x cells), of the kind of the
+#'   fit's assay (an `Assay5` with a `data` layer only with Seurat 5, a v3
+#'   `Assay` otherwise); its key, made from `name`, must not be the key of
+#'   another reduction or assay. SingleCellExperiment:
 #'   the object with the counterfactual as the `logcounts` assay of the
 #'   altExp `name` (`sce.as = "altExp"`, default, since the model covers a
 #'   subset of the genes) or as an assay `name` of the object itself with
@@ -108,14 +122,39 @@ AMEDLCounterfactual.Seurat <- function(object, batch, model = NULL, name = NULL,
     .stop("`name = \"%s\"` is an assay of the object that is not an aMEDL counterfactual, and it is never replaced; choose another name",
           name)
   }
+  key <- tolower(.amedl_key(name))
+  .check_keys_free(object, stats::setNames(list(key), name), function(name, key, free) {
+    sprintf("choose another `name` (its letters and digits make the assay's key)")
+  }, what = "assay")
   fit <- .seurat_fit_inputs(object, model, reduction)
   params <- fit$params
   x <- .run_counterfactual(fit$model, fit$counts, fit$batch, batch)
-  a <- SeuratObject::CreateAssayObject(data = x)
-  SeuratObject::Key(a) <- tolower(.amedl_key(name))
+  a <- .cf_assay(x, object[[fit$assay]])
+  SeuratObject::Key(a) <- key
   SeuratObject::Misc(a, slot = "amedl") <- list(counterfactual_batch = as.character(batch), model_id = params$model_id)
-  object[[name]] <- a
+  # Seurat computes nCount_/nFeature_ of a new assay from its counts, which a counterfactual
+  # has not, and warns that they are missing ("No layers found matching search pattern
+  # provided" with Seurat 5, "Layer counts isn't present in the assay object" with a v3
+  # Assay): only that warning is muffled
+  withCallingHandlers(
+    object[[name]] <- a,
+    warning = function(w) {
+      if (grepl("^(No layers found matching search pattern|Layer counts isn't present)", conditionMessage(w))) {
+        invokeRestart("muffleWarning")
+      }
+    })
   object
+}
+
+# The counterfactual (log1p-normalised expression) as an assay of the same kind as the fit's
+# assay: an Assay5 (a "data" layer only) beside an Assay5 (Seurat 5), a v3 Assay otherwise.
+.cf_assay <- function(x, source) {
+  if (inherits(source, "StdAssay")) {
+    # (an Assay5 keeps its layers as dgCMatrix; converting first avoids the warning that it did)
+    return(SeuratObject::CreateAssay5Object(data = methods::as(x, "CsparseMatrix")))
+  }
+  # a v3 Assay with only `data`: its `counts` stay empty
+  SeuratObject::CreateAssayObject(data = x)
 }
 
 #' @rdname AMEDLCounterfactual
@@ -160,6 +199,7 @@ AMEDLCounterfactual.SingleCellExperiment <- function(object, batch, model = NULL
   params <- if (reduction %in% names(object@reductions)) object@reductions[[reduction]]@misc$amedl else NULL
   if (is.null(params) && is.null(model)) .stop("the Seurat object has no reduction '%s' from RunAMEDL(): run RunAMEDL() first", reduction)
   m <- .find_model(params, model)
+  model_key <- if (is.null(params)) .model_batch_key(m)
   assay <- .amedl_or(.recorded(params$assay), SeuratObject::DefaultAssay(object))
   layer <- .amedl_or(.recorded(params$layer), "counts")
   counts <- SeuratLayerCounts(object, assay = assay, layer = layer)
@@ -167,19 +207,21 @@ AMEDLCounterfactual.SingleCellExperiment <- function(object, batch, model = NULL
   attr(counts, "split") <- NULL
   counts <- .check_counts(counts)
   cell_batch <- .recorded_batches(params, object@meta.data, colnames(counts), split, layer,
-                                  "Seurat object's meta.data", "obj")
-  list(model = m, counts = counts, batch = cell_batch, params = params, meta = object@meta.data)
+                                  "Seurat object's meta.data", "obj", model_key)
+  list(model = m, counts = counts, batch = cell_batch, params = params, meta = object@meta.data, assay = assay)
 }
 
 .sce_fit_inputs <- function(object, model) {
   .sce_ns()
+  .check_sce_cells(object)
   params <- S4Vectors::metadata(object)$amedl
   if (is.null(params) && is.null(model)) .stop("the SingleCellExperiment has no aMEDL fit recorded (metadata(sce)$amedl): run RunAMEDL() first")
   m <- .find_model(params, model)
+  model_key <- if (is.null(params)) .model_batch_key(m)
   assay <- .amedl_or(.recorded(params$assay), "counts")
   counts <- .check_counts(SummarizedExperiment::assay(object, assay, withDimnames = TRUE))
   meta <- SummarizedExperiment::colData(object)
-  cell_batch <- .recorded_batches(params, meta, colnames(counts), NULL, assay, "colData", "sce")
+  cell_batch <- .recorded_batches(params, meta, colnames(counts), NULL, assay, "colData", "sce", model_key)
   list(model = m, counts = counts, batch = cell_batch, params = params, meta = as.data.frame(meta))
 }
 
@@ -190,30 +232,49 @@ AMEDLCounterfactual.SingleCellExperiment <- function(object, batch, model = NULL
 }
 
 # Each cell's batch, from where the fit recorded it: a cell-metadata column (a `batch` vector
-# given to RunAMEDL() is kept in the column "amedl_batch"), the split of the counts layer
-# (Seurat 5), or the groups given to AMEDLIntegration() (kept in the record, by cell). The
-# batches must be the fit's: a column changed since the fit is an error, never a silent mix-up.
-.recorded_batches <- function(params, meta, cells, split, layer, where, obj) {
+# given to RunAMEDL() is kept in the column "amedl_batch"), or, kept in the record by cell
+# (`cell_batches`), the split of the counts layer (Seurat 5; so also after JoinLayers()) or
+# the groups given to AMEDLIntegration(). (Fits by an older amedl recorded no split: the
+# layer must still be split.) The batches must be the fit's: a column changed since the fit
+# is an error, never a silent mix-up. An object with no fit recorded (its model given as
+# `model =`) needs the column named as the model's batch key (`model_key`).
+.recorded_batches <- function(params, meta, cells, split, layer, where, obj, model_key = NULL) {
+  if (is.null(params)) {
+    key <- .amedl_or(.recorded(model_key), "batch")
+    if (!key %in% colnames(meta)) {
+      .stop(paste0("no aMEDL fit is recorded in this object, so each cell's own batch is read from the %s column named as ",
+                   "the model's batch key, '%s', which it does not have (columns: %s).\n",
+                   "Fix: add that column (%s$%s <- <each cell's batch>), or run RunAMEDL() on this object (with model_dir = ",
+                   "the model's folder it maps the object onto that model and records where its batches are)"),
+            where, key, .some(colnames(meta), 10), obj, key)
+    }
+    return(meta[[key]])
+  }
   key <- .amedl_or(.recorded(params$batch_key), "batch")
-  if (identical(key, "layer_split")) {
+  cb <- params$cell_batches
+  if (key %in% c("layer_split", "groups") && !is.null(cb) && !is.null(names(cb))) {
+    # recorded by cell with the fit: the layer split (also after JoinLayers()) or the groups
+    what <- if (identical(key, "groups")) "the `groups` given to AMEDLIntegration()" else
+      sprintf("the split of the '%s' layer at the fit", layer)
+    miss <- setdiff(cells, names(cb))
+    if (length(miss)) {
+      .stop("%d cell(s) have no batch in the record of the fit, which used %s as the batches (e.g. %s); were they added after the fit? Rerun %s on the object as it is now",
+            length(miss), what, .some(miss, 3), .refit_call(params))
+    }
+    cell_batch <- unname(cb[cells])
+  } else if (identical(key, "layer_split")) {
+    # a fit recorded by an older amedl, which kept only the split itself
     if (is.null(split)) {
-      .stop("the fit used the split of the '%s' layer as the batch (no `batch` was given), but that layer is no longer split; split it again by the same batches (%s[[assay]] <- split(%s[[assay]], f = ...)) or rerun RunAMEDL() with `batch =`",
-            layer, obj, obj)
+      a <- .amedl_or(.recorded(params$assay), "RNA")
+      .stop(paste0("the fit used the split of the '%s' layer as the batch, but that layer is no longer split ",
+                   "(JoinLayers()), and this fit, made by an older amedl, did not record each cell's batch.\n",
+                   "Fix: split it again by the same batches (%s[[\"%s\"]] <- split(%s[[\"%s\"]], f = <each cell's batch>)), or rerun %s"),
+            layer, obj, a, obj, a, .refit_call(params, batch_hint = TRUE))
     }
     cell_batch <- split
     what <- sprintf("the split of the '%s' layer", layer)
-  } else if (identical(key, "groups") && identical(params$method, "IntegrateLayers(method = AMEDLIntegration)")) {
-    cb <- params$cell_batches
-    if (is.null(cb) || is.null(names(cb))) {
-      .stop("this AMEDLIntegration() fit used `groups` as the batches but did not record them (an older amedl); rerun IntegrateLayers(method = AMEDLIntegration, groups = ...)")
-    }
-    miss <- setdiff(cells, names(cb))
-    if (length(miss)) {
-      .stop("%d cell(s) have no batch among the `groups` of the AMEDLIntegration() fit (e.g. %s); were they added after the fit? Rerun IntegrateLayers()",
-            length(miss), .some(miss, 3))
-    }
-    cell_batch <- unname(cb[cells])
-    what <- "the `groups` given to AMEDLIntegration()"
+  } else if (identical(key, "groups") && identical(params$method, .integration_method)) {
+    .stop("this AMEDLIntegration() fit used `groups` as the batches but did not record them (an older amedl); rerun IntegrateLayers(method = AMEDLIntegration, groups = ...)")
   } else {
     cell_batch <- meta[[key]]
     if (is.null(cell_batch)) {
@@ -225,12 +286,26 @@ AMEDLCounterfactual.SingleCellExperiment <- function(object, batch, model = NULL
   # the fit's batches, and a query's own batches (not added to the model when adapt = FALSE)
   known <- unique(as.character(c(unlist(params$batches), unlist(params$query$new_batches))))
   if (length(known)) {
-    if (anyNA(cell_batch)) .stop("%s has missing values; the fit gave every cell a batch (put them back or rerun RunAMEDL())", what)
+    if (anyNA(cell_batch)) .stop("%s has missing values; the fit gave every cell a batch (put them back or rerun %s)", what, .refit_call(params))
     bad <- setdiff(unique(as.character(cell_batch)), known)
     if (length(bad)) {
-      .stop("%s holds batches that the fit did not have (%s; the fit's batches: %s): it was changed after RunAMEDL(). Put the fit's batches back, or rerun RunAMEDL()",
-            what, .some(bad, 3), .some(known, 8))
+      .stop("%s holds batches that the fit did not have (%s; the fit's batches: %s): it was changed after the fit. Put the fit's batches back, or rerun %s",
+            what, .some(bad, 3), .some(known, 8), .refit_call(params))
     }
   }
   cell_batch
+}
+
+# The batch key a model was fitted with (the name of its batch column).
+.model_batch_key <- function(model) {
+  tryCatch(as.character(amedl_engine()$model_info(model)$batch_key), error = .py_error)
+}
+
+.integration_method <- "IntegrateLayers(method = AMEDLIntegration)"
+
+# How to refit an object like the recorded fit: IntegrateLayers() for an AMEDLIntegration()
+# fit, else RunAMEDL() (with `batch =` when `batch_hint`).
+.refit_call <- function(params, batch_hint = FALSE) {
+  if (identical(params$method, .integration_method)) return("IntegrateLayers(obj, method = AMEDLIntegration, ...)")
+  if (batch_hint) "RunAMEDL(obj, batch = <a meta.data column with each cell's batch>)" else "RunAMEDL()"
 }

@@ -15,15 +15,18 @@
 #'   the average over all batches of the fit.
 #' @param group.by A column of the cell metadata (meta.data or colData) naming
 #'   cell groups, or one label per cell; `NULL` for one result over all cells.
-#' @param n_samples Monte Carlo draws of the posterior.
-#' @param delta Threshold of `p_effect`, the posterior probability that |LFC| > delta.
-#' @param credible Mass of the credible interval.
-#' @param seed Seed of the draws.
+#' @param n_samples Monte Carlo draws of the posterior: a whole number >= 2.
+#' @param delta Threshold of `p_effect`, the posterior probability that
+#'   |LFC| > delta: a single number >= 0.
+#' @param credible Mass of the credible interval, between 0 and 1.
+#' @param seed Seed of the draws: a whole number >= 0.
 #' @param model A model folder or Python model; default the model recorded in `object`.
 #' @param ... Arguments passed to methods.
 #' @return A data.frame sorted by `lfc` (within `group` with `group.by`):
+#'   with `group.by`, first `group` (the cell group of the row), then
 #'   `gene`, `lfc`, `lfc_sd`, `ci_low`, `ci_high`, `p_effect`, `credible`
-#'   (the interval excludes 0), `mean_a`, `mean_b` and `n_cells`.
+#'   (the interval excludes 0), `mean_a`, `mean_b` and `n_cells` (the cells
+#'   of the group, or all cells).
 #' @examples
 #' \dontrun{
 #' seu <- RunAMEDL(seu, batch = "sample_id")
@@ -33,7 +36,22 @@
 #' @export
 AMEDLBatchEffects <- function(object, batch_a, batch_b = NULL, group.by = NULL, ...) UseMethod("AMEDLBatchEffects")
 
+# The Monte Carlo settings of AMEDLBatchEffects(), checked before anything runs.
+.check_mc_args <- function(n_samples, delta, credible, seed) {
+  n_samples <- .scalar_int(n_samples, "n_samples", 2L)
+  if (!is.numeric(delta) || length(delta) != 1L || is.na(delta) || !is.finite(delta) || delta < 0) {
+    .stop("`delta` must be a single number >= 0 (the |LFC| threshold of p_effect), not %s", paste(deparse(delta), collapse = " "))
+  }
+  if (!is.numeric(credible) || length(credible) != 1L || is.na(credible) || credible <= 0 || credible >= 1) {
+    .stop("`credible` must be a single number between 0 and 1 (the mass of the credible interval, e.g. 0.95), not %s",
+          paste(deparse(credible), collapse = " "))
+  }
+  seed <- .scalar_int(seed, "seed", 0L)
+  list(n_samples = n_samples, delta = as.numeric(delta), credible = as.numeric(credible), seed = seed)
+}
+
 .run_differential <- function(model, counts, cell_batch, batch_a, batch_b, groups, n_samples, delta, credible, seed) {
+  mc <- .check_mc_args(n_samples, delta, credible, seed)
   info <- tryCatch(amedl_engine()$model_info(model), error = .py_error)
   batches <- unlist(info$batches)
   for (b in list(batch_a, batch_b)) {
@@ -46,8 +64,8 @@ AMEDLBatchEffects <- function(object, batch_a, batch_b = NULL, group.by = NULL, 
     amedl_engine()$differential(model, counts, colnames(counts), rownames(counts), as.character(cell_batch),
                                 as.character(batch_a), if (is.null(batch_b)) NULL else as.character(batch_b),
                                 if (is.null(groups)) NULL else as.character(groups),
-                                n_samples = as.integer(n_samples), delta = delta, credible = credible,
-                                seed = as.integer(seed)),
+                                n_samples = mc$n_samples, delta = mc$delta, credible = mc$credible,
+                                seed = mc$seed),
     error = .py_error
   )
   out <- as.data.frame(lapply(res, unlist), stringsAsFactors = FALSE)

@@ -14,7 +14,26 @@
 #' its own normalisation, so the counts are read from the matching
 #' \code{counts} layers (\code{counts.layer}); the given layers only define the
 #' batches. The original reduction is not used: \code{orig.reduction = NULL}
-#' works too (no PCA needed).
+#' works too (no PCA needed). \code{IntegrateLayers()} itself needs the
+#' variable features (\code{FindVariableFeatures()}) or \code{features}: it
+#' stops with "None of the features provided are found in this assay" before
+#' calling the method otherwise. To let the engine pick the genes, pass
+#' \code{n_top_genes}.
+#'
+#' Each cell's batch is recorded with the fit (by cell, in
+#' \code{Misc(obj[[new.reduction]])$amedl$cell_batches}), so
+#' \code{\link{AMEDLCounterfactual}} and \code{\link{AMEDLBatchEffects}} with
+#' \code{reduction = new.reduction} use the fit's batches also after
+#' \code{JoinLayers()}, the usual next step. To use them in a later R session,
+#' keep the model on disk with \code{model_dir} (passed through
+#' \code{IntegrateLayers()}, see \code{...}).
+#'
+#' An SCTransform assay (\code{normalization.method = "SCT"}) is an error:
+#' aMEDL fits the raw counts, so integrate the split RNA assay
+#' (\code{assay = "RNA"}). When called by \code{IntegrateLayers()}, the keys of
+#' the new reductions are checked against those of the object's other
+#' reductions and assays before training (Seurat would otherwise replace a
+#' key in use by a random one).
 #'
 #' @param object A Seurat 5 assay (\code{Assay5}/\code{StdAssay}), as passed
 #'   by \code{IntegrateLayers()}.
@@ -29,19 +48,25 @@
 #' @param groups Optional batch per cell instead of the layer split: a vector
 #'   (named by cell, or in the order of the assay's cells), or a one-column
 #'   data frame with cells as row names (as \code{CreateIntegrationGroups}
-#'   makes). They are recorded by cell with the fit
+#'   makes). Like the layer split, they are recorded by cell with the fit
 #'   (\code{Misc(obj[[new.reduction]])$amedl$cell_batches}), so that
 #'   \code{\link{AMEDLCounterfactual}} and \code{\link{AMEDLBatchEffects}}
 #'   with \code{reduction = new.reduction} use the same batches.
-#' @param features Genes to model (set by \code{IntegrateLayers()}: the
-#'   variable features). \code{NULL}: the assay's variable features, or the
-#'   engine's highly variable genes when none are set. Library sizes are
-#'   computed over all genes.
+#' @param features Genes to model. \code{IntegrateLayers()} always passes
+#'   them: the \code{features} given to it, else the assay's variable
+#'   features. Called directly, \code{NULL} uses the assay's variable
+#'   features, or the engine's \code{n_top_genes} highly variable genes when
+#'   none are set. Library sizes are computed over all genes.
+#' @param n_top_genes Let the engine pick this many highly variable genes
+#'   (batch-aware) over all genes instead of modelling \code{features}; give
+#'   it instead of \code{features} (giving both to \code{IntegrateLayers()}
+#'   is an error). \code{NULL} (default): model \code{features}.
 #' @param scale.layer Ignored (set by \code{IntegrateLayers()}).
 #' @param new.reduction Name of the integrated (FE) reduction.
 #' @param reduction.key Key of the FE reduction: a letter, then letters or
 #'   digits, then \code{"_"}; default made from \code{new.reduction}
-#'   (\code{"integratedamedl_"}). Names and keys are checked before training.
+#'   (\code{"integratedamedl_"}). Names and keys are checked before training;
+#'   a key that another reduction or assay of the object has is an error.
 #' @param re.reduction Name for the RE reduction, or \code{NULL} (default) to
 #'   return only the FE one.
 #' @param re.key Key of the RE reduction; default made from
@@ -51,7 +76,13 @@
 #' @param n_latent,epochs,seed Passed to \code{\link{RunAMEDL}}.
 #' @param verbose Print what is done and show the engine's progress bars.
 #' @param ... Further arguments passed to \code{\link{RunAMEDL}} (matrix
-#'   method).
+#'   method), e.g. \code{model_dir = "some/folder"} to keep the model on disk
+#'   (so that \code{AMEDLModel()}, \code{AMEDLCounterfactual()} and
+#'   \code{AMEDLBatchEffects()} work in a later R session; a folder that
+#'   already holds a saved model maps the object onto it), \code{overwrite},
+#'   \code{preset} or \code{settings}. \code{IntegrateLayers()} passes them
+#'   on: \code{IntegrateLayers(obj, method = AMEDLIntegration, model_dir =
+#'   "amedl_model")}.
 #'
 #' @return A named list with the FE \code{DimReduc} (and the RE one when
 #'   \code{re.reduction} is set), as \code{IntegrateLayers()} expects; its
@@ -67,8 +98,10 @@
 #' obj <- NormalizeData(obj)
 #' obj <- FindVariableFeatures(obj)
 #' obj <- IntegrateLayers(obj, method = AMEDLIntegration, orig.reduction = NULL,
-#'                        re.reduction = "amedl.re")
+#'                        re.reduction = "amedl.re", model_dir = "amedl_model")
 #' obj <- RunUMAP(obj, reduction = "integrated.amedl", dims = 1:10)  # n_latent: 10 by default
+#' obj <- JoinLayers(obj)
+#' obj <- AMEDLCounterfactual(obj, batch = "donor1", reduction = "integrated.amedl")
 #' }
 #' @seealso \code{\link{RunAMEDL}}
 #' @export
@@ -78,8 +111,15 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
                              new.reduction = "integrated.amedl",
                              reduction.key = NULL, re.reduction = NULL,
                              re.key = NULL, counts.layer = "counts",
-                             n_latent = NULL, epochs = NULL, seed = 0L,
+                             n_latent = NULL, n_top_genes = NULL, epochs = NULL, seed = 0L,
                              verbose = TRUE, ...) {
+  if (inherits(object, "SCTAssay")) {
+    stop("AMEDLIntegration(): assay '", .amedl_or(assay, "SCT"), "' is an SCTransform assay, but aMEDL fits the ",
+         "raw counts and normalises them itself (it does not use SCTransform's residuals or corrected counts).\n",
+         "Fix: integrate the raw counts of the RNA assay, split by batch: IntegrateLayers(obj, method = AMEDLIntegration, ",
+         "assay = \"RNA\", orig.reduction = NULL) (no normalization.method = \"SCT\"), or use RunAMEDL(obj, assay = \"RNA\", ",
+         "batch = ...).", call. = FALSE)
+  }
   if (!inherits(object, "StdAssay")) {
     stop("AMEDLIntegration() needs a Seurat 5 assay (Assay5), as passed by ",
          "Seurat::IntegrateLayers(); got an object of class '",
@@ -89,9 +129,35 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
   }
   so <- function(name) getExportedValue("SeuratObject", name)
   assay <- .amedl_or(assay, "RNA")
+  # called by IntegrateLayers(): its Seurat object and whether the user gave `features` there
+  # (IntegrateLayers() always passes features, the variable features by default)
+  caller <- NULL
+  if (sys.parent() > 0L) {
+    caller_frame <- parent.frame()
+    caller_fn <- sys.function(sys.parent())
+    caller_call <- sys.call(sys.parent())
+    caller <- .integratelayers_caller(caller_frame, caller_fn, caller_call)
+  }
+  user_features <- if (is.null(caller)) !is.null(features) else caller$features_given
   # names and keys of the reductions, checked before training
   fe_key <- .check_reduction_name(new.reduction, reduction.key, "new.reduction", "reduction.key")
   re_key <- if (!is.null(re.reduction)) .check_reduction_name(re.reduction, re.key, "re.reduction", "re.key")
+  keys <- stats::setNames(list(fe_key), new.reduction)
+  if (!is.null(re.reduction)) keys[[re.reduction]] <- re_key
+  .check_keys_free(if (is.null(caller)) NULL else caller$object, keys, function(name, key, free) {
+    arg <- if (identical(name, new.reduction)) "reduction.key" else "re.key"
+    sprintf("pass %s = \"%s\" (or another key not in use), or choose another name than '%s'", arg, free, name)
+  })
+  n_top_genes <- .scalar_int(n_top_genes, "n_top_genes", 2L, null_ok = TRUE)
+  if (!is.null(n_top_genes)) {
+    if (user_features) {
+      stop("AMEDLIntegration(): give either `features` (the genes to model) or `n_top_genes` (the engine picks ",
+           "that many highly variable genes, batch-aware), not both.", call. = FALSE)
+    }
+    features <- NULL  # the engine selects n_top_genes genes among all of them
+  }
+  mapping <- .maps_query(list(...)$model_dir, isTRUE(list(...)$overwrite))
+  if (mapping && !user_features) features <- NULL  # a saved model fixes the genes: nothing to warn about
   cells <- so("Cells")(object)
 
   # --- raw counts, one genes x cells matrix over all split layers ---
@@ -104,7 +170,7 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
   # all genes (library sizes are computed over all of them), the features modelled
   genes <- rownames(object)
   for (l in clayers) genes <- intersect(genes, so("Features")(object, layer = l))
-  features <- .amedl_or(features, so("VariableFeatures")(object))
+  if (is.null(n_top_genes) && !mapping) features <- .amedl_or(features, so("VariableFeatures")(object))
   features <- if (length(features)) intersect(features, genes) else NULL
   if (!is.null(features) && length(features) < 2L) {
     stop("AMEDLIntegration(): fewer than two of the requested features are ",
@@ -126,13 +192,14 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
   }
   if (verbose) {
     message("aMEDL integration: ", length(cells), " cells, ",
-            if (is.null(features)) "highly variable genes" else
+            if (mapping) "the genes of the saved model" else if (is.null(features))
+              paste(.amedl_or(n_top_genes, 2000L), "highly variable genes") else
               paste(length(features), "features"), ", ", length(unique(batch)), " batches (",
             paste(unique(batch), collapse = ", "), ")")
   }
 
   fit <- RunAMEDL(object = counts, batch = batch, features = features,
-                  n_latent = n_latent, epochs = epochs, seed = seed,
+                  n_latent = n_latent, n_top_genes = .amedl_or(n_top_genes, 2000L), epochs = epochs, seed = seed,
                   verbose = verbose, ...)
 
   # the parameters as RunAMEDL() records them (so AMEDLModel(obj, reduction =
@@ -140,10 +207,11 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
   params <- fit$params
   params$batch_key <- if (is.null(groups)) "layer_split" else "groups"
   params <- utils::modifyList(params, list(assay = assay, layer = counts.layer, object_kind = "Seurat",
-                                           method = "IntegrateLayers(method = AMEDLIntegration)"))
-  # `groups` are in no column of the object: the record keeps them by cell, so that
-  # AMEDLCounterfactual() and AMEDLBatchEffects() use the fit's batches
-  if (!is.null(groups)) params$cell_batches <- stats::setNames(as.character(batch), cells)
+                                           method = .integration_method))
+  # neither `groups` nor the layer split is a column of the object (and JoinLayers() undoes
+  # the split): the record keeps the batches by cell, so that AMEDLCounterfactual() and
+  # AMEDLBatchEffects() use the fit's batches
+  params$cell_batches <- stats::setNames(as.character(batch), cells)
   make_dr <- function(emb, key, kind) {
     emb <- as.matrix(emb)
     if (nrow(emb) != length(cells)) {
@@ -163,6 +231,18 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
 attr(AMEDLIntegration, "Seurat.method") <- "integration"
 
 .amedl_or <- function(a, b) if (is.null(a)) b else a
+
+# When AMEDLIntegration() is called by Seurat::IntegrateLayers(): its Seurat object (whose
+# reductions' keys the new ones must not take) and whether the user gave `features` to it.
+# NULL when called otherwise.
+.integratelayers_caller <- function(frame, fn, call) {
+  il <- if (requireNamespace("Seurat", quietly = TRUE)) tryCatch(getExportedValue("Seurat", "IntegrateLayers"), error = function(e) NULL)
+  if (is.null(il) || !is.function(fn) || !identical(fn, il)) return(NULL)
+  object <- get0("object", envir = frame, inherits = FALSE)
+  if (!methods::is(object, "Seurat")) return(NULL)
+  matched <- tryCatch(match.call(fn, call), error = function(e) NULL)
+  list(object = object, features_given = !is.null(matched) && "features" %in% names(matched))
+}
 
 # A valid Seurat key from a reduction name: "integrated.amedl" -> "integratedamedl_".
 .amedl_key <- function(name) {

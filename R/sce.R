@@ -20,6 +20,7 @@ RunAMEDL.SingleCellExperiment <- function(object, batch, assay = "counts", featu
     .stop("`batch` is missing: name the colData column that holds each cell's batch (columns: %s)",
           paste(colnames(SummarizedExperiment::colData(object)), collapse = ", "))
   }
+  .check_sce_cells(object)
   an <- SummarizedExperiment::assayNames(object)
   if (!assay %in% an) {
     .stop("the SingleCellExperiment has no assay '%s' (assays: %s); aMEDL needs the raw counts: name their assay with `assay =`",
@@ -42,4 +43,20 @@ RunAMEDL.SingleCellExperiment <- function(object, batch, assay = "counts", featu
   md$amedl <- utils::modifyList(res$params, list(layer = assay, assay = assay, object_kind = "SingleCellExperiment"))
   S4Vectors::metadata(object) <- md
   object
+}
+
+# Cell names are what ties the latents, the counterfactuals and the recorded batches to the
+# cells: a SingleCellExperiment without them (colnames NULL) is an error, as are empty names.
+.check_sce_cells <- function(object) {
+  cn <- colnames(object)
+  if (is.null(cn)) {
+    .stop(paste0("the SingleCellExperiment has no cell names (colnames(sce) is NULL); aMEDL names the cells of its ",
+                 "latents (reducedDims) and counterfactuals by them.\nFix: set them first, e.g. ",
+                 "colnames(sce) <- paste0(\"cell\", seq_len(ncol(sce))) (or the barcodes)"))
+  }
+  if (anyNA(cn) || !all(nzchar(cn))) {
+    .stop("the SingleCellExperiment has %d missing or empty cell name(s) in colnames(sce); give every cell a name (e.g. colnames(sce) <- make.unique(...))",
+          sum(is.na(cn) | !nzchar(cn)))
+  }
+  invisible(TRUE)
 }

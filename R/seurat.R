@@ -53,7 +53,10 @@ SeuratLayerCounts <- function(object, assay = NULL, layer = "counts") {
 #' @param reduction.prefix Seurat: prefix of the reduction names
 #'   (`<prefix>_fe`, `<prefix>_re`); the keys are the prefix without
 #'   non-alphanumeric characters followed by `fe_` / `re_`, so it must start
-#'   with a letter once those are dropped (checked before training).
+#'   with a letter once those are dropped, and the keys must not be those of
+#'   another reduction or assay of the object (e.g. `"amedl.s"` and
+#'   `"amedl_s"` both give `amedlsfe_`); both are checked before training.
+#'   Reductions of the same names are replaced.
 #' @export
 RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts", features = NULL,
                             n_latent = NULL, n_top_genes = 2000, epochs = NULL, seed = 0, model_dir = NULL,
@@ -62,6 +65,12 @@ RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts"
   .check_dots(...)
   .seurat_ns()
   keyroot <- .check_prefix(reduction.prefix)
+  new_keys <- stats::setNames(as.list(paste0(keyroot, c("fe_", "re_"))), paste0(reduction.prefix, c("_fe", "_re")))
+  .check_keys_free(object, new_keys, function(name, key, free) {
+    sprintf(paste0("choose another `reduction.prefix` (its letters and digits make the keys: \"%s\" gives %s), ",
+                   "or remove what holds the key first (e.g. obj[[\"name\"]] <- NULL)"),
+            reduction.prefix, paste(unlist(new_keys), collapse = " and "))
+  })
   if (!is.character(layer) || length(layer) != 1L || is.na(layer) || !nzchar(layer)) .stop("`layer` must be a layer name such as \"counts\"")
   mapping <- .maps_query(model_dir, overwrite)
   if (is.null(assay)) assay <- SeuratObject::DefaultAssay(object)
@@ -94,6 +103,10 @@ RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts"
                     model_dir = model_dir, verbose = verbose, settings = settings, overwrite = overwrite,
                     adapt = adapt, adapted_model_dir = adapted_model_dir)
   params <- utils::modifyList(res$params, list(assay = assay, layer = layer, object_kind = "Seurat"))
+  # the split of the counts layer is the batch: kept by cell in the record, so that
+  # AMEDLCounterfactual() and AMEDLBatchEffects() still find each cell's batch after
+  # JoinLayers() (the usual next step in Seurat 5)
+  if (identical(b$key, "layer_split")) params$cell_batches <- stats::setNames(as.character(bf), colnames(counts))
   if (isTRUE(b$store)) object@meta.data[[b$key]] <- unname(b$values)
   for (kind in c("fe", "re")) {
     key <- paste0(keyroot, kind, "_")
@@ -116,4 +129,43 @@ RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts"
   }, error = function(e) NULL)
   if (!is.null(cmd)) object@commands[[paste0("RunAMEDL.", params$assay)]] <- cmd
   object
+}
+
+# Keys of the object's assays and reductions, named "assay 'RNA'" / "reduction 'pca'"; those
+# named in `except` (about to be replaced) are left out.
+.taken_keys <- function(object, except = character(0)) {
+  out <- character(0)
+  for (what in c("assay", "reduction")) {
+    items <- methods::slot(object, paste0(what, "s"))
+    for (n in setdiff(names(items), except)) {
+      k <- tryCatch(SeuratObject::Key(items[[n]]), error = function(e) NULL)
+      if (length(k) == 1L && !is.na(k) && nzchar(k)) out[sprintf("%s '%s'", what, n)] <- k
+    }
+  }
+  out
+}
+
+# New reductions or assays (named `keys`, by their names) must not take a key that another
+# reduction or assay of the object has (Seurat would replace it with a random one, e.g.
+# "Key 'amedlre_' taken, using 'qximn_'"), nor share one. Checked before training; `fix(name,
+# key, free)` says how to choose another key (`free`: a key not in use).
+.check_keys_free <- function(object, keys, fix, what = "reduction") {
+  taken <- if (is.null(object)) character(0) else .taken_keys(object, except = names(keys))
+  for (i in seq_along(keys)) {
+    k <- keys[[i]]
+    n <- names(keys)[i]
+    hit <- names(taken)[tolower(taken) == tolower(k)]
+    other <- setdiff(names(keys)[tolower(unlist(keys)) == tolower(k)], n)
+    if (length(hit) || length(other)) {
+      used <- tolower(c(taken, unlist(keys)))
+      root <- sub("_$", "", k)
+      j <- 2L
+      while (tolower(paste0(root, j, "_")) %in% used) j <- j + 1L
+      .stop(paste0("the key '%s' of the new %s '%s' is already the key of %s; Seurat would give '%s' a random key instead.\n",
+                   "Fix: %s"),
+            k, what, n, if (length(hit)) paste(hit, collapse = " and ") else sprintf("the new %s '%s'", what, other[1]), n,
+            fix(n, k, paste0(root, j, "_")))
+    }
+  }
+  invisible(TRUE)
 }

@@ -119,9 +119,59 @@ test_that("AMEDLIntegration's groups are read back from the record by cell, not 
   got <- amedl:::.recorded_batches(params, meta, c("c3", "c2", "c1"), NULL, "counts", "meta.data", "obj")
   expect_identical(got, c("a", "b", "a"))
   expect_error(amedl:::.recorded_batches(params, meta, c("c1", "c9"), NULL, "counts", "meta.data", "obj"),
-               "1 cell\\(s\\) have no batch among the `groups`.*'c9'")
-  # a split fit whose layer is no longer split says so
+               "1 cell\\(s\\) have no batch in the record of the fit, which used the `groups`.*'c9'.*Rerun IntegrateLayers\\(")
+  # a layer-split fit records the split by cell too, so it is found after JoinLayers() (split NULL)
+  split_params <- list(batch_key = "layer_split", batches = c("a", "b"), cell_batches = c(c1 = "a", c2 = "b", c3 = "a"))
+  expect_identical(amedl:::.recorded_batches(split_params, meta, c("c3", "c1"), NULL, "counts", "meta.data", "obj"),
+                   c("a", "a"))
+  # a split fit by an older amedl (no cell_batches) whose layer is no longer split says so, and
+  # names the function that made the fit
   expect_error(amedl:::.recorded_batches(list(batch_key = "layer_split"), meta, rownames(meta), NULL, "counts",
                                          "meta.data", "obj"),
-               "split of the 'counts' layer .* no longer split")
+               "split of the 'counts' layer .* no longer split.*rerun RunAMEDL\\(obj, batch = ")
+  expect_error(amedl:::.recorded_batches(list(batch_key = "layer_split", assay = "RNA", method = params$method), meta,
+                                         rownames(meta), NULL, "counts", "meta.data", "obj"),
+               "obj\\[\\[\"RNA\"\\]\\] <- split.*rerun IntegrateLayers\\(obj, method = AMEDLIntegration")
+})
+
+test_that("AMEDLBatchEffects checks n_samples, delta, credible and seed, and puts group first", {
+  skip_if_no_engine()
+  sce <- amedl:::.amedl_repair_sce(muscat_sce())
+  sce <- sce[, seq(1, ncol(sce), by = 5)]  # every sample
+  fit <- RunAMEDL(sce, batch = "sample_id", epochs = 2, n_latent = 4, n_top_genes = 80, verbose = FALSE)
+  # (were: an integer overflow message, silent truncation to 2, all p_effect 1, Python errors)
+  expect_error(AMEDLBatchEffects(fit, "stim101", n_samples = "a"), "`n_samples` must be a whole number >= 2, not \"a\"")
+  expect_error(AMEDLBatchEffects(fit, "stim101", n_samples = 2.7), "`n_samples` must be a whole number >= 2, not 2.7")
+  expect_error(AMEDLBatchEffects(fit, "stim101", n_samples = NA), "`n_samples` must be a whole number")
+  expect_error(AMEDLBatchEffects(fit, "stim101", n_samples = 5, delta = -1), "`delta` must be a single number >= 0.*not -1")
+  expect_error(AMEDLBatchEffects(fit, "stim101", n_samples = 5, delta = c(1, 2)), "`delta` must be a single number")
+  expect_error(AMEDLBatchEffects(fit, "stim101", n_samples = 5, credible = 1.5), "`credible` must be a single number between 0 and 1")
+  expect_error(AMEDLBatchEffects(fit, "stim101", n_samples = 5, seed = NA), "`seed` must be a whole number >= 0, not NA")
+  expect_error(AMEDLBatchEffects(SingleCellExperiment::counts(sce), "stim101", model = AMEDLModel(fit),
+                                 batch_of_cells = sce$sample_id, n_samples = 5, delta = -1), "`delta` must be")
+  be <- AMEDLBatchEffects(fit, "stim101", group.by = "cluster_id", n_samples = 3)
+  expect_identical(names(be), c("group", "gene", "lfc", "lfc_sd", "ci_low", "ci_high", "p_effect", "credible",
+                                "mean_a", "mean_b", "n_cells"))
+})
+
+test_that("new reduction and counterfactual keys may not be keys the object already has", {
+  obj <- muscat_seurat()
+  obj <- obj[, seq(1, ncol(obj), by = 5)]  # every sample
+  skip_if_no_engine()
+  out <- RunAMEDL(obj, batch = "sample_id", epochs = 2, n_latent = 4, n_top_genes = 80, verbose = FALSE,
+                  reduction.prefix = "amedl.s")
+  t0 <- Sys.time()
+  # (was: Seurat's "Key 'amedlsfe_' taken, using '<random>_'")
+  expect_error(RunAMEDL(out, batch = "sample_id", epochs = 500, verbose = FALSE, reduction.prefix = "amedl_s"),
+               "the key 'amedlsfe_' of the new reduction 'amedl_s_fe' is already the key of reduction 'amedl.s_fe'.*Fix: choose another `reduction.prefix`")
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 20)
+  # the same prefix replaces its own reductions (their keys are not "taken")
+  again <- RunAMEDL(out, batch = "sample_id", epochs = 2, n_latent = 4, n_top_genes = 80, verbose = FALSE,
+                    reduction.prefix = "amedl.s")
+  expect_identical(SeuratObject::Key(again[["amedl.s_fe"]]), "amedlsfe_")
+  expect_error(AMEDLCounterfactual(out, batch = "ctrl101", name = "amedlsre"),
+               "the key 'amedlsre_' of the new assay 'amedlsre' is already the key of reduction 'amedl.s_re'")
+  # a counterfactual adds an assay without warnings (Seurat 5: was "Layer counts isn't present ...")
+  expect_no_warning(cf <- AMEDLCounterfactual(out, batch = "ctrl101", reduction = "amedl.s_fe"))
+  expect_identical(class(cf[["amedl_ctrl101"]])[1], class(out[["RNA"]])[1])
 })

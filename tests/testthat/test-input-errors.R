@@ -7,6 +7,8 @@ test_that("matrix method rejects bad counts and batches", {
   expect_error(RunAMEDL(s$counts, batch = s$batch[1:10]), "has 10 values for 30 cells")
   b <- as.character(s$batch); b[3] <- NA
   expect_error(RunAMEDL(s$counts, batch = b), "1 missing value")
+  b <- as.character(s$batch); b[3:4] <- c("", " ")
+  expect_error(RunAMEDL(s$counts, batch = b), "2 empty label\\(s\\) \\(\"\"\\), which is no batch name")
   chr <- matrix(as.character(as.matrix(s$counts)), 20, 30, dimnames = dimnames(s$counts))
   expect_error(RunAMEDL(chr, batch = s$batch), "must be numeric \\(raw counts\\).*character")
   neg <- as.matrix(s$counts); neg[1, 1] <- -1
@@ -25,7 +27,7 @@ test_that("matrix method rejects bad counts and batches", {
 })
 
 test_that("SingleCellExperiment method rejects a missing batch column, one batch and a non-numeric assay", {
-  sce <- muscat_sce()
+  sce <- amedl:::.amedl_repair_sce(muscat_sce())  # (subsetting needs the Seqinfo repair)
   expect_error(RunAMEDL(sce, batch = "donor"),
                "`batch = \"donor\"` is not a column of the colData; columns are: cluster_id, sample_id, group_id")
   expect_error(RunAMEDL(sce), "`batch` is missing.*sample_id")
@@ -36,6 +38,30 @@ test_that("SingleCellExperiment method rejects a missing batch column, one batch
   SummarizedExperiment::assay(small, "chr", withDimnames = FALSE) <-
     matrix(as.character(as.matrix(SingleCellExperiment::counts(small))), 50, 60)
   expect_error(RunAMEDL(small, batch = "sample_id", assay = "chr"), "assay 'chr' must be numeric \\(raw counts\\)")
+})
+
+test_that("a SingleCellExperiment without cell names or with empty batch labels is an error before training", {
+  sce <- amedl:::.amedl_repair_sce(muscat_sce())[, 1:200]
+  t0 <- Sys.time()
+  nonames <- sce
+  colnames(nonames) <- NULL
+  # (was: reducedDims with rows named cell1, cell2, ... and Bioconductor warnings)
+  expect_error(RunAMEDL(nonames, batch = "sample_id", epochs = 500, verbose = FALSE),
+               "no cell names \\(colnames\\(sce\\) is NULL\\).*colnames\\(sce\\) <- paste0")
+  expect_error(AMEDLCounterfactual(nonames, batch = "ctrl101", model = tempfile()), "no cell names")
+  blank <- sce
+  blank$b <- as.character(blank$sample_id)
+  blank$b[1:10] <- ""
+  # (was: "" accepted as a batch of its own)
+  expect_error(RunAMEDL(blank, batch = "b", epochs = 500, verbose = FALSE),
+               "column 'b' of the cell metadata has 10 empty label\\(s\\)")
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 20)
+  if (requireNamespace("DelayedArray", quietly = TRUE)) {
+    delayed <- sce
+    SingleCellExperiment::counts(delayed) <- DelayedArray::DelayedArray(SingleCellExperiment::counts(sce))
+    expect_error(RunAMEDL(delayed, batch = "sample_id", epochs = 500, verbose = FALSE),
+                 "DelayedMatrix; read it into memory first, e.g. as\\(x, \"dgCMatrix\"\\)")
+  }
 })
 
 test_that("Seurat method rejects a missing batch column, one batch and empty counts", {

@@ -214,3 +214,95 @@ test_that("AMEDLIntegration takes groups for an unsplit assay and explains a mis
     expect_equal(unname(emb), unname(s5_env$fe_batch_col), tolerance = 1e-5)
   }
 })
+
+# A quarter of the cells (every sample), split as s5_object(): for the quicker fits below.
+s5_small <- function() {
+  obj <- s5_object()
+  subset(obj, cells = SeuratObject::Cells(obj)[seq(1, ncol(obj), by = 4)])
+}
+
+test_that("after JoinLayers() the follow-ups of layer-split fits still use each cell's batch", {
+  s5_skip()
+  s5_skip_if_no_engine()
+  obj <- s5_small()
+  obj <- RunAMEDL(obj, features = s5_env$feats, n_latent = 4, epochs = 2, verbose = FALSE)
+  obj <- Seurat::IntegrateLayers(obj, method = AMEDLIntegration, orig.reduction = NULL, features = s5_env$feats,
+                                 n_latent = 4, epochs = 2, verbose = FALSE)
+  truth <- stats::setNames(as.character(obj$sample_id), SeuratObject::Cells(obj))
+  for (r in c("amedl_fe", "integrated.amedl")) {
+    expect_identical(SeuratObject::Misc(obj[[r]])$amedl$cell_batches[names(truth)], truth)
+  }
+  split_cf <- AMEDLCounterfactual(obj, batch = "stim101", reduction = "integrated.amedl")
+  joined <- SeuratObject::JoinLayers(obj)
+  expect_length(SeuratObject::Layers(joined[["RNA"]], search = "counts"), 1L)
+  # (was: "the fit used the split of the 'counts' layer as the batch ... no longer split")
+  cf <- AMEDLCounterfactual(joined, batch = "stim101", reduction = "integrated.amedl")
+  expect_equal(SeuratObject::LayerData(cf[["amedl_stim101"]], layer = "data"),
+               SeuratObject::LayerData(split_cf[["amedl_stim101"]], layer = "data"))
+  expect_s4_class(AMEDLCounterfactual(joined, batch = "ctrl101")[["amedl_ctrl101"]], "Assay5")
+  fit <- amedl:::.seurat_fit_inputs(joined, NULL, "amedl_fe")
+  expect_identical(as.character(fit$batch), unname(truth[SeuratObject::Cells(joined)]))
+  expect_gt(nrow(AMEDLBatchEffects(joined, "stim101", "ctrl101", reduction = "integrated.amedl", n_samples = 2)), 0)
+  expect_gt(nrow(AMEDLBatchEffects(joined, "stim101", "ctrl101", n_samples = 2)), 0)
+})
+
+test_that("a counterfactual on a Seurat 5 object is an Assay5, added without warnings", {
+  s5_skip()
+  s5_skip_if_no_engine()
+  obj <- SeuratObject::JoinLayers(s5_small())
+  obj <- RunAMEDL(obj, batch = "sample_id", features = s5_env$feats, n_latent = 4, epochs = 2, verbose = FALSE)
+  # (was: a v3 Assay, and "Layer counts isn't present in the assay object; returning NULL")
+  expect_no_warning(cf <- AMEDLCounterfactual(obj, batch = "stim101"))
+  a <- cf[["amedl_stim101"]]
+  expect_s4_class(a, "Assay5")
+  expect_identical(SeuratObject::Layers(a), "data")
+  expect_identical(SeuratObject::Key(a), "amedlstim101_")
+  expect_identical(SeuratObject::Cells(a), SeuratObject::Cells(obj))
+  expect_identical(SeuratObject::Misc(a, slot = "amedl")$counterfactual_batch, "stim101")
+  expect_false(any(c("nCount_amedl_stim101", "nFeature_amedl_stim101") %in% colnames(cf@meta.data)))
+  # an earlier counterfactual is replaced
+  expect_no_warning(cf <- AMEDLCounterfactual(cf, batch = "ctrl101", name = "amedl_stim101"))
+  expect_identical(SeuratObject::Misc(cf[["amedl_stim101"]], slot = "amedl")$counterfactual_batch, "ctrl101")
+})
+
+test_that("IntegrateLayers with AMEDLIntegration: keys in use, n_top_genes, a saved model, SCTransform", {
+  s5_skip()
+  s5_skip_if_no_engine()
+  obj <- s5_small()
+  obj <- RunAMEDL(obj, batch = "sample_id", features = s5_env$feats, n_latent = 4, epochs = 2, verbose = FALSE)
+  t0 <- Sys.time()
+  # (was: Seurat's "Key 'amedlre_' taken, using '<random>_'")
+  expect_error(Seurat::IntegrateLayers(obj, method = AMEDLIntegration, orig.reduction = NULL, re.reduction = "amedl.re",
+                                       epochs = 500, verbose = FALSE),
+               "the key 'amedlre_' of the new reduction 'amedl.re' is already the key of reduction 'amedl_re'.*re.key = \"amedlre2_\"")
+  expect_error(Seurat::IntegrateLayers(obj, method = AMEDLIntegration, orig.reduction = NULL, new.reduction = "a.b",
+                                       re.reduction = "ab", epochs = 500, verbose = FALSE),
+               "the key 'ab_' of the new reduction 'a.b' is already the key of the new reduction 'ab'")
+  expect_error(Seurat::IntegrateLayers(obj, method = AMEDLIntegration, orig.reduction = NULL, features = s5_env$feats,
+                                       n_top_genes = 50, epochs = 500, verbose = FALSE),
+               "give either `features`.*or `n_top_genes`")
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 30)
+
+  # n_top_genes: the engine picks that many genes (was: silently ignored for the variable features)
+  dir <- tempfile("amedl-int-")
+  on.exit(unlink(dir, recursive = TRUE), add = TRUE)
+  out <- Seurat::IntegrateLayers(obj, method = AMEDLIntegration, orig.reduction = NULL, n_top_genes = 50,
+                                 n_latent = 4, epochs = 2, verbose = FALSE, model_dir = dir)
+  expect_length(SeuratObject::Misc(out[["integrated.amedl"]])$amedl$genes, 50L)
+  # mapping onto the saved model: no warning about features that IntegrateLayers() passed, not the user
+  expect_no_warning(m <- Seurat::IntegrateLayers(obj, method = AMEDLIntegration, orig.reduction = NULL,
+                                                 verbose = FALSE, model_dir = dir))
+  expect_equal(SeuratObject::Embeddings(m[["integrated.amedl"]]), SeuratObject::Embeddings(out[["integrated.amedl"]]),
+               tolerance = 1e-5)
+  expect_warning(Seurat::IntegrateLayers(obj, method = AMEDLIntegration, orig.reduction = NULL, verbose = FALSE,
+                                         model_dir = dir, features = s5_env$feats),
+                 "features is ignored")
+
+  # SCTransform: aMEDL needs the raw counts (was: "Convert a v3/v4 assay with as(..., 'Assay5')")
+  skip_if_not_installed("sctransform")
+  small <- subset(obj, cells = SeuratObject::Cells(obj)[seq(1, ncol(obj), by = 2)])
+  sct <- suppressWarnings(suppressMessages(Seurat::SCTransform(small, verbose = FALSE, variable.features.n = 100)))
+  expect_error(Seurat::IntegrateLayers(sct, method = AMEDLIntegration, orig.reduction = NULL,
+                                       normalization.method = "SCT", epochs = 500, verbose = FALSE),
+               "SCTransform assay.*raw counts.*assay = \"RNA\"")
+})
