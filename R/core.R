@@ -239,7 +239,13 @@
   re <- .latent_matrix(res$re, cells, "amedlre_")
   # the engine's record (the same uns['amedl'] that `amedl fit` and amedl.tl.amedl write), and
   # where this R session finds the model again
-  record <- lapply(res$record, function(v) if (is.list(v) && is.null(names(v))) unlist(v) else v)
+  # (a Python list becomes a vector; an empty one, e.g. settings_none, character(0), not NULL,
+  # which would drop the field from the record)
+  record <- lapply(res$record, function(v) {
+    if (!is.list(v) || !is.null(names(v))) return(v)
+    u <- unlist(v)
+    if (is.null(u)) character(0) else u
+  })
   params <- c(record, list(model_id = .cache_model(res$model), model_dir = res$model_dir))
   list(fe = fe, re = re, model = res$model, params = params[!vapply(params, is.null, logical(1))])
 }
