@@ -314,6 +314,6 @@ def engine_info() -> dict:
         "executable": sys.executable,
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion object otherwise, not an R string
         "anndata": version("anndata"),
     }

@@ -50,6 +50,7 @@ test_that("the engine runs in the configured Python, with a NumPy reticulate can
   np <- system2(py, c("-c", shQuote("import numpy; print(numpy.__version__)")), stdout = TRUE)
   expect_identical(info$numpy, np)  # the version of the Python reticulate chose, not just any
   expect_identical(normalizePath(info$executable), normalizePath(py))
+  expect_true(all(vapply(info, is.character, NA)))  # was: torch's version a Python TorchVersion object
   if (utils::packageVersion("reticulate") < "1.38") expect_true(numeric_version(info$numpy) < "2")
 })
 

@@ -139,6 +139,8 @@ def _to_r(x, where: str = "uns"):
     if isinstance(x, (str, bool, int, float, np.generic)):
         x = np.asarray([x])
     if isinstance(x, (list, tuple)):
+        if not x:  # e.g. a list of names with none in it: character(0), as R's records hold it
+            return ro.StrVector([])
         if not all(isinstance(v, (str, bool, int, float, np.generic)) for v in x):
             return ro.r["list"](*[_to_r(v, f"{where}[]") for v in x])
         x = np.asarray(x)
