@@ -151,7 +151,7 @@ AMEDLCounterfactual.Seurat <- function(object, batch, model = NULL, name = NULL,
 .cf_assay <- function(x, source) {
   if (inherits(source, "StdAssay")) {
     # (an Assay5 keeps its layers as dgCMatrix; converting first avoids the warning that it did)
-    return(SeuratObject::CreateAssay5Object(data = methods::as(x, "CsparseMatrix")))
+    return(getExportedValue("SeuratObject", "CreateAssay5Object")(data = methods::as(x, "CsparseMatrix")))
   }
   # a v3 Assay with only `data`: its `counts` stay empty
   SeuratObject::CreateAssayObject(data = x)
