@@ -245,6 +245,10 @@ def test_benchmark_command_line(small_adata, tmp_path, capsys):
     three = build_parser().parse_args(["benchmark", str(path), "--batch-key", "batch", "--label-key", "cell_type",
                                        "--out-dir", str(tmp_path / "s"), "--threads", "3"])
     assert _benchmark_command_line(three).endswith("--threads 3")
+    r_file = build_parser().parse_args(["benchmark", "cells.rda", "--batch-key", "batch", "--label-key", "cell_type",
+                                        "--out-dir", "s", "--object-name", "pbmc", "--assay", "RNA"])
+    assert "cells.rda --batch-key batch --label-key cell_type --out-dir s " in _benchmark_command_line(r_file)
+    assert "--object-name pbmc --assay RNA" in _benchmark_command_line(r_file)
     from amedl.cli import main
 
     assert main(["benchmark", str(path), "--batch-key", "batch", "--label-key", "cell_type",
