@@ -98,6 +98,20 @@ def apply_threads(n: int | None) -> int | None:
     if n is None:
         env = os.environ.get("OMP_NUM_THREADS", "")
         if env.isdigit() and int(env) > 0 and "NUMBA_NUM_THREADS" not in os.environ:
+            # numba's pool starts with every core unless told, and with the OpenMP runtime it shares
+            # with torch that raises torch's thread count too, in the middle of a fit
+            if "numba" not in sys.modules:
+                os.environ["NUMBA_NUM_THREADS"] = env  # sizes the pool when numba is imported
+            else:  # imported already (by scanpy): start its pool now, then give torch its count back
+                try:
+                    from numba.np.ufunc import parallel
+
+                    parallel._launch_threads()
+                except Exception:  # pragma: no cover - numba internals
+                    pass
+                import torch
+
+                torch.set_num_threads(int(env))
             _numba_threads(int(env))
         return None
     n = int(n)

@@ -128,3 +128,22 @@ def test_threads_are_applied_to_torch_and_numba():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["1", "2", "2"]
+
+
+def test_omp_num_threads_still_holds_after_a_fit():
+    """Was: with OMP_NUM_THREADS=1 (and NUMBA_NUM_THREADS unset) torch used every core after the first fit:
+    numba's pool, started during preprocessing with every core, raised the OpenMP count torch shares."""
+    pytest.importorskip("numba")
+    code = "; ".join([
+        "import amedl, torch",
+        "a = amedl.datasets.simulate(n_cells=120, n_genes=80, n_batches=2, n_cell_types=2, seed=0)",
+        "small = dict(n_top_genes=40, hidden=(8,), n_latent=2, adversary_hidden=(8,))",
+        "print(torch.get_num_threads())",
+        "amedl.AMEDL(a, 'batch', **small).fit(max_epochs=1, progress=False)",
+        "print(torch.get_num_threads())",
+    ])
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"},
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "1"]
