@@ -23,6 +23,22 @@ import scipy.sparse as sp
 
 from .errors import AMEDLError
 
+
+def _check_engine_packages() -> None:
+    """The packages the engine needs are importable (checked when R starts the engine, so that
+    ``amedl_available()`` is FALSE, with the reason, where they are not)."""
+    import importlib.util
+
+    missing = [pip for module, pip in (("torch", "torch"), ("anndata", "anndata"), ("scanpy", "scanpy"),
+                                       ("sklearn", "scikit-learn")) if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ImportError(f"the amedl engine needs {', '.join(missing)}, which this Python does not have; "
+                          "install the engine with its dependencies (pip install <amedl checkout>)")
+    import torch  # noqa: F401  (installed but broken: its own error, now)
+
+
+_check_engine_packages()
+
 #: AnnData wording → R wording, applied in order to the engine's error messages.
 _R_WORDS = (
     (r"e\.g\. adata = adata\[.*?\]\.copy\(\)", "e.g. with subset()"),

@@ -319,3 +319,17 @@ def test_writing_over_the_input_is_safe(project, capsys):
     assert sorted(p.name for p in project.iterdir()) == ["input.h5ad", "notes.txt"]
     assert int(back.uns["amedl"]["epochs"]["fe"]) == 1
     assert np.isfinite(back.obsm["X_amedl_re"]).all()
+
+
+def test_the_r_bridge_refuses_a_python_without_the_engine_packages():
+    """Was: R's amedl_available() was TRUE on a Python without torch, anndata or scanpy (the bridge imported only
+    numpy, pandas and scipy), and the first fit failed with a bare ModuleNotFoundError, one package at a time."""
+    code = "; ".join([
+        "import importlib.util",
+        "real = importlib.util.find_spec",
+        "importlib.util.find_spec = lambda name, *a: None if name in ('torch', 'scanpy') else real(name, *a)",
+        "import amedl._rbridge",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "ImportError: the amedl engine needs torch, scanpy, which this Python does not have" in out.stderr
