@@ -29,12 +29,15 @@
 #'   `re_patience` in `...` for RE.
 #' @param prior_scale Scale of the Normal prior of the random effects (a positive number).
 #' @param scaling Per-gene scaling of the model input: `"zscore"` or `"minmax"` (the paper's).
-#' @param device `"auto"` (a GPU when PyTorch sees one), `"cpu"`, `"cuda"`, `"cuda:1"`, ...
+#' @param device `"auto"` (a GPU when PyTorch sees one), `"cpu"`, `"cuda"`, `"cuda:1"`, ...;
+#'   a GPU that PyTorch does not see is an error when the fit starts (then
+#'   `amedl_options(device = "cpu")` or `"auto"`).
 #' @param ... Further engine settings by name: numbers, strings or logicals
 #'   (a vector of several numbers for tuple settings such as `adversary_hidden`;
 #'   `Inf` for "no limit", the engine's `None`), e.g. `re_patience = 10`,
 #'   `fe_adv_weight = 2` or `threads = 4` (the number of CPU threads, a whole
-#'   number >= 1).
+#'   number >= 1; set when the fit starts, it stays for the rest of the R
+#'   session, later fits included: see "Threads" in [amedl_engine()]).
 #' @return A list of class `amedl_options` with the settings that are set,
 #'   typed for the engine (whole numbers as integers).
 #' @seealso [RunAMEDL()]
