@@ -52,6 +52,7 @@ _R_WORDS = (
     (r"adata\.layers\[('[^']*')\]", r"layer \1"),
     (r"adata\.X", "the count matrix"),
     (r"\(e\.g\. layer='counts'; command line: --layer counts\)", "(the 'counts' layer or assay)"),
+    (r"\(device=\.\.\., command line --device\)", "(amedl_options(device = ...))"),
     (r"\bNone\b", "NULL"),
     (r"\bTrue\b", "TRUE"),
     (r"\bFalse\b", "FALSE"),

@@ -218,3 +218,9 @@ def test_r_users_read_r_words(tiny):
                      n_latent=3, n_top_genes=50, epochs=1, progress=False)
     msg = str(err.value)
     assert "subset(obj, nCount_RNA > 0)" in msg and "adata" not in msg and "sc.pp" not in msg
+    from amedl._utils import resolve_device
+
+    if not torch.cuda.is_available():  # was: the Python and command-line forms, from R
+        with pytest.raises(Exception) as err:
+            resolve_device("cuda")
+        assert _rbridge.r_words(str(err.value)).endswith("(amedl_options(device = ...))")
