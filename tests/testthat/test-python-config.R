@@ -80,12 +80,18 @@ test_that("the hints name the environment amedl looks for", {
   expect_false(grepl("options(amedl.envname", amedl:::.fix_hint(), fixed = TRUE))
 })
 
-# A folder that holds a virtual environment "amedl" pointing at the engine's (as scripts/setup registers it).
-workon_home_with_engine <- function() {
+# The virtual environment of the engine's Python (skips where there is none).
+engine_venv <- function() {
   py <- engine_python()
   skip_if(!nzchar(py), "no Python with the amedl engine configured")
   venv <- dirname(dirname(py))
   skip_if(!file.exists(file.path(venv, "pyvenv.cfg")), "the engine's Python is not in a virtual environment")
+  venv
+}
+
+# A folder that holds a virtual environment "amedl" pointing at the engine's (as scripts/setup registers it).
+workon_home_with_engine <- function() {
+  venv <- engine_venv()
   home <- tempfile("workon-")
   dir.create(home)
   file.symlink(venv, file.path(home, "amedl"))
@@ -135,10 +141,7 @@ test_that("reticulate::use_python() / use_virtualenv() before the first call win
 })
 
 test_that("options(amedl.envname = <path>) is the Python the config reports and the engine runs in", {
-  py <- engine_python()
-  skip_if(!nzchar(py), "no Python with the amedl engine configured")
-  venv <- dirname(dirname(py))
-  skip_if(!file.exists(file.path(venv, "pyvenv.cfg")), "the engine's Python is not in a virtual environment")
+  venv <- engine_venv()
   home <- tempfile("workon-empty-")
   dir.create(home)
   on.exit(unlink(home, recursive = TRUE), add = TRUE)
