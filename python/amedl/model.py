@@ -40,6 +40,13 @@ _CONFIG_FILE, _WEIGHTS_FILE = modelfile.CONFIG_FILE, modelfile.WEIGHTS_FILE
 _INTERCEPTS = "fe_intercepts"
 
 
+def _whole(name: str, value, low: int) -> int:
+    """``value`` as a Python int when it is a whole number >= ``low``; else AMEDLConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise AMEDLConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+    return int(value)
+
+
 class AMEDL:
     """aMEDL: a batch-invariant fixed-effects (FE) latent and a batch-specific
     random-effects (RE) latent for single-cell RNA-seq counts.
@@ -209,9 +216,7 @@ class AMEDL:
         """
         if max_epochs is not None:
             max_epochs = RULES["max_epochs"].check("max_epochs", max_epochs)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise AMEDLConfigError(f"seed must be a whole number >= 0, got {seed!r}")
-        seed = int(seed)  # numpy integers (e.g. from np.arange) are not seeds for Python's random
+        seed = _whole("seed", seed, 0)  # a Python int: numpy integers (np.arange) are not seeds for Python's random
         kinds = [kinds] if isinstance(kinds, str) else list(dict.fromkeys(kinds))
         bad = [k for k in kinds if k not in KINDS]
         if bad or not kinds:
@@ -359,8 +364,7 @@ class AMEDL:
                              "plain autoencoder have no batch input); train the RE network or use the default FE network")
         if self.batch_key not in adata.obs.columns:
             raise AMEDLInputError(f"adata.obs has no {self.batch_key!r} column: adapt() needs the batch of each new cell")
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise AMEDLConfigError(f"steps must be a whole number >= 1, got {steps!r}")
+        _whole("steps", steps, 1)
         if not lr > 0:
             raise AMEDLConfigError(f"lr must be > 0, got {lr!r}")
         batch = adata.obs[self.batch_key]
@@ -503,8 +507,7 @@ class AMEDL:
     def _run(self, inputs, fn, batch_size: int, library: bool = False, minibatches=None) -> np.ndarray:
         """``fn(minibatch)`` over minibatches of cells (``minibatches``, or those of
         ``inputs``), written into one preallocated float32 array."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise AMEDLConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        _whole("batch_size", batch_size, 1)
         X = inputs[0]
         out, lo = None, 0
         for mb in minibatches if minibatches is not None else self._loader(inputs, batch_size, library):
