@@ -18,10 +18,12 @@
   stringsAsFactors = FALSE
 )
 
-# An R reducedDim / reduction name -> obsm key, and an obsm key -> the name for `kind`.
+# An R reducedDim / reduction name -> obsm key (scanpy's "X_" prefix: harmony -> X_harmony,
+# which .amedl_r_name takes off again), and an obsm key -> the name for `kind`.
 .amedl_obsm_key <- function(name) {
   hit <- which(.amedl_reductions$sce == name | .amedl_reductions$seurat == name)
-  if (length(hit)) .amedl_reductions$obsm[hit[1]] else name
+  if (length(hit)) return(.amedl_reductions$obsm[hit[1]])
+  if (startsWith(name, "X_")) name else paste0("X_", name)
 }
 .amedl_r_name <- function(key, kind) {
   hit <- match(key, .amedl_reductions$obsm)

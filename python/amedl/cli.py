@@ -280,9 +280,13 @@ def cmd_embed(args) -> int:
         if missing:
             from .errors import preview
 
+            from .data.preprocess import seurat_renamed_hint
+
+            renamed = seurat_renamed_hint(missing, info["var_names"])
             raise AMEDLInputError(f"{len(missing)} of the model's {len(genes)} genes are not genes of {args.input} "
                                   f"({preview(missing, 5)}); the input needs every gene the model was trained on, "
-                                  "named the same way (gene symbols vs Ensembl IDs?)")
+                                  "named the same way (gene symbols vs Ensembl IDs?)"
+                                  + renamed.replace("(names", "in the input (in Python, names"))
     from .config import make_config
 
     make_config(**{k: v for k, v in {"device": args.device, "threads": args.threads}.items() if v is not None})
@@ -435,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help=f"output ({FORMATS_TEXT}) with obsm X_amedl_fe / X_amedl_re; "
                                                 "it may be the input")
     f.add_argument("--label-key", help="cell-type column: also print batch and label silhouettes")
-    f.add_argument("--layer", help="layer holding raw counts (default: X)")
+    f.add_argument("--layer", help="layer holding raw counts (default, or X: the matrix X)")
     f.add_argument("--model-dir", help="save the fitted model to this folder (new, empty, or an amedl model "
                                        "folder with --overwrite)")
     f.add_argument("--overwrite", action="store_true", help="replace the amedl model already in --model-dir")
@@ -489,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--epochs", "--max-epochs", dest="epochs", type=_whole(1), default=None,
                    help="epoch budget per network and for scVI (default: each model's own)")
     b.add_argument("--preset", default="default", choices=["default", "paper"], help="amedl preset")
-    b.add_argument("--layer", default=None, help="AnnData layer holding the raw counts")
+    b.add_argument("--layer", default=None, help="layer holding raw counts (default, or X: the matrix X)")
     b.add_argument("--max-cells", type=_whole(2), default=10_000,
                    help="score a seeded subsample of at most this many held-out cells per fold")
     b.add_argument("--no-scib", action="store_true", help="skip the scIB metrics")
@@ -570,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             build_parser().print_help()
             return 2
+        if args.func is not cmd_embed and getattr(args, "layer", None) == "X":
+            args.layer = None  # fit and benchmark read X unless told a layer; embed's default is the model's layer
+        os.environ.setdefault("MPLBACKEND", "Agg")  # figures are only written to files here
         if getattr(args, "threads", None):
             from ._utils import thread_environment
 

@@ -17,11 +17,17 @@ differ by Jensen's inequality even for a perfect model.)
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import r2_score
 
+from .errors import AMEDLInputError, preview
+
 __all__ = ["predicted_change", "counterfactual_scores"]
+
+_COLUMNS = ["group", "n_source", "n_target", "r2_baseline", "r2", "r2_top_baseline", "r2_top", "change_corr"]
 
 
 def _pseudobulk(log_expression) -> np.ndarray:
@@ -38,13 +44,23 @@ def _decoded(model, adata, batch, kind, layer) -> np.ndarray:
     return _pseudobulk(model.reconstruct(adata, batch=batch, kind=kind, layer=layer))
 
 
+def _batches(model, adata, source: str, target: str) -> np.ndarray:
+    """Each cell's batch, once ``source`` and ``target`` are checked to be two of the model's batches."""
+    if model.batch_key not in adata.obs.columns:
+        raise AMEDLInputError(f"adata.obs has no {model.batch_key!r} column (the model's batch key); "
+                              "the counterfactual needs each cell's batch")
+    if model._batch_code(source) == model._batch_code(target):
+        raise AMEDLInputError(f"source and target are the same batch ({source!r}); name two batches")
+    return adata.obs[model.batch_key].astype(str).to_numpy()
+
+
 def predicted_change(model, adata, source: str, target: str, *, kind: str = "fe", layer: str | None = None) -> pd.Series:
     """Per gene, the model's predicted change of pseudobulk log expression when the
     cells of batch ``source`` in ``adata`` are decoded as batch ``target`` instead
     of as their own batch; sorted from most raised to most lowered."""
-    cells = adata[adata.obs[model.batch_key].astype(str).to_numpy() == str(source)]
+    cells = adata[_batches(model, adata, source, target) == str(source)]
     if cells.n_obs == 0:
-        raise ValueError(f"no cells of batch {source!r} in adata.obs[{model.batch_key!r}]")
+        raise AMEDLInputError(f"no cells of batch {source!r} in adata.obs[{model.batch_key!r}]")
     own = _decoded(model, cells, None, kind, layer)
     as_target = _decoded(model, cells, target, kind, layer)
     return pd.Series(as_target - own, index=pd.Index(model.genes, name="gene"), name=f"{target} - {source}").sort_values(
@@ -75,8 +91,16 @@ def counterfactual_scores(
     changes most; ``change_corr`` the Pearson correlation over all genes of the
     predicted change (decoded as ``target`` minus decoded as ``source``) with
     the real change (target mean minus source mean).
+
+    A group too small in either batch is left out; where none is left, the
+    table is empty (with its columns) and a warning says why.
     """
-    batch = adata.obs[model.batch_key].astype(str).to_numpy()
+    batch = _batches(model, adata, source, target)
+    if groupby not in adata.obs.columns:
+        raise AMEDLInputError(f"groupby column {groupby!r} is not in adata.obs (columns: {preview(adata.obs.columns, 10)})")
+    for name, value in (("n_top", n_top), ("min_cells", min_cells)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise AMEDLInputError(f"{name} must be a whole number of at least 1, got {value!r}")
     groups = adata.obs[groupby].astype(str).to_numpy()
     rows = []
     for g in pd.unique(groups):
@@ -102,4 +126,7 @@ def counterfactual_scores(
                 "change_corr": float(np.corrcoef(pred - own, real_change)[0, 1]),
             }
         )
-    return pd.DataFrame(rows)
+    if not rows:
+        warnings.warn(f"no {groupby!r} group has {min_cells} cells (min_cells) in both {source!r} and {target!r}; "
+                      "the table is empty", stacklevel=2)
+    return pd.DataFrame(rows, columns=_COLUMNS)

@@ -60,7 +60,7 @@ class AMEDL:
     batch_key
         Column of ``adata.obs`` naming each cell's batch (donor, chemistry, site...).
     layer
-        Layer holding raw counts; ``None`` uses ``adata.X``.
+        Layer holding raw counts; ``None`` (or ``"X"``) uses ``adata.X``.
     preset
         ``"default"`` (tuned for speed and quality) or ``"paper"`` (the
         published configuration). See :mod:`amedl.config`.
@@ -93,7 +93,7 @@ class AMEDL:
         apply_threads(self.config.threads)
         self.preset = preset
         self.batch_key = batch_key
-        self.layer = layer
+        self.layer = layer = None if layer == "X" else layer
         if getattr(adata, "isbacked", False):  # out of core: statistics in chunks, minibatches read from disk
             from .data.backed import fit_backed
 
@@ -377,8 +377,9 @@ class AMEDL:
                                   "adapt() learns effects for new batches only")
         cells = np.flatnonzero(np.isin(batch, new))
         sub = adata[cells]
-        X = self.prep.transform(sub, layer=self.layer if layer is None else layer)
-        library = Preprocessor.library_size(sub, self.layer if layer is None else layer)
+        layer = self._counts_layer(layer)
+        X = self.prep.transform(sub, layer=layer)
+        library = Preprocessor.library_size(sub, layer)
         n_old = len(self.prep.batches)
         lookup = {b: n_old + i for i, b in enumerate(new)}
         codes = np.array([lookup[b] for b in batch[cells]], dtype=np.int64)
@@ -434,6 +435,13 @@ class AMEDL:
             raise RuntimeError(f"the {KIND_NAMES[kind]} network is not trained (trained: {trained}); call fit(kinds=[..., {kind!r}]) first")
         return self.modules[kind]
 
+    def _counts_layer(self, layer: str | None) -> str | None:
+        """Where new cells hold their raw counts: the model's own layer (``None``), ``adata.X``
+        (``"X"``, returned as ``None``) or the named layer."""
+        if layer is None:
+            return self.layer
+        return None if layer == "X" else layer
+
     def _inputs(
         self, adata: ad.AnnData | None, layer: str | None, need_batches: bool, predicted: bool = False,
         needs: str = "the random-effects network", instead: str = "",
@@ -447,7 +455,7 @@ class AMEDL:
             if self._X is None:
                 raise AMEDLInputError("this model was loaded from disk: pass the AnnData to embed (adata=...).")
             return self._X, self._codes, self._library
-        layer = self.layer if layer is None else layer
+        layer = self._counts_layer(layer)
         if getattr(adata, "isbacked", False):
             from .data.backed import model_inputs
 
@@ -557,6 +565,10 @@ class AMEDL:
         set; ``intercepts=False`` gives the encoder's latent alone). The
         intercepts read the batch column; cells without one, or of batches the
         model does not know, keep the encoder's latent (with a warning).
+
+        ``layer``, here and in every method that reads cells: where ``adata``
+        holds the raw counts; ``None``, the layer the model was fitted on;
+        ``"X"``, ``adata.X``; else the name of a layer.
         """
         net = self._module(kind)
         inputs = self._inputs(adata, layer, need_batches=NETWORKS[kind].latent_needs_batch, predicted=predicts_unseen(net),

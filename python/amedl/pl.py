@@ -64,9 +64,6 @@ def umap_grid(
     ``(figure, {method: 2-D coordinates})``
     """
     import anndata as ad
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     import pandas as pd
     import scanpy as sc
@@ -79,7 +76,7 @@ def umap_grid(
         raise ValueError(f"embeddings and annotations disagree on the number of cells: {sorted(sizes)}")
     umaps = umaps or {}
     coords = {m: np.asarray(umaps[m]) if m in umaps else umap_embedding(embeddings[m], seed=seed) for m in methods}
-    obs = pd.DataFrame({c: pd.Categorical(np.asarray(v).astype(str)) for c, v in annotations.items()})
+    obs = pd.DataFrame({c: _categories(v) for c, v in annotations.items()})
     cells = ad.AnnData(obs=obs.set_index(pd.Index([str(i) for i in range(len(obs))])))
     for i, m in enumerate(methods):
         cells.obsm[f"X_umap{i}"] = coords[m]
@@ -100,3 +97,13 @@ def umap_grid(
         with atomic_open(path, "wb") as fh:
             fig.savefig(fh, format="png", dpi=dpi)
     return fig, coords
+
+
+def _categories(values) -> "pd.Categorical":
+    """Labels as categories: a categorical keeps its order, missing labels stay missing (grey, "NA")."""
+    import pandas as pd
+
+    if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+        return pd.Categorical(values)
+    labels = pd.Series(np.asarray(values, dtype=object))
+    return pd.Categorical(labels.where(labels.isna(), labels.astype(str)))

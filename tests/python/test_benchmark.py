@@ -173,6 +173,26 @@ def test_umap_grid_shapes_and_file(tmp_path):
         umap_grid({"A": lat["A"][:10]}, ann)
 
 
+def test_umap_grid_keeps_the_backend_the_category_order_and_missing_labels():
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # any backend but Agg: a notebook's inline one must stay
+    try:
+        n = 40
+        rng = np.random.default_rng(0)
+        label = pd.Categorical(["T", "B"] * (n // 2), categories=["T", "B"])
+        label[:4] = np.nan
+        fig, _ = umap_grid({"A": rng.normal(size=(n, 3))}, {"label": label}, umaps={"A": rng.normal(size=(n, 2))})
+        assert matplotlib.get_backend() == "svg"
+        legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert legend[:2] == ["T", "B"] and "nan" not in legend
+        plt.close(fig)
+    finally:
+        matplotlib.use(before)
+
+
 def test_demo_prints_table_and_writes_figure(tmp_path, capsys):
     from amedl.demo import run_demo
 

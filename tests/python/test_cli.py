@@ -47,6 +47,12 @@ def test_the_command_line_loads_no_numerical_library_to_check_its_arguments():
     assert version.stdout.strip() == amedl.__version__ and version.returncode == 0
 
 
+def test_the_modules_the_docs_name_are_attributes_of_amedl():
+    code = "import amedl; print(amedl.counterfactual.counterfactual_scores.__name__, amedl.differential.differential.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["counterfactual_scores", "differential"], out.stderr
+
+
 def test_debug_shows_the_traceback_that_is_otherwise_hidden(tmp_path, capsys):
     args = ["fit", str(tmp_path / "missing.h5ad"), "--batch-key", "b", "--out", str(tmp_path / "o.h5ad")]
     assert main(args) == 1
@@ -141,7 +147,8 @@ def test_fit_checks_the_label_key_and_the_output_before_training(fitted_files, c
     """Was: reported only after the whole training."""
     root = fitted_files
     for extra, says in ((["--label-key", "celltype"], "--label-key 'celltype' is not a column"),
-                        (["--out", str(root)], "unknown suffix")):
+                        (["--out", str(root)], "unknown suffix"),
+                        (["--layer", "X", "--label-key", "celltype"], "--label-key 'celltype'")):  # X: the matrix X
         args = ["fit", str(root / "in.h5ad"), "--batch-key", "batch", "--out", str(root / "o.h5ad"), *extra, *CLI]
         assert main(args) == 1
         assert says in capsys.readouterr().err

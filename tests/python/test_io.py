@@ -247,6 +247,7 @@ def test_fresh_seurat_from_anndata_and_underscores(tmp_path):
         var=pd.DataFrame(index=[f"g_{i}" for i in range(8)]),
     )
     a.obsm["X_amedl_fe"] = np.ones((30, 2))
+    a.obsm["X_umap_fe"] = np.arange(60.0).reshape(30, 2)  # no R name of its own: "umap_fe" there, X_ again here
     out = tmp_path / "fresh.rds"
     with pytest.warns(UserWarning, match="'_' in feature names"):
         io.write(a, out, kind="seurat")
@@ -256,6 +257,12 @@ def test_fresh_seurat_from_anndata_and_underscores(tmp_path):
     assert list(b.obs["batch"].cat.categories) == ["a", "b"]
     np.testing.assert_array_equal(b.obsm["X_amedl_fe"], np.ones((30, 2)))
     assert b.uns["amedl_io"]["reduction_keys"]["X_amedl_fe"] == "amedlfe_"
+    assert sorted(b.obsm) == ["X_amedl_fe", "X_umap_fe"]
+    np.testing.assert_array_equal(b.obsm["X_umap_fe"], a.obsm["X_umap_fe"])
+    out_sce = tmp_path / "fresh_sce.rds"
+    io.write(a, out_sce, kind="sce")
+    assert _r_true(f'"umap_fe" %in% SingleCellExperiment::reducedDimNames(readRDS("{out_sce}"))')
+    assert sorted(io.read(out_sce).obsm) == ["X_amedl_fe", "X_umap_fe"]
 
 
 def test_errors_are_clear(sce_adata, tmp_path):

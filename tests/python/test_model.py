@@ -205,6 +205,49 @@ def test_counterfactual(small_model, sim, kind):
         small_model.reconstruct(batch="nope", kind=kind)
 
 
+def test_counterfactual_scores_check_what_they_are_asked(small_model, sim):
+    from amedl.counterfactual import counterfactual_scores, predicted_change
+
+    with pytest.raises(amedl.AMEDLInputError, match="unknown batch 'batch_9'"):
+        counterfactual_scores(small_model, sim, "batch_1", "batch_9", "cell_type")
+    with pytest.raises(amedl.AMEDLInputError, match="unknown batch 'batch 1'"):
+        predicted_change(small_model, sim, "batch 1", "batch_2")
+    with pytest.raises(amedl.AMEDLInputError, match="same batch"):
+        counterfactual_scores(small_model, sim, "batch_1", "batch_1", "cell_type")
+    with pytest.raises(amedl.AMEDLInputError, match="groupby column 'celltype'"):
+        counterfactual_scores(small_model, sim, "batch_1", "batch_2", "celltype")
+    with pytest.raises(amedl.AMEDLInputError, match="min_cells"):
+        counterfactual_scores(small_model, sim, "batch_1", "batch_2", "cell_type", min_cells=0)
+    with pytest.warns(UserWarning, match="no 'cell_type' group has 10000 cells"):
+        empty = counterfactual_scores(small_model, sim, "batch_1", "batch_2", "cell_type", min_cells=10_000)
+    scores = counterfactual_scores(small_model, sim, "batch_1", "batch_2", "cell_type", min_cells=5)
+    assert len(empty) == 0 and list(empty.columns) == list(scores.columns) and len(scores) > 0
+
+
+def test_new_cells_counts_in_x_for_a_model_fitted_on_a_layer(sim):
+    """``layer="X"`` reads ``adata.X`` whatever layer the model was fitted on (``None``: the model's layer)."""
+    a = sim.copy()
+    a.layers["counts"] = a.X.copy()
+    a.X = a.X * 0.5
+    m = amedl.AMEDL(a, "batch", layer="counts", **SMALL).fit(seed=0, max_epochs=1, progress=False, kinds=["fe"])
+    new = sim[:50].copy()  # counts in X, no layers
+    with pytest.raises(amedl.AMEDLInputError, match="layer 'counts' is not in adata.layers.*layer=\"X\""):
+        m.latent(new)
+    np.testing.assert_allclose(m.latent(new, layer="X"), m.latent()[:50], atol=1e-6)
+    assert amedl.AMEDL(sim, "batch", layer="X", n_top_genes=50).genes == amedl.AMEDL(sim, "batch", n_top_genes=50).genes
+
+
+def test_genes_renamed_by_seurat_get_the_fix(small_model, sim):
+    renamed = sim.copy()
+    renamed.var_names = [g.replace("_", "-") for g in sim.var_names]
+    with pytest.raises(amedl.AMEDLInputError, match="with '-' for '_', as Seurat renames features") as err:
+        small_model.latent(renamed)
+    names = {g.replace("_", "-"): g for g in small_model.genes}  # the fix the message gives
+    assert "names = {g.replace('_', '-'): g for g in model.genes}" in str(err.value)
+    renamed.var_names = [names.get(v, v) for v in renamed.var_names]
+    np.testing.assert_allclose(small_model.latent(renamed), small_model.latent(sim), atol=1e-6)
+
+
 def test_counterfactual_needs_no_batch_column_with_the_fe_decoder(small_model, sim):
     """The FE latent is batch-blind, so "as if from batch b" needs no batch label."""
     new = sim[:40].copy()

@@ -177,6 +177,7 @@ def run_benchmark(
     out_dir = Path(out_dir)
     seeds = check_seeds(seed)
     names = resolve_methods(methods)
+    layer = None if layer == "X" else layer
     adata, notes = _check_input(adata, batch_key, label_key, layer, progress)
     chosen: list[Method] = []
     for name in names:

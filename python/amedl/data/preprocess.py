@@ -46,6 +46,16 @@ def _normalised_log(adata: ad.AnnData, layer: str | None, target_sum: float, gen
     return out
 
 
+def seurat_renamed_hint(missing: Sequence[str], present) -> str:
+    """The fix, where the missing genes are there with '-' for '_' (Seurat renames features so), else ''."""
+    present = set(present)
+    if not all("_" in g and g.replace("_", "-") in present for g in missing):
+        return ""
+    return (f" All {len(missing)} are there with '-' for '_', as Seurat renames features; rename them back "
+            "(names = {g.replace('_', '-'): g for g in model.genes}; "
+            "adata.var_names = [names.get(v, v) for v in adata.var_names])")
+
+
 @dataclass
 class Preprocessor:
     """Fitted preprocessing: normalise to ``target_sum``, log1p, select ``genes``, scale.
@@ -147,7 +157,7 @@ class Preprocessor:
             raise AMEDLInputError(
                 f"{len(missing)} of the model's {len(self.genes)} genes are missing from adata.var_names "
                 f"(e.g. {missing[:10]}). The input needs every gene the model was trained on, named the same way "
-                "(check gene symbols vs Ensembl IDs); genes may be in any order."
+                "(check gene symbols vs Ensembl IDs); genes may be in any order." + seurat_renamed_hint(missing, known)
             )
         self.check_library_genes(adata.n_vars)
         return _normalised_log(adata, layer, self.target_sum, self.genes)

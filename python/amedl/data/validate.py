@@ -37,7 +37,7 @@ def _counts_matrix(adata: ad.AnnData, layer: str | None):
         if layer not in adata.layers:
             raise AMEDLInputError(
                 f"layer {layer!r} is not in adata.layers (layers: {preview(adata.layers.keys()) or 'none'}). "
-                "Pass layer=None to use adata.X, or the name of the layer that holds raw counts."
+                'Pass layer="X" to use adata.X, or the name of the layer that holds raw counts.'
             )
         X = adata.layers[layer]
         where = f"adata.layers[{layer!r}]"

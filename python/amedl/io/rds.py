@@ -13,7 +13,8 @@ Conventions: ``X`` holds the counts (the ``counts`` assay or layer; else the
 first assay / ``data``); other assays become ``layers``; ``colData`` /
 ``meta.data`` is ``obs``; reductions are ``obsm`` (``PCA``/``pca`` →
 ``X_pca``, ``AMEDL_FE``/``amedl_fe`` → ``X_amedl_fe``, likewise RE, UMAP,
-TSNE; other names kept); ``metadata()`` / ``@misc`` is ``uns``.
+TSNE; other names get scanpy's ``X_`` prefix, ``harmony`` → ``X_harmony``,
+which writing takes off again); ``metadata()`` / ``@misc`` is ``uns``.
 """
 from __future__ import annotations
 
