@@ -18,7 +18,12 @@
 #'   (`Misc(obj[["amedl_fe"]])$amedl$cell_batches`), so that
 #'   [AMEDLCounterfactual()] and [AMEDLBatchEffects()] work also after
 #'   `JoinLayers()`. The reduction keys must not be those of another
-#'   reduction or assay of the object (checked before training).
+#'   reduction or assay of the object (checked before training). The
+#'   reductions' names and keys are made from `reduction.prefix` (Seurat's
+#'   `reduction.name` and `reduction.key` are not arguments of
+#'   `RunAMEDL()`). An SCTransform assay (the default assay after
+#'   `SCTransform()`) is an error: aMEDL fits the raw counts and normalises
+#'   them itself; pass `assay = "RNA"`.
 #' * The **SingleCellExperiment** method adds the reducedDims `AMEDL_FE` and
 #'   `AMEDL_RE` and records the parameters in `metadata(sce)$amedl`. The
 #'   cells need names (`colnames(sce)`; `NULL` is an error).
@@ -51,16 +56,23 @@
 #' @param batch The batch of each cell: for Seurat and SingleCellExperiment
 #'   the name of a column of the cell metadata, or a vector with one value
 #'   per cell (then stored in the cell-metadata column `amedl_batch`, see
-#'   Details); for a matrix a vector with one value per cell. At least two
+#'   Details); for a matrix a vector with one value per cell. A vector named
+#'   by cell (e.g. `setNames(donor, colnames(obj))`) is matched to the cells
+#'   by name, in any order; names that are not exactly the cell names are an
+#'   error; an unnamed vector is taken in the cells' order. At least two
 #'   batches are needed (one is enough for query mapping); missing (`NA`) or
 #'   empty (`""`) labels are an error.
-#' @param features Genes to model. Default: for Seurat the variable features
-#'   when they are set, otherwise the engine picks `n_top_genes` highly
-#'   variable genes (batch-aware).
+#' @param features Genes to model. The genes are chosen in this order:
+#'   `features` when given; else, when `n_top_genes` is given, the engine
+#'   picks that many highly variable genes (batch-aware); else, for Seurat,
+#'   the assay's variable features when they are set; else the engine picks
+#'   the default `n_top_genes` (2000). With `verbose = TRUE` the Seurat
+#'   method says which was used.
 #' @param n_latent Size of each latent; `NULL` uses the preset's (10 by
 #'   default, 50 for `preset = "paper"`).
 #' @param n_top_genes Number of highly variable genes the engine selects when
-#'   `features` is not given.
+#'   `features` is not given. Given explicitly, it takes precedence over a
+#'   Seurat object's variable features (see `features`).
 #' @param epochs Maximum number of epochs; `NULL` uses the engine's default
 #'   (scaled with the number of cells, with early stopping).
 #' @param seed Random seed; the same seed gives the same latents on the CPU.
@@ -140,7 +152,8 @@ RunAMEDL.default <- function(object, batch, features = NULL, n_latent = NULL, n_
   .check_dots(...)
   counts <- .check_counts(object)
   if (missing(batch)) batch <- NULL
-  b <- .check_batch(batch, ncol(counts), min_batches = if (.maps_query(model_dir, overwrite)) 1L else 2L)
+  b <- .check_batch(batch, ncol(counts), min_batches = if (.maps_query(model_dir, overwrite)) 1L else 2L,
+                    cells = colnames(counts), genes = rownames(counts))
   res <- .amedl_fit(counts, b, batch_key = "batch", features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,
                     model_dir = model_dir, verbose = verbose, settings = settings, overwrite = overwrite,
@@ -148,12 +161,25 @@ RunAMEDL.default <- function(object, batch, features = NULL, n_latent = NULL, n_
   res
 }
 
-.check_dots <- function(...) {
+# Arguments no method takes are an error; `hints` (named by argument) say what to use instead.
+.check_dots <- function(..., hints = NULL) {
   dots <- list(...)
   if (length(dots)) {
     nm <- names(dots)
-    .stop("unknown argument(s): %s", paste(ifelse(is.null(nm) | nm == "", "<unnamed>", nm), collapse = ", "))
+    nm <- if (is.null(nm)) rep("<unnamed>", length(dots)) else ifelse(is.na(nm) | nm == "", "<unnamed>", nm)
+    hint <- unique(hints[intersect(nm, names(hints))])
+    .stop("unknown argument(s): %s%s", paste(nm, collapse = ", "),
+          if (length(hint)) paste0("\n", paste(hint, collapse = "\n")) else "")
   }
+}
+
+# Seurat's reduction.name / reduction.key (RunPCA(), RunUMAP() ...): RunAMEDL() makes two
+# reductions, named and keyed from `reduction.prefix`.
+.seurat_dots_hints <- function() {
+  h <- paste0("Fix: RunAMEDL() adds two reductions, whose names and keys are made from `reduction.prefix`: ",
+              "reduction.prefix = \"amedl\" (the default) gives the reductions amedl_fe and amedl_re with the keys ",
+              "amedlfe_ and amedlre_; e.g. reduction.prefix = \"amedl2\" gives amedl2_fe and amedl2_re")
+  c(reduction.name = h, reduction.key = h)
 }
 
 # Batch labels from a column name or a per-cell vector. For a Seurat object or a
@@ -172,6 +198,8 @@ RunAMEDL.default <- function(object, batch, features = NULL, n_latent = NULL, n_
     return(list(values = meta[[batch]], key = batch, what = sprintf("column '%s' of the cell metadata", batch),
                 store = FALSE))
   }
+  # a vector named by cell is matched to the cells by name (as AddMetaData() does)
+  if (is.atomic(batch) && is.null(dim(batch))) batch <- .by_cells(batch, rownames(meta), "`batch`")
   if (!store) return(list(values = batch, key = "batch", what = "`batch`", store = FALSE))
   col <- .amedl_batch_col
   if (col %in% colnames(meta) && is.atomic(batch) && is.null(dim(batch)) && length(batch) == n_cells &&

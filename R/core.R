@@ -59,11 +59,49 @@
   out
 }
 
-# A batch vector (one label per cell) checked and returned as a factor.
-.check_batch <- function(batch, n_cells, what = "batch", min_batches = 2L) {
+# Per-cell values given as a vector (`batch`, `group.by`, `batch_of_cells`, `groups`) in the
+# order of `cells`: a vector named by cell is matched by name (as Seurat's AddMetaData() does),
+# an unnamed one is taken in the cells' order. Names that are not exactly the cell names (some
+# missing, others extra, duplicated) are an error, never a silent mix-up. `genes` (the
+# matrix's row names) lets the error say when the names are genes: a cells x genes matrix.
+.by_cells <- function(x, cells, what = "`batch`", genes = NULL) {
+  nm <- names(x)
+  if (is.null(nm) || is.null(cells) || all(is.na(nm) | !nzchar(nm))) return(x)
+  if (length(nm) == length(cells) && !anyNA(nm) && all(nm == cells)) return(x)
+  if (length(nm) == length(cells) && !anyNA(nm) && !anyDuplicated(nm) && all(nm %in% cells)) return(x[cells])
+  if (!is.null(genes) && length(nm) == length(genes) && !anyNA(nm) && setequal(nm, genes)) {
+    .stop(paste0("%s is named by the row names of the count matrix, not by its column names (the cells): the matrix ",
+                 "seems to be cells x genes.\nFix: aMEDL needs genes in rows and cells in columns: transpose it (Matrix::t(counts))"),
+          what)
+  }
+  miss <- setdiff(cells, nm)
+  extra <- setdiff(nm[!is.na(nm)], cells)
+  dup <- unique(nm[duplicated(nm) & !is.na(nm)])
+  problems <- c(
+    if (length(miss)) sprintf("%d cell(s) have no value (e.g. %s)", length(miss), .some(miss, 3)),
+    if (length(extra)) sprintf("%d name(s) are not cells (e.g. %s)", length(extra), .some(extra, 3)),
+    if (length(dup)) sprintf("%d name(s) are duplicated (e.g. %s)", length(dup), .some(dup, 3)),
+    if (anyNA(nm) || !all(nzchar(nm))) sprintf("%d value(s) have no name", sum(is.na(nm) | !nzchar(nm)))
+  )
+  .stop(paste0("%s is named, but its names are not the cell names (a named vector is matched to the cells by name): %s.\n",
+               "Fix: name it by the cells (names(x) <- colnames(obj)), or unname() it to use its values in the cells' order"),
+        what, paste(problems, collapse = "; "))
+}
+
+# A batch vector (one label per cell) checked and returned as a factor. With `cells` a vector
+# named by cell is put in the cells' order (.by_cells()); with `genes` (the count matrix's row
+# names) a vector with one value per gene is said to be a sign of a cells x genes matrix.
+.check_batch <- function(batch, n_cells, what = "batch", min_batches = 2L, cells = NULL, genes = NULL) {
   if (is.null(batch)) .stop("`batch` is missing: give one batch label per cell (donor, sample, chemistry ...)")
   if (!is.atomic(batch) || !is.null(dim(batch))) .stop("%s must be a vector with one label per cell", what)
-  if (length(batch) != n_cells) .stop("%s has %d values for %d cells", what, length(batch), n_cells)
+  if (!is.null(cells)) batch <- .by_cells(batch, cells, what, genes)
+  if (length(batch) != n_cells) {
+    .stop("%s has %d values for %d cells%s", what, length(batch), n_cells,
+          if (!is.null(genes) && length(batch) == length(genes)) {
+            paste0(" (the columns of the count matrix), as many as the matrix has rows: is the matrix cells x genes?\n",
+                   "Fix: aMEDL needs genes in rows and cells in columns: transpose it (Matrix::t(counts))")
+          } else "")
+  }
   if (anyNA(batch)) .stop("%s has %d missing value(s); give every cell a batch (or drop those cells)", what, sum(is.na(batch)))
   blank <- !nzchar(trimws(as.character(batch)))
   if (any(blank)) {
@@ -270,7 +308,7 @@
 .find_model <- function(params, model = NULL) {
   if (!is.null(model)) {
     if (is.character(model)) return(.load_model(model))
-    return(model)
+    return(.check_model_object(model))
   }
   if (is.null(params)) {
     .stop("this object has no aMEDL parameters recorded: run RunAMEDL() on it first (or pass model =)")
@@ -334,6 +372,27 @@
     "seconds and trains nothing else); add adapted_model_dir = \"some/folder\" to keep the adapted model on disk ",
     "for later sessions"),
     .some(miss), params$model_dir, batch_arg, params$model_dir)
+}
+
+# A model given as `model =` that is not a folder: the Python model of this R session. A
+# Python object read back with readRDS() (e.g. `fit$model` of a saved matrix fit) points to
+# a Python session that is gone; the list RunAMEDL() returns for a matrix is not the model.
+.check_model_object <- function(model) {
+  if (is.list(model) && !inherits(model, "python.builtin.object") && !is.null(model$model) && !is.null(model$params)) {
+    .stop("`model` is the list that RunAMEDL() returned for a count matrix; pass its model: model = fit$model (or the model folder, model = \"path/to/model_dir\")")
+  }
+  if (!inherits(model, "python.builtin.object")) {
+    .stop("`model` must be a model folder (a path) or the Python model of this R session (the `model` element returned by RunAMEDL() for a matrix, or AMEDLModel(obj)), not an object of class %s",
+          paste(class(model), collapse = "/"))
+  }
+  if (reticulate::py_is_null_xptr(model)) {
+    .stop(paste0("`model` is a Python model from an earlier R session (e.g. `fit$model` of a fit saved with saveRDS() and ",
+                 "read back with readRDS()): Python objects do not outlive the R session that made them.\n",
+                 "Fix: pass the model's folder instead, model = \"path/to/model_dir\" (for a fit made with model_dir, ",
+                 "fit$params$model_dir); a fit made without model_dir kept its model in memory only: rerun ",
+                 "RunAMEDL(..., model_dir = \"some/folder\") to keep it on disk"))
+  }
+  model
 }
 
 .load_model <- function(path) {

@@ -31,8 +31,11 @@
 #' @param object A Seurat object or SingleCellExperiment after [RunAMEDL()],
 #'   or a genes x cells count matrix (then `model` and `batch_of_cells` are needed).
 #' @param batch The batch every cell is decoded as (one of the batches of the
-#'   fit).
+#'   model: a query's new batch mapped with `adapt = FALSE` has no random
+#'   effects of its own, see [RunAMEDL()]).
 #' @param model A model folder or Python model; default the model recorded in `object`.
+#'   A Python model lives only in the R session that made it: after
+#'   `readRDS()` of a matrix fit, pass its folder (`fit$params$model_dir`).
 #' @param name Name of the new assay (Seurat) or altExp / assay
 #'   (SingleCellExperiment); default `"amedl_<batch>"`. An existing assay or
 #'   altExp is replaced only when it is an earlier counterfactual (with
@@ -72,11 +75,11 @@ AMEDLCounterfactual <- function(object, batch, ...) UseMethod("AMEDLCounterfactu
   }
 }
 
-.run_counterfactual <- function(model, counts, cell_batch, target) {
+.run_counterfactual <- function(model, counts, cell_batch, target, params = NULL) {
   info <- tryCatch(amedl_engine()$model_info(model), error = .py_error)
   batches <- unlist(info$batches)
   target <- .check_target_batch(target)
-  if (!target %in% batches) .stop("unknown batch '%s'; the model knows: %s", target, paste(batches, collapse = ", "))
+  if (!target %in% batches) .unknown_batch(target, batches, params)
   res <- tryCatch(
     amedl_engine()$counterfactual(model, counts, colnames(counts), rownames(counts),
                                   as.character(cell_batch), target),
@@ -89,19 +92,59 @@ AMEDLCounterfactual <- function(object, batch, ...) UseMethod("AMEDLCounterfactu
 }
 
 #' @rdname AMEDLCounterfactual
-#' @param batch_of_cells Matrix method: each cell's own batch.
+#' @param batch_of_cells Matrix method: each cell's own batch (a vector named
+#'   by cell is matched to the matrix's columns by name).
 #' @export
 AMEDLCounterfactual.default <- function(object, batch, model = NULL, batch_of_cells = NULL, ...) {
   .check_dots(...)
-  if (is.list(object) && !is.null(object$model) && !is.null(object$fe)) {
-    .stop("pass the count matrix as `object` and the fit as `model = fit$model`")
-  }
+  .check_not_fit_list(object, "AMEDLCounterfactual")
   if (is.null(model)) .stop("`model` is needed for a matrix: the `model` element returned by RunAMEDL(), or a model folder")
   counts <- .check_counts(object)
   m <- .find_model(NULL, model)
-  if (is.null(batch_of_cells)) .stop("`batch_of_cells` is needed: each cell's own batch")
-  if (length(batch_of_cells) != ncol(counts)) .stop("`batch_of_cells` has %d values for %d cells", length(batch_of_cells), ncol(counts))
+  batch_of_cells <- .check_batch_of_cells(batch_of_cells, counts)
   .run_counterfactual(m, counts, batch_of_cells, batch)
+}
+
+# The matrix methods of AMEDLCounterfactual() and AMEDLBatchEffects() take the counts as
+# `object`; the list that RunAMEDL() returns for a matrix (fe, re, model, params) is not them.
+.check_not_fit_list <- function(object, fn) {
+  if (is.list(object) && !is.data.frame(object) && !is.null(object$model) && !is.null(object$fe)) {
+    .stop(paste0("`object` is the list that RunAMEDL() returned for a count matrix (the fit), but %s() needs the count ",
+                 "matrix itself.\nFix: pass the count matrix as `object` and the fit as `model = fit$model` (in a later R ",
+                 "session the model folder: `model = \"path/to/model_dir\"`), with each cell's batch: ",
+                 "%s(counts, %s, model = fit$model, batch_of_cells = <each cell's batch>)"),
+          fn, fn, if (fn == "AMEDLBatchEffects") "\"batch_a\", \"batch_b\"" else "batch = \"batch_a\"")
+  }
+  invisible(TRUE)
+}
+
+# `batch_of_cells` of the matrix methods: one batch per cell, matched by name when named by cell.
+.check_batch_of_cells <- function(batch_of_cells, counts) {
+  if (is.null(batch_of_cells)) .stop("`batch_of_cells` is needed: each cell's own batch")
+  batch_of_cells <- .by_cells(batch_of_cells, colnames(counts), "`batch_of_cells`", rownames(counts))
+  if (length(batch_of_cells) != ncol(counts)) .stop("`batch_of_cells` has %d values for %d cells", length(batch_of_cells), ncol(counts))
+  batch_of_cells
+}
+
+# A batch the model does not know. A query's own new batch, mapped with adapt = FALSE, has no
+# random effects of its own in the model (its cells got the mixture of the learned batches'
+# effects): that is said, with the fix (map with adapt = TRUE).
+.unknown_batch <- function(b, batches, params = NULL) {
+  q <- params$query
+  new <- as.character(unlist(q$new_batches))
+  if (!is.null(q) && b %in% new && !identical(q$unseen_batches, "adapted")) {
+    ref <- .amedl_or(.recorded(q$reference_model_dir), .amedl_or(.recorded(params$model_dir), "path/to/model_dir"))
+    key <- .recorded(params$batch_key)
+    batch_arg <- if (is.null(key) || key %in% c("layer_split", "groups")) "batch = <each cell's batch>" else sprintf("batch = \"%s\"", key)
+    .stop(paste0("batch '%s' is one of this query's new batches, which RunAMEDL() mapped onto the model in '%s' with ",
+                 "adapt = FALSE: they have no random effects of their own in the model (their cells got the mixture of the ",
+                 "learned batches' effects), so nothing can be decoded as '%s'. The model knows: %s.\n",
+                 "Fix: map the query with adapt = TRUE (the default), which learns the new batches' random effects in ",
+                 "seconds: RunAMEDL(query, %s, model_dir = \"%s\") (add adapted_model_dir = \"some/folder\" to keep them on ",
+                 "disk); or compare with one of the model's batches"),
+          b, ref, b, paste(batches, collapse = ", "), batch_arg, ref)
+  }
+  .stop("unknown batch '%s'; the model knows: %s", b, paste(batches, collapse = ", "))
 }
 
 #' @rdname AMEDLCounterfactual
@@ -128,7 +171,7 @@ AMEDLCounterfactual.Seurat <- function(object, batch, model = NULL, name = NULL,
   }, what = "assay")
   fit <- .seurat_fit_inputs(object, model, reduction)
   params <- fit$params
-  x <- .run_counterfactual(fit$model, fit$counts, fit$batch, batch)
+  x <- .run_counterfactual(fit$model, fit$counts, fit$batch, batch, params)
   a <- .cf_assay(x, object[[fit$assay]])
   SeuratObject::Key(a) <- key
   SeuratObject::Misc(a, slot = "amedl") <- list(counterfactual_batch = as.character(batch), model_id = params$model_id)
@@ -179,7 +222,7 @@ AMEDLCounterfactual.SingleCellExperiment <- function(object, batch, model = NULL
   fit <- .sce_fit_inputs(object, model)
   params <- fit$params
   counts <- fit$counts
-  x <- .run_counterfactual(fit$model, counts, fit$batch, batch)
+  x <- .run_counterfactual(fit$model, counts, fit$batch, batch, params)
   object <- .amedl_repair_sce(object)
   if (sce.as == "altExp") {
     alt <- SingleCellExperiment::SingleCellExperiment(assays = list(logcounts = x))

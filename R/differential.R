@@ -10,17 +10,23 @@
 #'
 #' @param object A Seurat object or SingleCellExperiment after [RunAMEDL()],
 #'   or a genes x cells count matrix (then `model` and `batch_of_cells` are needed).
-#' @param batch_a The batch whose effects are reported.
+#' @param batch_a The batch whose effects are reported (one of the model's
+#'   batches: a query's new batch mapped with `adapt = FALSE` has no random
+#'   effects of its own, see [RunAMEDL()]).
 #' @param batch_b The batch it is compared with; `NULL` (default) compares with
 #'   the average over all batches of the fit.
 #' @param group.by A column of the cell metadata (meta.data or colData) naming
-#'   cell groups, or one label per cell; `NULL` for one result over all cells.
+#'   cell groups, or one label per cell (a vector named by cell is matched to
+#'   the cells by name; names that are not exactly the cell names are an
+#'   error); `NULL` for one result over all cells.
 #' @param n_samples Monte Carlo draws of the posterior: a whole number >= 2.
 #' @param delta Threshold of `p_effect`, the posterior probability that
 #'   |LFC| > delta: a single number >= 0.
 #' @param credible Mass of the credible interval, between 0 and 1.
 #' @param seed Seed of the draws: a whole number >= 0.
 #' @param model A model folder or Python model; default the model recorded in `object`.
+#'   A Python model lives only in the R session that made it: after
+#'   `readRDS()` of a matrix fit, pass its folder (`fit$params$model_dir`).
 #' @param ... Arguments passed to methods.
 #' @return A data.frame sorted by `lfc` (within `group` with `group.by`):
 #'   with `group.by`, first `group` (the cell group of the row), then
@@ -50,14 +56,15 @@ AMEDLBatchEffects <- function(object, batch_a, batch_b = NULL, group.by = NULL, 
   list(n_samples = n_samples, delta = as.numeric(delta), credible = as.numeric(credible), seed = seed)
 }
 
-.run_differential <- function(model, counts, cell_batch, batch_a, batch_b, groups, n_samples, delta, credible, seed) {
+.run_differential <- function(model, counts, cell_batch, batch_a, batch_b, groups, n_samples, delta, credible, seed,
+                              params = NULL) {
   mc <- .check_mc_args(n_samples, delta, credible, seed)
   info <- tryCatch(amedl_engine()$model_info(model), error = .py_error)
   batches <- unlist(info$batches)
   for (b in list(batch_a, batch_b)) {
     if (is.null(b)) next
     if (length(b) != 1L) .stop("`batch_a` and `batch_b` must be single batch names")
-    if (!as.character(b) %in% batches) .stop("unknown batch '%s'; the model knows: %s", b, paste(batches, collapse = ", "))
+    if (!as.character(b) %in% batches) .unknown_batch(as.character(b), batches, params)
   }
   if (!is.null(groups) && anyNA(groups)) .stop("`group.by` has missing values; give every cell a group or subset() the object")
   res <- tryCatch(
@@ -79,23 +86,28 @@ AMEDLBatchEffects <- function(object, batch_a, batch_b = NULL, group.by = NULL, 
     if (!group.by %in% colnames(meta)) .stop("group.by column '%s' is not in the cell metadata", group.by)
     return(meta[[group.by]])
   }
+  # a vector named by cell is matched to the cells by name
+  group.by <- .by_cells(group.by, rownames(meta), "`group.by`")
   if (length(group.by) != n) .stop("`group.by` has %d values for %d cells", length(group.by), n)
   group.by
 }
 
 #' @rdname AMEDLBatchEffects
-#' @param batch_of_cells Matrix method: each cell's own batch.
+#' @param batch_of_cells Matrix method: each cell's own batch (a vector named
+#'   by cell is matched to the matrix's columns by name).
 #' @export
 AMEDLBatchEffects.default <- function(object, batch_a, batch_b = NULL, group.by = NULL, model = NULL,
                                       batch_of_cells = NULL, n_samples = 100, delta = 0.5, credible = 0.95,
                                       seed = 0, ...) {
   .check_dots(...)
+  .check_not_fit_list(object, "AMEDLBatchEffects")
   if (is.null(model)) .stop("`model` is needed for a matrix: the `model` element returned by RunAMEDL(), or a model folder")
   counts <- .check_counts(object)
-  if (is.null(batch_of_cells)) .stop("`batch_of_cells` is needed: each cell's own batch")
-  if (length(batch_of_cells) != ncol(counts)) .stop("`batch_of_cells` has %d values for %d cells", length(batch_of_cells), ncol(counts))
+  .check_mc_args(n_samples, delta, credible, seed)  # (before the model is loaded)
+  m <- .find_model(NULL, model)
+  batch_of_cells <- .check_batch_of_cells(batch_of_cells, counts)
   groups <- if (is.null(group.by)) NULL else .groups_of(group.by, data.frame(row.names = colnames(counts)), ncol(counts))
-  .run_differential(.find_model(NULL, model), counts, batch_of_cells, batch_a, batch_b, groups,
+  .run_differential(m, counts, batch_of_cells, batch_a, batch_b, groups,
                     n_samples, delta, credible, seed)
 }
 
@@ -108,7 +120,8 @@ AMEDLBatchEffects.Seurat <- function(object, batch_a, batch_b = NULL, group.by =
   .check_dots(...)
   fit <- .seurat_fit_inputs(object, model, reduction)
   .run_differential(fit$model, fit$counts, fit$batch, batch_a, batch_b,
-                    .groups_of(group.by, fit$meta, ncol(fit$counts)), n_samples, delta, credible, seed)
+                    .groups_of(group.by, fit$meta, ncol(fit$counts)), n_samples, delta, credible, seed,
+                    params = fit$params)
 }
 
 #' @rdname AMEDLBatchEffects
@@ -118,5 +131,6 @@ AMEDLBatchEffects.SingleCellExperiment <- function(object, batch_a, batch_b = NU
   .check_dots(...)
   fit <- .sce_fit_inputs(object, model)
   .run_differential(fit$model, fit$counts, fit$batch, batch_a, batch_b,
-                    .groups_of(group.by, fit$meta, ncol(fit$counts)), n_samples, delta, credible, seed)
+                    .groups_of(group.by, fit$meta, ncol(fit$counts)), n_samples, delta, credible, seed,
+                    params = fit$params)
 }

@@ -48,7 +48,8 @@
 #' @param groups Optional batch per cell instead of the layer split: a vector
 #'   (named by cell, or in the order of the assay's cells), or a one-column
 #'   data frame with cells as row names (as \code{CreateIntegrationGroups}
-#'   makes). Like the layer split, they are recorded by cell with the fit
+#'   makes). Names are matched to the cells by name; names that are not
+#'   exactly the assay's cells are an error. Like the layer split, they are recorded by cell with the fit
 #'   (\code{Misc(obj[[new.reduction]])$amedl$cell_batches}), so that
 #'   \code{\link{AMEDLCounterfactual}} and \code{\link{AMEDLBatchEffects}}
 #'   with \code{reduction = new.reduction} use the same batches.
@@ -113,13 +114,10 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
                              re.key = NULL, counts.layer = "counts",
                              n_latent = NULL, n_top_genes = NULL, epochs = NULL, seed = 0L,
                              verbose = TRUE, ...) {
-  if (inherits(object, "SCTAssay")) {
-    stop("AMEDLIntegration(): assay '", .amedl_or(assay, "SCT"), "' is an SCTransform assay, but aMEDL fits the ",
-         "raw counts and normalises them itself (it does not use SCTransform's residuals or corrected counts).\n",
-         "Fix: integrate the raw counts of the RNA assay, split by batch: IntegrateLayers(obj, method = AMEDLIntegration, ",
-         "assay = \"RNA\", orig.reduction = NULL) (no normalization.method = \"SCT\"), or use RunAMEDL(obj, assay = \"RNA\", ",
-         "batch = ...).", call. = FALSE)
-  }
+  .check_not_sct(object, .amedl_or(assay, "SCT"), "AMEDLIntegration()", paste0(
+    "integrate the raw counts of the RNA assay, split by batch: IntegrateLayers(obj, method = AMEDLIntegration, ",
+    "assay = \"RNA\", orig.reduction = NULL) (no normalization.method = \"SCT\"), or use RunAMEDL(obj, assay = \"RNA\", ",
+    "batch = ...)."))
   if (!inherits(object, "StdAssay")) {
     stop("AMEDLIntegration() needs a Seurat 5 assay (Assay5), as passed by ",
          "Seurat::IntegrateLayers(); got an object of class '",
@@ -272,14 +270,15 @@ attr(AMEDLIntegration, "Seurat.method") <- "integration"
   if (!is.null(groups)) {
     if (is.data.frame(groups)) {
       g <- as.character(groups[[1]])
-      names(g) <- rownames(groups)
+      # (a data frame's automatic row names, 1, 2, ..., name no cells)
+      if (.row_names_info(groups) > 0L) names(g) <- rownames(groups)
     } else {
       g <- as.character(groups)
       names(g) <- names(groups)
     }
-    if (!is.null(names(g)) && all(cells %in% names(g))) {
-      g <- g[cells]
-    } else if (length(g) != length(cells)) {
+    # named by cell: matched by name (names that are not the cells' are an error); else in order
+    g <- .by_cells(g, cells, "AMEDLIntegration(): `groups`")
+    if (length(g) != length(cells)) {
       stop("AMEDLIntegration(): 'groups' must give one batch per cell (",
            length(cells), " cells), named by cell or in the assay's order.",
            call. = FALSE)

@@ -35,10 +35,33 @@ SeuratLayerCounts <- function(object, assay = NULL, layer = "counts") {
   }
   m <- .amedl_seurat_layer(object, assay, layer)
   if (is.null(m)) {
-    .stop("assay '%s' has no layer '%s' covering all cells, or it is empty%s", assay, layer,
-          if (layer == "counts") " (aMEDL needs raw counts; was the object created from normalised data?)" else "")
+    fix <- ""
+    if (layer == "counts") {
+      # an assay made of normalised data (IntegrateData()'s "integrated", ...): the raw counts are elsewhere
+      other <- Filter(function(a) !is.null(tryCatch(.amedl_seurat_layer(object, a, "counts"), error = function(e) NULL)),
+                      setdiff(names(object@assays), assay))
+      other <- c(intersect("RNA", other), setdiff(other, "RNA"))
+      fix <- if (length(other)) {
+        sprintf(paste0(" (aMEDL needs raw counts, which assay '%s' does not hold: it is made of normalised data, e.g. ",
+                       "IntegrateData()'s \"integrated\" assay).\nFix: use the raw counts of assay '%s': assay = \"%s\" ",
+                       "(e.g. RunAMEDL(obj, assay = \"%s\", batch = ...))"), assay, other[1], other[1], other[1])
+      } else {
+        " (aMEDL needs raw counts; was the object created from normalised data?)"
+      }
+    }
+    .stop("assay '%s' has no layer '%s' covering all cells, or it is empty%s", assay, layer, fix)
   }
   m
+}
+
+# aMEDL fits raw counts and normalises them itself: an SCTransform assay (its corrected
+# counts or residuals) is an error, in RunAMEDL() and AMEDLIntegration() alike. `fix` says
+# how to use the raw counts in the caller's terms.
+.check_not_sct <- function(assay_object, assay, caller, fix) {
+  if (!inherits(assay_object, "SCTAssay")) return(invisible(TRUE))
+  .stop(paste0("%s: assay '%s' is an SCTransform assay, but aMEDL fits the raw counts and normalises them itself ",
+               "(it does not use SCTransform's residuals or corrected counts).\nFix: %s"),
+        caller, assay, fix)
 }
 
 .variable_features <- function(object, assay) {
@@ -62,8 +85,9 @@ RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts"
                             n_latent = NULL, n_top_genes = 2000, epochs = NULL, seed = 0, model_dir = NULL,
                             preset = "default", reduction.prefix = "amedl", verbose = TRUE,
                             settings = list(), overwrite = FALSE, adapt = TRUE, adapted_model_dir = NULL, ...) {
-  .check_dots(...)
+  .check_dots(..., hints = .seurat_dots_hints())
   .seurat_ns()
+  top_given <- !missing(n_top_genes)
   keyroot <- .check_prefix(reduction.prefix)
   new_keys <- stats::setNames(as.list(paste0(keyroot, c("fe_", "re_"))), paste0(reduction.prefix, c("_fe", "_re")))
   .check_keys_free(object, new_keys, function(name, key, free) {
@@ -74,6 +98,12 @@ RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts"
   if (!is.character(layer) || length(layer) != 1L || is.na(layer) || !nzchar(layer)) .stop("`layer` must be a layer name such as \"counts\"")
   mapping <- .maps_query(model_dir, overwrite)
   if (is.null(assay)) assay <- SeuratObject::DefaultAssay(object)
+  if (assay %in% names(object@assays)) {
+    raw <- if ("RNA" %in% names(object@assays) && !identical(assay, "RNA")) "RNA" else "<the assay with the raw counts>"
+    .check_not_sct(object[[assay]], assay, "RunAMEDL()",
+                   sprintf("fit the raw counts of the %s assay: RunAMEDL(obj, assay = \"%s\", batch = ...) (after SCTransform() the default assay is \"SCT\")",
+                           if (raw == "RNA") "RNA" else "original", raw))
+  }
   counts <- SeuratLayerCounts(object, assay = assay, layer = layer)
   split <- attr(counts, "split")
   attr(counts, "split") <- NULL
@@ -90,13 +120,23 @@ RunAMEDL.Seurat <- function(object, batch = NULL, assay = NULL, layer = "counts"
     b <- .batch_from_meta(batch, object@meta.data, ncol(object), "Seurat object's meta.data", store = TRUE, obj = "obj")
   }
   bf <- .check_batch(b$values, ncol(counts), b$what, min_batches = if (mapping) 1L else 2L)
-  if (is.null(features) && !mapping) {
-    vf <- .variable_features(object, assay)
-    vf <- intersect(vf, rownames(counts))
-    if (length(vf) >= 2L) {
+  # the genes: `features`, else an explicit n_top_genes (the engine picks them), else the
+  # assay's variable features, else the default n_top_genes
+  if (!mapping) {
+    vf <- if (is.null(features)) intersect(.variable_features(object, assay), rownames(counts)) else character(0)
+    genes_msg <- if (!is.null(features)) {
+      sprintf("modelling the %d genes given as `features`", length(unique(features)))
+    } else if (top_given) {
+      sprintf("the engine picks %s highly variable genes (batch-aware), as `n_top_genes` is given%s",
+              format(n_top_genes), if (length(vf) >= 2L) sprintf(" (the %d variable features of assay '%s' are not used)", length(vf), assay) else "")
+    } else if (length(vf) >= 2L) {
       features <- vf
-      if (isTRUE(verbose)) message("amedl: using the ", length(vf), " variable features of assay '", assay, "'")
+      sprintf("using the %d variable features of assay '%s' (give `n_top_genes` or `features` to choose other genes)", length(vf), assay)
+    } else {
+      sprintf("assay '%s' has no variable features: the engine picks %s highly variable genes (batch-aware; `n_top_genes`)",
+              assay, format(n_top_genes))
     }
+    if (isTRUE(verbose)) message("amedl: ", genes_msg)
   }
   res <- .amedl_fit(counts, bf, batch_key = b$key, features = features, n_latent = n_latent,
                     n_top_genes = n_top_genes, epochs = epochs, seed = seed, preset = preset,

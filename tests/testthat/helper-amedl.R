@@ -70,3 +70,15 @@ engine_python <- function() {
 
 # Settings that keep test fits small.
 FAST <- list(epochs = 2, n_latent = 8, n_top_genes = 150, verbose = FALSE)
+
+# A small Seurat object from sim_counts(): raw counts, meta.data column `batch`, normalised,
+# `nfeatures` variable features.
+sim_seurat <- function(n_cells = 240, nfeatures = 60, seed = 1) {
+  skip_if_no_pkg("SeuratObject")
+  skip_if_no_pkg("Seurat")
+  s <- sim_counts(n_cells = n_cells, seed = seed)
+  meta <- data.frame(batch = s$batch, row.names = colnames(s$counts))
+  obj <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = s$counts, meta.data = meta))
+  obj <- Seurat::NormalizeData(obj, verbose = FALSE)
+  Seurat::FindVariableFeatures(obj, nfeatures = nfeatures, verbose = FALSE)
+}

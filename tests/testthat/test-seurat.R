@@ -2,7 +2,8 @@ test_that("RunAMEDL on a Seurat object adds amedl_fe and amedl_re, usable by Run
   skip_if_no_engine()
   obj <- muscat_seurat()
   vf <- SeuratObject::VariableFeatures(obj)
-  out <- do.call(RunAMEDL, c(list(obj, batch = "sample_id"), FAST))
+  # (no n_top_genes: given, it would win over the variable features)
+  out <- do.call(RunAMEDL, c(list(obj, batch = "sample_id"), FAST[names(FAST) != "n_top_genes"]))
   expect_true(all(c("amedl_fe", "amedl_re") %in% SeuratObject::Reductions(out)))
   for (r in c("amedl_fe", "amedl_re")) {
     dr <- out[[r]]
