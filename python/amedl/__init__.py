@@ -13,8 +13,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("baselines", "benchmark", "config", "counterfactual", "data", "datasets", "differential", "errors", "io",
-               "metrics", "modelfile", "pl", "tl")
+_SUBMODULES = ("baselines", "benchmark", "config", "counterfactual", "data", "datasets", "differential", "distributed",
+               "errors", "io", "metrics", "modelfile", "pl", "tl")
 _NAMES = {
     "AMEDL": "model",
     "AMEDLConfig": "config",
@@ -26,8 +26,8 @@ _NAMES = {
 }
 
 __all__ = ["AMEDL", "AMEDLConfig", "AMEDLError", "AMEDLInputError", "AMEDLConfigError", "AMEDLModelError",
-           "baselines", "benchmark", "counterfactual", "datasets", "differential", "io", "metrics", "make_config", "pl",
-           "tl", "__version__"]
+           "baselines", "benchmark", "counterfactual", "datasets", "differential", "distributed", "io", "metrics",
+           "make_config", "pl", "tl", "__version__"]
 
 
 def __getattr__(name: str):

@@ -376,7 +376,7 @@ def scib_metrics(
         When ``scib-metrics`` is not installed (install ``amedl[benchmark]``).
     """
     if not scib_available():
-        raise ImportError("scib-metrics is not installed; install the optional extra: pip install 'amedl[benchmark]'")
+        raise ImportError("scib-metrics is not installed; install the optional extra: pip install '<amedl checkout>[benchmark]'")
     import anndata as ad
     import pandas as pd
     import scib_metrics as sm

@@ -190,7 +190,7 @@ def read_meta(path: str | os.PathLike, kinds: tuple | None = None) -> dict:
         raise _fail(file, f"has an invalid model format {fmt!r}")
     if fmt > FORMAT:
         raise _fail(file, f"was written by {_written_by(meta)}; this amedl ({__version__}) reads model formats up "
-                          f"to {FORMAT}: upgrade amedl (pip install -U amedl) to load it")
+                          f"to {FORMAT}: upgrade amedl (update the checkout and reinstall it: scripts/setup install) to load it")
     for key, typ in _REQUIRED.items():
         if key not in meta:
             raise _fail(file, f"has no {key!r} entry (damaged, or not written by amedl)")

@@ -190,7 +190,7 @@ def run_benchmark(
         raise AMEDLError("none of the requested methods can run: " + "; ".join(notes))
     use_scib = bool(scib) and _metrics.scib_available()
     if scib and not use_scib:
-        notes.append("scIB metrics skipped: scib-metrics not installed (pip install 'amedl[benchmark]')")
+        notes.append("scIB metrics skipped: scib-metrics not installed (pip install '<amedl checkout>[benchmark]')")
         _say(progress, notes[-1])
 
     kinds = tuple(k for k in ("ae", "fe", "re") if any(k in m.kinds for m in chosen))

@@ -160,7 +160,7 @@ def _scvi(ctx: FoldContext, targets):
         return [np.asarray(model.get_latent_representation(ctx.adata[idx, genes].copy())) for idx in targets]
 
 
-_INSTALL = "pip install 'amedl[benchmark]'"
+_INSTALL = "pip install '<amedl checkout>[benchmark]'"
 
 #: The registry of benchmark methods, in display order.
 METHODS: dict[str, Method] = {

@@ -44,7 +44,7 @@ def _ro():
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
             "reading/writing R files needs rpy2 and anndata2ri (and R with SeuratObject / SingleCellExperiment): "
-            "pip install 'amedl[r]'  (with R < 4.5: pip install 'rpy2>=3.5,<3.6' anndata2ri). "
+            "pip install '<amedl checkout>[r]'  (with R < 4.5: pip install 'rpy2>=3.5,<3.6' anndata2ri). "
             f"Import failed: {e}"
         ) from e
     return ro
