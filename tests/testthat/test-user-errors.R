@@ -25,7 +25,8 @@ test_that("Seurat-style arguments and an assay without counts say what to use in
   }
   # the normalised "integrated" assay of IntegrateData() as the default assay: no raw counts
   integrated <- obj
-  integrated[["integrated"]] <- SeuratObject::CreateAssayObject(data = SeuratLayerCounts(obj, layer = "data"))
+  # (SeuratObject 5 warns that the new assay has no counts: that is the point here)
+  suppressWarnings(integrated[["integrated"]] <- SeuratObject::CreateAssayObject(data = SeuratLayerCounts(obj, layer = "data")))
   SeuratObject::DefaultAssay(integrated) <- "integrated"
   expect_error(RunAMEDL(integrated, batch = "batch", epochs = 500, verbose = FALSE),
                "assay 'integrated' has no layer 'counts'.*Fix: use the raw counts of assay 'RNA': assay = \"RNA\"")
