@@ -105,9 +105,19 @@ def _check_model_dir(path: str | None, overwrite: bool, out: Path | None) -> Non
 
     folder = Path(os.path.expanduser(path)).absolute()
     modelfile.check_target(folder, overwrite, flag="--overwrite")
-    if out is not None and folder in out.absolute().parents:
-        raise AMEDLPathError(f"--out {out} is inside --model-dir {path}; put the output elsewhere")
+    if out is not None:
+        _check_out_apart(out, path, "--model-dir")
     _probe_writable(folder.parent, f"the model folder {path}")
+
+
+def _check_out_apart(out: Path, folder: str, flag: str) -> None:
+    """The output file is neither the model folder ``folder`` (given as ``flag``) nor inside it."""
+    where, o = Path(os.path.expanduser(folder)).resolve(), out.resolve()
+    if o == where:
+        raise AMEDLPathError(f"--out {out} and {flag} {folder} are the same path; the output file and the model "
+                             "folder must be apart")
+    if where in o.parents:
+        raise AMEDLPathError(f"--out {out} is inside {flag} {folder}; put the output elsewhere")
 
 
 def _settings(args) -> dict:
@@ -160,7 +170,11 @@ def cmd_fit(args) -> int:
     if args.backed and Path(args.input).suffix.lower() != ".h5ad":
         raise AMEDLInputError(f"--backed reads an .h5ad file from disk; {args.input} is not one "
                               "(convert it with amedl.io.read(...).write_h5ad(...), or drop --backed)")
-    _check_input(args.input, columns, args.layer)
+    info = _check_input(args.input, columns, args.layer)
+    if args.backed and info is None:
+        raise AMEDLInputError(f"--backed reads .h5ad files in anndata's current layout; {args.input} has an old one. "
+                              "Drop --backed, or rewrite the file with a current anndata: "
+                              "python -c \"import anndata as ad; ad.read_h5ad('old.h5ad').write_h5ad('new.h5ad')\"")
     _r_options(args)
     settings = _settings(args)
     out = _check_output(args.out)
@@ -292,6 +306,9 @@ def cmd_embed(args) -> int:
     make_config(**{k: v for k, v in {"device": args.device, "threads": args.threads}.items() if v is not None})
     out = _check_output(args.out)
     _check_adapt_flags(args)
+    _check_out_apart(out, args.model_dir, "MODEL_DIR")
+    if args.adapted_model_dir:
+        _check_out_apart(out, args.adapted_model_dir, "--adapted-model-dir")
     if args.adapted_model_dir:
         modelfile.check_target(os.path.expanduser(args.adapted_model_dir), args.overwrite, flag="--overwrite")
 

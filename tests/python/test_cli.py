@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,6 +143,34 @@ def test_embed_adapt_learns_new_batches_and_saves_the_adapted_model_apart(fitted
     assert main([*args, "--adapt", "--adapted-model-dir", str(root / "model"), "--overwrite"]) == 1
     assert "is MODEL_DIR itself" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (root / "model").iterdir()} == before
+
+
+def test_the_output_file_and_the_model_folders_are_apart(fitted_files, capsys):
+    """Was: embed wrote its output, then the adapted model over it (exit 0, output lost); fit
+    failed after training on a temporary file's name."""
+    root = fitted_files
+    before = {p.name: p.read_bytes() for p in (root / "model").iterdir()}
+    query = [str(root / "model"), str(root / "in.h5ad")]
+    for args, says in (
+        (["embed", *query, "--out", str(root / "same.h5ad"), "--adapt", "--adapted-model-dir", str(root / "same.h5ad")],
+         "--adapted-model-dir"),
+        (["embed", *query, "--out", str(root / "model" / "emb.h5ad")], "is inside MODEL_DIR"),
+        (["fit", str(root / "in.h5ad"), "--batch-key", "batch", "--out", str(root / "res.h5ad"),
+          "--model-dir", str(root / "res.h5ad"), *CLI], "are the same path"),
+    ):
+        assert main(args) == 1
+        assert says in capsys.readouterr().err
+    assert not (root / "same.h5ad").exists() and not (root / "res.h5ad").exists()
+    assert {p.name: p.read_bytes() for p in (root / "model").iterdir()} == before
+
+
+def test_backed_refuses_an_old_layout_before_training(tmp_path, capsys):
+    """Was: trained, then an internal error writing the latents (anndata's old layout)."""
+    import scanpy
+
+    old = Path(scanpy.__file__).parent / "datasets" / "10x_pbmc68k_reduced.h5ad"
+    assert main(["fit", str(old), "--batch-key", "bulk_labels", "--backed", "--out", str(tmp_path / "o.h5ad"), *CLI]) == 1
+    assert "has an old one. Drop --backed, or rewrite the file" in capsys.readouterr().err
 
 
 def test_fit_checks_the_label_key_and_the_output_before_training(fitted_files, capsys):

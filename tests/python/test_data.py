@@ -55,6 +55,55 @@ def test_bad_values_sparse(sim):
         _fit(a)
 
 
+def test_gene_names_must_be_text(sim):
+    """Was: training on integer or NaN gene names, then 'genes are missing' on the same cells."""
+    a = sim.copy()
+    a.var_names = [str(i) for i in range(a.n_vars)]
+    a.var_names = a.var_names.astype(int)
+    with pytest.raises(amedl.AMEDLInputError, match="gene name.*not text.*astype\\(str\\)"):
+        _fit(a)
+
+
+def test_counts_that_are_not_quite_counts_say_why(sim):
+    a = _copy(sim)
+    a.X = a.X.astype(np.float64) + 1e-7 * (a.X > 0)  # whole numbers up to rounding error
+    with pytest.raises(amedl.AMEDLInputError, match=r"rounding error \(e\.g\. \d+\.0000001.*np\.round"):
+        _fit(a)
+    c = _copy(sim)
+    c.X = c.X.astype(np.complex128)  # was: trained, with numpy's ComplexWarning
+    with pytest.raises(amedl.AMEDLInputError, match="complex dtype"):
+        _fit(c)
+
+
+def test_the_hint_looks_in_x_and_raw_when_a_layer_is_named(sim):
+    a = sim.copy()
+    a.layers["logcounts"] = a.X.copy()
+    a.layers["logcounts"].data = np.log1p(a.layers["logcounts"].data)
+    with pytest.raises(amedl.AMEDLInputError, match='counts seem to be in adata.X: pass layer="X"'):
+        _fit(a, layer="logcounts")
+    b = a.copy()
+    b.raw = b.copy()
+    b.X = b.layers["logcounts"].copy()
+    with pytest.raises(amedl.AMEDLInputError, match=r"counts seem to be in adata.raw.*raw.to_adata\(\)"):
+        _fit(b, layer="logcounts")
+
+
+def test_genes_argument_is_checked(sim):
+    with pytest.raises(amedl.AMEDLInputError, match=r"got the string 'gene_1': write genes=\['gene_1'\]"):
+        _fit(sim, genes="gene_1")
+    with pytest.raises(amedl.AMEDLInputError, match="genes is empty"):
+        _fit(sim, genes=[])
+
+
+def test_batch_labels_alike_but_for_spaces_get_a_warning(sim):
+    a = sim.copy()
+    labels = a.obs["batch"].astype(str).to_numpy().copy()
+    labels[::7] = [v + " " for v in labels[::7]]
+    a.obs["batch"] = labels
+    with pytest.warns(UserWarning, match="differ only in case or surrounding spaces.*'batch_1' / 'batch_1 '"):
+        _fit(a)
+
+
 def test_empty_cells(sim):
     a = _copy(sim)
     a.X[7, :] = 0

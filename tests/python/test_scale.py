@@ -197,6 +197,12 @@ def test_backed_training_matches_memory_on_the_same_blocks(csr_file):
     # was: AttributeError ('BackedMatrix' object has no attribute 'toarray')
     np.testing.assert_array_equal(backed.transform(), memory.transform())
     np.testing.assert_array_equal(backed.transform(backed_adata), memory.transform())
+    # a view of a backed AnnData was read as the whole file (an IndexError, or silently other cells)
+    view = backed_adata[100:]
+    with pytest.raises(amedl.AMEDLInputError, match=r"a view .*to_memory\(\)"):
+        backed.latent(view)
+    with pytest.raises(amedl.AMEDLInputError, match="a view"):
+        amedl.AMEDL(view, "batch", **settings)
 
 
 def test_backed_neighbourhood_reference_is_the_in_memory_one(csr_file):

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 import torch
 
 from .loader import CSRLoader, Minibatch, RowBlocks, block_order
-from .preprocess import SCALINGS, Preprocessor, _normalised_log
+from .preprocess import SCALINGS, Preprocessor, _normalised_log, requested_genes
 from .validate import AMEDLInputError, check_batches, check_counts
 
 logger = logging.getLogger("amedl")
@@ -267,6 +267,7 @@ def fit_backed(
     read from disk, the batch codes and the library sizes."""
     if scaling not in SCALINGS:
         raise AMEDLInputError(f"scaling must be one of {SCALINGS}, got {scaling!r}.")
+    check_whole_file(adata)
     if not adata.obs_names.is_unique or not adata.var_names.is_unique:
         raise AMEDLInputError("cell and gene names must be unique (obs_names_make_unique / var_names_make_unique).")
     if batch_key not in adata.obs.columns:
@@ -298,7 +299,7 @@ def fit_backed(
     expressed = totals > 0
     dropped = int((~expressed).sum())
     if genes is not None:
-        genes = list(dict.fromkeys(str(g) for g in genes))
+        genes = requested_genes(genes)
         missing = [g for g in genes if g not in set(all_genes)]
         if missing:
             raise AMEDLInputError(f"{len(missing)} requested gene(s) are not in adata.var_names (e.g. {missing[:10]}).")
@@ -340,9 +341,19 @@ def library_sizes(counts: BackedCounts, chunk: int = CHUNK) -> np.ndarray:
     return out
 
 
+def check_whole_file(adata: ad.AnnData) -> None:
+    """A backed AnnData is read from its whole file: a view of one (``adata[mask]``) is an error."""
+    if getattr(adata, "is_view", False):
+        raise AMEDLInputError(
+            f"this is a view (a subset) of an AnnData backed by {adata.filename}; amedl reads backed data from the "
+            "whole file. Load the subset into memory, adata[mask].to_memory(), or write it to its own file: "
+            "adata[mask].write_h5ad('subset.h5ad')")
+
+
 def model_inputs(model, adata: ad.AnnData, layer: str | None):
     """``(matrix, library sizes)`` of a backed AnnData for a fitted model: the training
     file's are reused, another file's genes are matched by name."""
+    check_whole_file(adata)
     if isinstance(model._X, BackedMatrix) and Path(model._X.counts.path).resolve() == Path(adata.filename).resolve() \
             and layer == model.layer:
         return model._X, model._library

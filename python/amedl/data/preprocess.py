@@ -46,6 +46,17 @@ def _normalised_log(adata: ad.AnnData, layer: str | None, target_sum: float, gen
     return out
 
 
+def requested_genes(genes) -> list[str]:
+    """``genes=`` as a list of distinct names, in order; a single string or an empty list is an error."""
+    if isinstance(genes, (str, bytes)):
+        raise AMEDLInputError(f"genes must be a list of gene names, got the string {genes!r}: write genes=[{genes!r}] "
+                              "(or several names)")
+    genes = list(dict.fromkeys(str(g) for g in genes))
+    if not genes:
+        raise AMEDLInputError("genes is empty: name the genes to model, or leave genes=None for the highly variable ones")
+    return genes
+
+
 def seurat_renamed_hint(missing: Sequence[str], present) -> str:
     """The fix, where the missing genes are there with '-' for '_' (Seurat renames features so), else ''."""
     present = set(present)
@@ -104,7 +115,7 @@ class Preprocessor:
             logger.info("amedl: ignoring %d gene(s) with zero counts in every cell", dropped)
 
         if genes is not None:
-            genes = list(dict.fromkeys(str(g) for g in genes))
+            genes = requested_genes(genes)
             known = set(adata.var_names)
             missing = [g for g in genes if g not in known]
             if missing:

@@ -6,6 +6,8 @@ counts are not found, the message says where amedl looked.
 """
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -55,11 +57,12 @@ def _values(X) -> np.ndarray:
     return X.data if sp.issparse(X) else np.asarray(X).ravel()
 
 
-def _problem(X) -> tuple[str, int, float | None] | None:
-    """What keeps ``X`` from being raw counts: ``("nonfinite"|"negative"|"fractional", n, example)``."""
+def _problem(X) -> tuple[str, int, float | None, float] | None:
+    """What keeps ``X`` from being raw counts: ``("nonfinite"|"negative"|"fractional", n, example,
+    largest distance of a value from a whole number)``."""
     vals = _values(X)
     n_bad = n_neg = n_frac = 0
-    example = None
+    example, off = None, 0.0
     # chunked so that the checks never allocate temporaries the size of the matrix
     for lo in range(0, vals.size, _CHECK_CHUNK):
         v = vals[lo : lo + _CHECK_CHUNK]
@@ -69,21 +72,24 @@ def _problem(X) -> tuple[str, int, float | None] | None:
                 break
             frac = v != np.round(v)
             n_frac += int(np.count_nonzero(frac))
-            if example is None and frac.any():
-                example = float(v[np.argmax(frac)])
+            if frac.any():
+                off = max(off, float(np.max(np.abs(v[frac] - np.round(v[frac])))))
+                if example is None:
+                    example = float(v[np.argmax(frac)])
         n_neg += int(np.count_nonzero(v < 0))
     if n_bad:
-        return "nonfinite", n_bad, None
+        return "nonfinite", n_bad, None, off
     if n_neg:
-        return "negative", n_neg, None
+        return "negative", n_neg, None, off
     if n_frac:
-        return "fractional", n_frac, example
+        return "fractional", n_frac, example, off
     return None
 
 
 def _is_counts(X) -> bool:
     try:
-        return np.issubdtype(X.dtype, np.number) and 0 not in X.shape and _problem(X) is None
+        return (np.issubdtype(X.dtype, np.number) and not np.issubdtype(X.dtype, np.complexfloating)
+                and 0 not in X.shape and _problem(X) is None)
     except Exception:
         return False
 
@@ -107,8 +113,12 @@ def _where_counts_are(adata: ad.AnnData | None, layer: str | None, *, looked: bo
     if found:
         return (f"Raw counts seem to be in adata.layers[{found[0]!r}]: pass layer={found[0]!r} "
                 f"(command line: --layer {found[0]}).")
-    if adata.raw is not None and layer is None and _is_counts(adata.raw.X):
-        return "Raw counts seem to be in adata.raw: use adata.raw.to_adata() (it keeps every gene of adata.raw)."
+    if layer is not None and adata.X is not None and _is_counts(adata.X):
+        return 'Raw counts seem to be in adata.X: pass layer="X" (command line: --layer X).'
+    if adata.raw is not None and _is_counts(adata.raw.X):
+        return ("Raw counts seem to be in adata.raw: use adata.raw.to_adata() (it keeps every gene of adata.raw; "
+                "command line: save that as a file first, python -c \"import anndata as ad; "
+                "ad.read_h5ad('in.h5ad').raw.to_adata().write_h5ad('counts.h5ad')\").")
     if not looked:
         return ""
     places = ["adata.X"] + [f"adata.layers[{n!r}]" for n in adata.layers] + (["adata.raw"] if adata.raw is not None else [])
@@ -124,12 +134,13 @@ def check_counts(X, where: str = "adata.X", adata: ad.AnnData | None = None, lay
     """
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise AMEDLInputError(f"{where} has shape {X.shape}: there are no cells or no genes.")
-    if not np.issubdtype(X.dtype, np.number):
-        raise AMEDLInputError(f"{where} has non-numeric dtype {X.dtype}; it must hold raw counts.")
+    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+        raise AMEDLInputError(f"{where} has {'complex' if np.issubdtype(X.dtype, np.complexfloating) else 'non-numeric'} "
+                              f"dtype {X.dtype}; it must hold raw counts (real whole numbers).")
     problem = _problem(X)
     if problem is None:
         return
-    kind, n, example = problem
+    kind, n, example, off = problem
     if kind == "nonfinite":
         # a stray NaN or Inf in otherwise whole numbers: point elsewhere only where counts were found there
         hint = _where_counts_are(adata, layer, looked=False)
@@ -142,14 +153,33 @@ def check_counts(X, where: str = "adata.X", adata: ad.AnnData | None = None, lay
         raise AMEDLInputError(
             f"{where} contains {n} negative value(s): amedl expects raw counts, not scaled or centred values. {hint}"
         )
+    if off < 1e-4:  # whole numbers up to rounding error (a float conversion, a sum of floats)
+        raise AMEDLInputError(
+            f"{where} contains {n} value(s) that are whole numbers only up to rounding error (e.g. {example!r}; at most "
+            f"{off:.1e} away): if these are the raw counts, round them, e.g. X.data = np.round(X.data) for a sparse "
+            "matrix, np.round(X) for a dense one.")
     raise AMEDLInputError(
-        f"{where} contains {n} non-integer value(s) (e.g. {example:.4g}): amedl expects raw "
+        f"{where} contains {n} non-integer value(s) (e.g. {example!r}): amedl expects raw "
         f"counts, it normalises them itself. {hint}"
     )
 
 
 def _row_sums(X) -> np.ndarray:
     return np.asarray(X.sum(axis=1)).ravel()
+
+
+def _warn_lookalike_labels(labels: list[str], batch_key: str) -> None:
+    """Labels that differ only in case or surrounding spaces are separate batches: say so."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(label.strip().casefold(), []).append(label)
+    alike = [g for g in groups.values() if len(g) > 1]
+    if alike:
+        warnings.warn(
+            f"adata.obs[{batch_key!r}] has batch labels that differ only in case or surrounding spaces, each a batch "
+            f"of its own: {'; '.join(' / '.join(map(repr, g)) for g in alike[:3])}. If they are one batch, make them "
+            f"equal first, e.g. adata.obs[{batch_key!r}] = adata.obs[{batch_key!r}].astype(str).str.strip()",
+            UserWarning, stacklevel=2)
 
 
 def check_batches(batch: pd.Series, batch_key: str, min_cells: int = 2) -> pd.Categorical:
@@ -161,6 +191,7 @@ def check_batches(batch: pd.Series, batch_key: str, min_cells: int = 2) -> pd.Ca
         )
     cat = pd.Categorical(batch.astype(str))
     cat = cat.remove_unused_categories()
+    _warn_lookalike_labels(list(cat.categories), batch_key)
     counts = pd.Series(cat).value_counts()
     if len(counts) < 2:
         raise AMEDLInputError(
@@ -201,6 +232,11 @@ def validate_adata(
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()]
         raise AMEDLInputError(f"gene names are not unique (e.g. {preview(dup)}); call adata.var_names_make_unique() first.")
+    untitled = [g for g in adata.var_names if not isinstance(g, str) or not g.strip()]
+    if untitled:
+        raise AMEDLInputError(
+            f"{len(untitled)} gene name(s) are not text, or are empty (e.g. {preview(map(repr, untitled), 3)}); genes "
+            "are matched by name: name every gene, e.g. adata.var_names = adata.var_names.astype(str)")
     if batch_key is not None and batch_key not in adata.obs.columns:
         raise AMEDLInputError(
             f"batch column {batch_key!r} is not in adata.obs (columns: {preview(adata.obs.columns, 10) or 'none'}); "
