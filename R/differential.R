@@ -2,7 +2,7 @@
 #'
 #' For the cells of an object that [RunAMEDL()] fitted, compares their
 #' counterfactual expression as batch `batch_a` with that as batch `batch_b`
-#' (or with the average over all batches): per gene, and per cell group with
+#' (or with the average over the training batches): per gene, and per cell group with
 #' `group.by`, the log2 fold change of mean expression per 10^4 counts, its
 #' credible interval and the probability that its size exceeds `delta`, from
 #' Monte Carlo draws of the random-effects posterior. Use it to ask what a
@@ -14,7 +14,8 @@
 #'   batches: a query's new batch mapped with `adapt = FALSE` has no random
 #'   effects of its own, see [RunAMEDL()]).
 #' @param batch_b The batch it is compared with; `NULL` (default) compares with
-#'   the average over all batches of the fit.
+#'   the average over the batches the model was trained on (batches added
+#'   later by query mapping do not change it).
 #' @param group.by A column of the cell metadata (meta.data or colData) naming
 #'   cell groups, or one label per cell (a vector named by cell is matched to
 #'   the cells by name; names that are not exactly the cell names are an

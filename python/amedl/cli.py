@@ -269,6 +269,13 @@ def _check_adapt_flags(args) -> None:
                                  "never changes: save the adapted model in another folder")
 
 
+def _check_adapt_batch_column(args, batch_key: str, columns: list) -> None:
+    """``--adapt`` needs each input cell's batch, in the model's batch column."""
+    if batch_key not in columns:
+        raise AMEDLInputError(f"--adapt learns the random effects of the input's new batches, but {args.input} has no "
+                              f"{batch_key!r} column (the model's batch key)")
+
+
 def _check_embed_layer(args, layer: str | None, layers: list) -> None:
     """The counts layer that ``amedl embed`` reads (``--layer``, else the model's) is one of the input's."""
     if layer is not None and layer not in layers:
@@ -287,6 +294,8 @@ def cmd_embed(args) -> int:
     info = _check_input(args.input, {}, None)
     if info:
         _check_embed_layer(args, layer, info["layers"])
+        if args.adapt:
+            _check_adapt_batch_column(args, meta["batch_key"], info["obs_columns"])
     read_options = _r_options(args)
     genes = meta["preprocessing"]["genes"]
     if info and info.get("var_names") is not None:
@@ -321,26 +330,25 @@ def cmd_embed(args) -> int:
     adata = _read(args.input, **read_options)
     _check_embed_layer(args, layer, list(adata.layers))
     _say(f"read {args.input}: {adata.n_obs} cells × {adata.n_vars} genes")
+    if args.adapt:
+        _check_adapt_batch_column(args, model.batch_key, list(adata.obs.columns))
     kinds = [k for k in ("fe", "re") if k in model.modules]
     if "re" in kinds and model.batch_key not in adata.obs.columns:
         kinds.remove("re")
         stale = "; the input's X_amedl_re, from another fit, is removed" if "X_amedl_re" in adata.obsm else ""
         _say(f"no {model.batch_key!r} column in the cell metadata: writing the FE latent only "
              f"(the RE latent needs each cell's batch){stale}")
-    model.layer = layer
+    read = "X" if layer is None else layer  # where this input's counts are; the model keeps its own layer
     if args.adapt:
-        if model.batch_key not in adata.obs.columns:
-            raise AMEDLInputError(f"--adapt learns the random effects of the input's new batches, but the input has no "
-                                  f"{model.batch_key!r} column (the model's batch key)")
         new = model.new_batches(adata)
         if new:
             t1 = time.perf_counter()
-            model.adapt(adata, steps=args.adapt_steps or ADAPT_STEPS, progress=not args.quiet)
+            model.adapt(adata, layer=read, steps=args.adapt_steps or ADAPT_STEPS, progress=not args.quiet)
             _say(f"adapted {len(new)} new batch(es) ({', '.join(new[:5])}{' ...' if len(new) > 5 else ''}) "
                  f"in {time.perf_counter() - t1:.1f}s, the model's weights frozen")
         else:
             _say("--adapt: every batch of the input is known to the model; nothing to adapt")
-    rec = tl.add_latents(adata, model, kinds=kinds)
+    rec = tl.add_latents(adata, model, kinds=kinds, layer=read)
     saved = args.adapted_model_dir if args.adapted_model_dir and args.adapt else None
     rec["model_dir"] = str(Path(os.path.expanduser(saved or args.model_dir)).resolve())
     with Staging() as stage:

@@ -68,7 +68,9 @@ def differential(
                                   or max_cells < 1):
         raise AMEDLConfigError(f"max_cells must be a whole number of at least 1 (or None: every cell), got {max_cells!r}")
     code_a = model._batch_code(batch_a)
-    targets = [model._batch_code(batch_b)] if batch_b is not None else list(range(len(model.batches)))
+    # against batch_b, or the average over the training batches (batches added later by adapt() do not move it)
+    targets = [model._batch_code(batch_b)] if batch_b is not None else \
+        [i for i, b in enumerate(model.batches) if b not in model.adapted]
     if batch_b is not None and targets[0] == code_a:
         raise ValueError("batch_a and batch_b are the same batch")
 
@@ -125,5 +127,6 @@ def differential(
         frames.append(df.sort_values("lfc", ascending=False, kind="stable"))
     out = pd.concat(frames, ignore_index=True)
     out.attrs.update(batch_a=str(batch_a), batch_b=None if batch_b is None else str(batch_b), kind=kind,
-                     n_samples=int(n_samples), delta=float(delta), credible=float(credible))
+                     n_samples=int(n_samples), delta=float(delta), credible=float(credible),
+                     averaged_batches=[] if batch_b is not None else [model.batches[t] for t in targets])
     return out

@@ -646,8 +646,9 @@ class AMEDL:
         """Differential expression between batches: per gene (and per cell group with
         ``groupby``, a column of ``adata.obs``), the log2 fold change of the cells'
         counterfactual expression as batch ``batch_a`` against ``batch_b`` (or against
-        the average over all batches), from Monte Carlo draws of the random-effects
-        posterior.
+        the average over the training batches, ``attrs["averaged_batches"]``; batches
+        added by :meth:`adapt` do not change it), from Monte Carlo draws of the
+        random-effects posterior.
 
         Returns a tidy table sorted by ``lfc`` within each group: ``lfc`` (posterior
         mean of the log2 fold change of mean expression per 10⁴ counts, pseudocount

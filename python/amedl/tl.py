@@ -51,7 +51,8 @@ def record(model: AMEDL) -> dict:
     }
 
 
-def add_latents(adata: ad.AnnData, model: AMEDL, *, key_added: str = "amedl", kinds=("fe", "re")) -> dict:
+def add_latents(adata: ad.AnnData, model: AMEDL, *, key_added: str = "amedl", kinds=("fe", "re"),
+                layer: str | None = None) -> dict:
     """Write a fitted model's latents of ``adata`` and its record into ``adata``.
 
     Adds ``obsm['X_{key_added}_fe']`` (batch-invariant), ``obsm['X_{key_added}_re']``
@@ -59,8 +60,9 @@ def add_latents(adata: ad.AnnData, model: AMEDL, *, key_added: str = "amedl", ki
     ``kinds`` chooses the latents (e.g. ``("fe",)`` for cells without a batch column);
     a latent of another kind already in ``adata`` under ``key_added`` is removed, since
     it is not this model's. All latents are computed before anything is written into ``adata``.
+    ``layer``: where ``adata`` holds the counts (:meth:`~amedl.AMEDL.latent`'s ``layer``).
     """
-    latents = {kind: model.latent(adata, kind=kind) for kind in kinds}
+    latents = {kind: model.latent(adata, kind=kind, layer=layer) for kind in kinds}
     rec = record(model)
     for kind in ("fe", "re"):
         if kind not in latents:

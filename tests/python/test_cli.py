@@ -120,6 +120,24 @@ def test_embed_reads_the_counts_where_it_is_told(tiny, tmp_path, capsys):
     assert main(["embed", str(tmp_path / "m"), str(tmp_path / "x.h5ad"), "--out", str(tmp_path / "e.h5ad"),
                  "--layer", "X"]) == 0
     assert np.array_equal(io.read(tmp_path / "e.h5ad").obsm["X_amedl_fe"], io.read(tmp_path / "fit.h5ad").obsm["X_amedl_fe"])
+    # was: the adapted model was saved with this input's counts place (X) instead of the model's layer
+    query = tiny[:50].copy()
+    query.obs["batch"] = "donor_new"
+    io.write(query, tmp_path / "q.h5ad")
+    assert main(["embed", str(tmp_path / "m"), str(tmp_path / "q.h5ad"), "--out", str(tmp_path / "qe.h5ad"), "--layer",
+                 "X", "--adapt", "--adapt-steps", "5", "--adapted-model-dir", str(tmp_path / "adapted")]) == 0
+    assert amedl.AMEDL.load(tmp_path / "adapted").layer == "counts"
+    assert io.read(tmp_path / "qe.h5ad").uns["amedl"]["layer"] == "counts"
+    # was: --adapt without the batch column failed only after loading the model and the input
+    del query.obs["batch"]
+    io.write(query, tmp_path / "nobatch.h5ad")
+    code = ("import sys, amedl.cli; rc = amedl.cli.main(sys.argv[1:]); "
+            "print(rc, [m for m in ('torch', 'anndata') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code, "embed", str(tmp_path / "m"), str(tmp_path / "nobatch.h5ad"),
+                          "--out", str(tmp_path / "nb.h5ad"), "--layer", "X", "--adapt"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.split("\n")[-2] == "1 []", out.stdout + out.stderr
+    assert "has no 'batch' column (the model's batch key)" in out.stderr
 
 
 def test_embed_adapt_learns_new_batches_and_saves_the_adapted_model_apart(fitted_files, tiny, capsys):
