@@ -22,6 +22,7 @@ from torch import nn
 from . import __version__, distributed, modelfile
 from .config import RULES, AMEDLConfig, make_config
 from .data import AMEDLInputError, CSRLoader, DeviceCSR, Preprocessor, make_loader
+from .data.validate import lookalike_labels
 from .errors import AMEDLConfigError, AMEDLModelError, preview
 from .intercepts import MAX_CELLS as INTERCEPT_CELLS
 from .intercepts import LatentIntercepts
@@ -375,6 +376,9 @@ class AMEDL:
         if not new:
             raise AMEDLInputError(f"every batch in adata.obs[{self.batch_key!r}] is already known to the model; "
                                   "adapt() learns effects for new batches only")
+        alike = lookalike_labels(new, self.prep.batches)
+        if alike:
+            warnings.warn(f"adapt() learns these as new batches; {alike}", UserWarning, stacklevel=2)
         cells = np.flatnonzero(np.isin(batch, new))
         sub = adata[cells]
         layer = self._counts_layer(layer)
@@ -484,9 +488,11 @@ class AMEDL:
                 "they get the mixture of the learned batches' random effects that the batch-membership predictor "
                 "gives each cell" if predicted else "their random effects are set to zero (the population-level network)"
             )
+            alike = lookalike_labels(unseen, self.prep.batches)
             warnings.warn(
                 f"{int((codes < 0).sum())} cell(s) come from batch(es) not seen in training ({unseen[:5]}); {how}. "
-                "To learn their own effects, call adapt() with these cells first (command line: amedl embed --adapt).",
+                "To learn their own effects, call adapt() with these cells first (command line: amedl embed --adapt)."
+                + (f" But {alike}" if alike else ""),
                 UserWarning,
                 stacklevel=3,
             )

@@ -102,6 +102,11 @@ def test_adapt_errors(reference, split, sim):
     with pytest.raises(amedl.AMEDLConfigError, match="steps"):
         reference.adapt(query, steps=0)
     assert reference.batches == TRAINING_BATCHES
+    # a known batch written another way is an unseen batch to the model, but the warning says what it looks like
+    respelt = train[:30].copy()
+    respelt.obs["batch"] = "Batch_1 "
+    with pytest.warns(UserWarning, match="not seen in training.*'Batch_1 ' looks like the model's 'batch_1'"):
+        reference.latent(respelt, kind="re")
     ae_only = amedl.AMEDL(sim, "batch", **SMALL).fit(seed=0, max_epochs=2, progress=False, kinds=["ae"])
     with pytest.raises(ValueError, match="no network of this model has random effects"):
         ae_only.adapt(query.copy())

@@ -100,7 +100,8 @@ def test_batch_labels_alike_but_for_spaces_get_a_warning(sim):
     labels = a.obs["batch"].astype(str).to_numpy().copy()
     labels[::7] = [v + " " for v in labels[::7]]
     a.obs["batch"] = labels
-    with pytest.warns(UserWarning, match="differ only in case or surrounding spaces.*'batch_1' / 'batch_1 '"):
+    with pytest.warns(UserWarning, match="differ only in case, surrounding spaces or how a number is written.*"
+                                         "'batch_1' / 'batch_1 '"):
         _fit(a)
 
 

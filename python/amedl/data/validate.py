@@ -168,18 +168,40 @@ def _row_sums(X) -> np.ndarray:
     return np.asarray(X.sum(axis=1)).ravel()
 
 
+def _label_key(label: str) -> str:
+    """What two batch labels share when they differ only in case, surrounding spaces or the
+    way a number is written (``"a"`` / ``"A "``, ``"1"`` / ``"1.0"``)."""
+    key = label.strip().casefold()
+    try:
+        return repr(float(key))
+    except ValueError:
+        return key
+
+
 def _warn_lookalike_labels(labels: list[str], batch_key: str) -> None:
-    """Labels that differ only in case or surrounding spaces are separate batches: say so."""
+    """Labels that differ only in case, spaces or how a number is written are separate batches: say so."""
     groups: dict[str, list[str]] = {}
     for label in labels:
-        groups.setdefault(label.strip().casefold(), []).append(label)
+        groups.setdefault(_label_key(label), []).append(label)
     alike = [g for g in groups.values() if len(g) > 1]
     if alike:
         warnings.warn(
-            f"adata.obs[{batch_key!r}] has batch labels that differ only in case or surrounding spaces, each a batch "
-            f"of its own: {'; '.join(' / '.join(map(repr, g)) for g in alike[:3])}. If they are one batch, make them "
-            f"equal first, e.g. adata.obs[{batch_key!r}] = adata.obs[{batch_key!r}].astype(str).str.strip()",
-            UserWarning, stacklevel=2)
+            f"adata.obs[{batch_key!r}] has batch labels that differ only in case, surrounding spaces or how a number "
+            f"is written, each a batch of its own: {'; '.join(' / '.join(map(repr, g)) for g in alike[:3])}. If they "
+            f"are one batch, make them equal first, e.g. adata.obs[{batch_key!r}] = "
+            f"adata.obs[{batch_key!r}].astype(str).str.strip()", UserWarning, stacklevel=2)
+
+
+def lookalike_labels(new: list[str], known: list[str]) -> str:
+    """A sentence naming the ``new`` batch labels that differ from ``known`` ones only in case,
+    spaces or how a number is written (``"1.0"`` for the model's ``"1"``); ``""`` if none."""
+    by_key = {_label_key(k): k for k in known}
+    pairs = [(n, by_key[_label_key(n)]) for n in new if _label_key(n) in by_key]
+    if not pairs:
+        return ""
+    shown = ", ".join(f"{n!r} looks like the model's {k!r}" for n, k in pairs[:3])
+    return (f"{shown}{' ...' if len(pairs) > 3 else ''}: if they are the same batch, write the labels as in training "
+            "(e.g. integers as integers, no extra spaces).")
 
 
 def check_batches(batch: pd.Series, batch_key: str, min_cells: int = 2) -> pd.Categorical:
