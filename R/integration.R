@@ -29,8 +29,13 @@
 #' \code{IntegrateLayers()}, see \code{...}).
 #'
 #' An SCTransform assay (\code{normalization.method = "SCT"}) is an error:
-#' aMEDL fits the raw counts, so integrate the split RNA assay
-#' (\code{assay = "RNA"}). When called by \code{IntegrateLayers()}, the keys of
+#' aMEDL fits the raw counts. After \code{SCTransform()} the simplest route is
+#' \code{RunAMEDL(obj, assay = "RNA", batch = NULL)} on the split RNA layers;
+#' to integrate through \code{IntegrateLayers()} instead, make RNA the default
+#' assay and give it normalised data and variable features first
+#' (\code{DefaultAssay(obj) <- "RNA"}, \code{NormalizeData()},
+#' \code{FindVariableFeatures()}), since \code{IntegrateLayers()} takes its
+#' features from them. When called by \code{IntegrateLayers()}, the keys of
 #' the new reductions are checked against those of the object's other
 #' reductions and assays before training (Seurat would otherwise replace a
 #' key in use by a random one).
@@ -99,7 +104,7 @@
 #' obj <- NormalizeData(obj)
 #' obj <- FindVariableFeatures(obj)
 #' obj <- IntegrateLayers(obj, method = AMEDLIntegration, orig.reduction = NULL,
-#'                        re.reduction = "amedl.re", model_dir = "amedl_model")
+#'                        re.reduction = "integrated.amedl.re", model_dir = "amedl_model")
 #' obj <- RunUMAP(obj, reduction = "integrated.amedl", dims = 1:10)  # n_latent: 10 by default
 #' obj <- JoinLayers(obj)
 #' obj <- AMEDLCounterfactual(obj, batch = "donor1", reduction = "integrated.amedl")
@@ -115,9 +120,10 @@ AMEDLIntegration <- function(object, assay = NULL, orig = NULL, layers = NULL,
                              n_latent = NULL, n_top_genes = NULL, epochs = NULL, seed = 0L,
                              verbose = TRUE, ...) {
   .check_not_sct(object, .amedl_or(assay, "SCT"), "AMEDLIntegration()", paste0(
-    "integrate the raw counts of the RNA assay, split by batch: IntegrateLayers(obj, method = AMEDLIntegration, ",
-    "assay = \"RNA\", orig.reduction = NULL) (no normalization.method = \"SCT\"), or use RunAMEDL(obj, assay = \"RNA\", ",
-    "batch = ...)."))
+    "fit the raw counts of the RNA assay, split by batch: RunAMEDL(obj, assay = \"RNA\", batch = NULL); or, to go through ",
+    "IntegrateLayers(), give RNA normalised data and variable features first: DefaultAssay(obj) <- \"RNA\"; ",
+    "obj <- NormalizeData(obj); obj <- FindVariableFeatures(obj); then IntegrateLayers(obj, method = AMEDLIntegration, ",
+    "assay = \"RNA\", orig.reduction = NULL) (no normalization.method = \"SCT\")."))
   if (!inherits(object, "StdAssay")) {
     stop("AMEDLIntegration() needs a Seurat 5 assay (Assay5), as passed by ",
          "Seurat::IntegrateLayers(); got an object of class '",

@@ -305,4 +305,11 @@ test_that("IntegrateLayers with AMEDLIntegration: keys in use, n_top_genes, a sa
   expect_error(Seurat::IntegrateLayers(sct, method = AMEDLIntegration, orig.reduction = NULL,
                                        normalization.method = "SCT", epochs = 500, verbose = FALSE),
                "SCTransform assay.*raw counts.*assay = \"RNA\"")
+  # the message's second route works as written (was: "integrate ... assay = 'RNA'", which Seurat could not run:
+  # IntegrateLayers() takes its features from the default assay's variable features)
+  SeuratObject::DefaultAssay(sct) <- "RNA"
+  sct <- Seurat::FindVariableFeatures(Seurat::NormalizeData(sct, verbose = FALSE), verbose = FALSE)
+  via_rna <- Seurat::IntegrateLayers(sct, method = AMEDLIntegration, assay = "RNA", orig.reduction = NULL,
+                                     n_latent = 4, epochs = 2, verbose = FALSE)
+  expect_equal(dim(SeuratObject::Embeddings(via_rna[["integrated.amedl"]])), c(ncol(sct), 4))
 })
