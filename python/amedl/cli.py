@@ -301,15 +301,13 @@ def cmd_embed(args) -> int:
     if info and info.get("var_names") is not None:
         missing = sorted(set(genes) - set(info["var_names"]))
         if missing:
+            from .data.preprocess import seurat_renamed_hint
             from .errors import preview
 
-            from .data.preprocess import seurat_renamed_hint
-
-            renamed = seurat_renamed_hint(missing, info["var_names"])
             raise AMEDLInputError(f"{len(missing)} of the model's {len(genes)} genes are not genes of {args.input} "
                                   f"({preview(missing, 5)}); the input needs every gene the model was trained on, "
                                   "named the same way (gene symbols vs Ensembl IDs?)"
-                                  + renamed.replace("(names", "in the input (in Python, names"))
+                                  + seurat_renamed_hint(missing, info["var_names"], in_file=True))
     from .config import make_config
 
     make_config(**{k: v for k, v in {"device": args.device, "threads": args.threads}.items() if v is not None})
@@ -318,7 +316,6 @@ def cmd_embed(args) -> int:
     _check_out_apart(out, args.model_dir, "MODEL_DIR")
     if args.adapted_model_dir:
         _check_out_apart(out, args.adapted_model_dir, "--adapted-model-dir")
-    if args.adapted_model_dir:
         modelfile.check_target(os.path.expanduser(args.adapted_model_dir), args.overwrite, flag="--overwrite")
 
     from . import io, tl

@@ -57,13 +57,14 @@ def requested_genes(genes) -> list[str]:
     return genes
 
 
-def seurat_renamed_hint(missing: Sequence[str], present) -> str:
-    """The fix, where the missing genes are there with '-' for '_' (Seurat renames features so), else ''."""
+def seurat_renamed_hint(missing: Sequence[str], present, *, in_file: bool = False) -> str:
+    """The fix, where the missing genes are there with '-' for '_' (Seurat renames features so), else '';
+    ``in_file``: the genes are those of an input file (the command line), renamed from Python."""
     present = set(present)
     if not all("_" in g and g.replace("_", "-") in present for g in missing):
         return ""
-    return (f" All {len(missing)} are there with '-' for '_', as Seurat renames features; rename them back "
-            "(names = {g.replace('_', '-'): g for g in model.genes}; "
+    return (f" All {len(missing)} are there with '-' for '_', as Seurat renames features; rename them back"
+            f"{' in the input (in Python, ' if in_file else ' ('}names = {{g.replace('_', '-'): g for g in model.genes}}; "
             "adata.var_names = [names.get(v, v) for v in adata.var_names])")
 
 
@@ -104,7 +105,7 @@ class Preprocessor:
         """Fit on training data; returns the preprocessor, the log1p matrix on the selected genes, and batch codes."""
         if scaling not in SCALINGS:
             raise AMEDLInputError(f"scaling must be one of {SCALINGS}, got {scaling!r}.")
-        validate_adata(adata, batch_key, layer, training=True)
+        validate_adata(adata, batch_key, layer, training=False)  # the batch column's values: once, here
         batch = check_batches(adata.obs[batch_key], batch_key)
         X, _ = _counts_matrix(adata, layer)
 
