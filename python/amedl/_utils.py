@@ -23,6 +23,22 @@ from typing import IO, Iterator
 from .errors import AMEDLConfigError
 
 
+def whole_number(name: str, value, low: int, *, error: type[Exception] = AMEDLConfigError,
+                 none_means: str | None = None):
+    """``value`` as a Python int when it is a whole number >= ``low`` (bools are not numbers here).
+
+    ``none_means`` allows ``None`` and says what it means in the error; otherwise ``error`` names the problem.
+    """
+    import numpy as np
+
+    if value is None and none_means is not None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        also = f" (or None: {none_means})" if none_means is not None else ""
+        raise error(f"{name} must be a whole number >= {low}{also}, got {value!r}")
+    return int(value)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch so that a fit is reproducible on the CPU."""
     import numpy as np

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import r2_score
 
+from ._utils import whole_number
 from .errors import AMEDLInputError, preview
 
 __all__ = ["predicted_change", "counterfactual_scores"]
@@ -99,8 +100,7 @@ def counterfactual_scores(
     if groupby not in adata.obs.columns:
         raise AMEDLInputError(f"groupby column {groupby!r} is not in adata.obs (columns: {preview(adata.obs.columns, 10)})")
     for name, value in (("n_top", n_top), ("min_cells", min_cells)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise AMEDLInputError(f"{name} must be a whole number of at least 1, got {value!r}")
+        whole_number(name, value, 1, error=AMEDLInputError)
     groups = adata.obs[groupby].astype(str).to_numpy()
     rows = []
     for g in pd.unique(groups):

@@ -14,6 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from ._utils import whole_number
 from .errors import AMEDLConfigError
 from .nn import posterior_draw, predicts_unseen
 
@@ -57,16 +58,13 @@ def differential(
         raise ValueError(f"the {kind} network of this model has no batch input, so it has no batch effects to compare")
     if batch_a is None:
         raise ValueError("name batch_a, the batch whose effects to report (e.g. a donor or a stimulated sample)")
-    if n_samples < 2:
-        raise AMEDLConfigError(f"n_samples must be at least 2, got {n_samples}")
+    whole_number("n_samples", n_samples, 2)
     if not 0 < credible < 1:
         raise AMEDLConfigError(f"credible must be between 0 and 1, got {credible}")
     if not delta >= 0:
         raise AMEDLConfigError(f"delta, the smallest |log2 fold change| that counts as an effect, must be at least 0, "
                                f"got {delta}")
-    if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer))
-                                  or max_cells < 1):
-        raise AMEDLConfigError(f"max_cells must be a whole number of at least 1 (or None: every cell), got {max_cells!r}")
+    whole_number("max_cells", max_cells, 1, none_means="every cell")
     code_a = model._batch_code(batch_a)
     # against batch_b, or the average over the training batches (batches added later by adapt() do not move it)
     targets = [model._batch_code(batch_b)] if batch_b is not None else \

@@ -351,10 +351,10 @@ def launch(argv: Sequence[str], nproc: int, module: str = "amedl.cli", *, quiet:
     """
     import tempfile
 
-    from .errors import AMEDLConfigError, AMEDLError
+    from ._utils import whole_number
+    from .errors import AMEDLError
 
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise AMEDLConfigError(f"the number of processes must be a whole number >= 1, got {nproc!r}")
+    nproc = whole_number("the number of processes", nproc, 1)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run

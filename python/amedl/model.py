@@ -28,7 +28,7 @@ from .intercepts import MAX_CELLS as INTERCEPT_CELLS
 from .intercepts import LatentIntercepts
 from .nn import predicts_unseen
 from .train import NETWORKS, LoopSettings, PlanContext, adapt_new_batches, fit_loop
-from ._utils import Staging, apply_threads, resolve_device, seed_everything
+from ._utils import Staging, apply_threads, resolve_device, seed_everything, whole_number
 
 logger = logging.getLogger("amedl")
 
@@ -39,13 +39,6 @@ REFERENCE_CELLS = 20_000
 _CONFIG_FILE, _WEIGHTS_FILE = modelfile.CONFIG_FILE, modelfile.WEIGHTS_FILE
 #: The entry of ``weights.pt`` that holds the FE latent's batch intercepts.
 _INTERCEPTS = "fe_intercepts"
-
-
-def _whole(name: str, value, low: int) -> int:
-    """``value`` as a Python int when it is a whole number >= ``low``; else AMEDLConfigError."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise AMEDLConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
-    return int(value)
 
 
 class AMEDL:
@@ -217,7 +210,7 @@ class AMEDL:
         """
         if max_epochs is not None:
             max_epochs = RULES["max_epochs"].check("max_epochs", max_epochs)
-        seed = _whole("seed", seed, 0)  # a Python int: numpy integers (np.arange) are not seeds for Python's random
+        seed = whole_number("seed", seed, 0)  # a Python int: numpy integers (np.arange) are not seeds for Python's random
         kinds = [kinds] if isinstance(kinds, str) else list(dict.fromkeys(kinds))
         bad = [k for k in kinds if k not in KINDS]
         if bad or not kinds:
@@ -365,7 +358,7 @@ class AMEDL:
                              "plain autoencoder have no batch input); train the RE network or use the default FE network")
         if self.batch_key not in adata.obs.columns:
             raise AMEDLInputError(f"adata.obs has no {self.batch_key!r} column: adapt() needs the batch of each new cell")
-        _whole("steps", steps, 1)
+        whole_number("steps", steps, 1)
         if not lr > 0:
             raise AMEDLConfigError(f"lr must be > 0, got {lr!r}")
         batch = adata.obs[self.batch_key]
@@ -521,7 +514,7 @@ class AMEDL:
     def _run(self, inputs, fn, batch_size: int, library: bool = False, minibatches=None) -> np.ndarray:
         """``fn(minibatch)`` over minibatches of cells (``minibatches``, or those of
         ``inputs``), written into one preallocated float32 array."""
-        _whole("batch_size", batch_size, 1)
+        whole_number("batch_size", batch_size, 1)
         X = inputs[0]
         out, lo = None, 0
         for mb in minibatches if minibatches is not None else self._loader(inputs, batch_size, library):

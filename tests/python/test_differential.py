@@ -56,10 +56,11 @@ def test_groupby_gives_one_block_per_group(small_model, sim):
         (dict(batch_a="batch_1", batch_b="batch_1"), "same batch"),
         (dict(batch_a="no_such_batch"), "no_such_batch"),
         (dict(batch_a="batch_1", groupby="no_such_column"), "no_such_column"),
-        (dict(batch_a="batch_1", n_samples=1), "at least 2"),
+        (dict(batch_a="batch_1", n_samples=1), "n_samples must be a whole number >= 2, got 1"),
+        (dict(batch_a="batch_1", n_samples=2.5), "n_samples must be a whole number >= 2"),
         (dict(batch_a="batch_1", credible=1.5), "between 0 and 1"),
         (dict(batch_a="batch_1", delta=-1), "delta.*at least 0"),
-        (dict(batch_a="batch_1", max_cells=0), "max_cells must be a whole number of at least 1"),
+        (dict(batch_a="batch_1", max_cells=0), "max_cells must be a whole number >= 1 \\(or None: every cell\\), got 0"),
         (dict(), "batch_a"),
     ],
 )
