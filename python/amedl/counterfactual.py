@@ -37,8 +37,8 @@ def _pseudobulk(log_expression) -> np.ndarray:
     return np.log1p(np.asarray(x.mean(axis=0)).ravel())
 
 
-def _real(model, adata) -> np.ndarray:
-    return _pseudobulk(model.prep.transform(adata))
+def _real(model, adata, layer) -> np.ndarray:
+    return _pseudobulk(model.prep.transform(adata, model._counts_layer(layer)))
 
 
 def _decoded(model, adata, batch, kind, layer) -> np.ndarray:
@@ -109,7 +109,7 @@ def counterfactual_scores(
         if src.sum() < min_cells or tgt.sum() < min_cells:
             continue
         cells = adata[src]
-        real_src, real_tgt = _real(model, cells), _real(model, adata[tgt])
+        real_src, real_tgt = _real(model, cells, layer), _real(model, adata[tgt], layer)
         own = _decoded(model, cells, None, kind, layer)
         pred = _decoded(model, cells, target, kind, layer)
         real_change = real_tgt - real_src

@@ -224,6 +224,20 @@ def test_counterfactual_scores_check_what_they_are_asked(small_model, sim):
     assert len(empty) == 0 and list(empty.columns) == list(scores.columns) and len(scores) > 0
 
 
+def test_counterfactual_scores_read_the_models_layer(sim):
+    """The real cells' means come from the same counts as the decoded ones (they were read from X)."""
+    from amedl.counterfactual import counterfactual_scores
+
+    a = sim.copy()
+    a.layers["counts"] = a.X.copy()
+    a.X = a.X * 0.5  # not counts: reading it is an error
+    m = amedl.AMEDL(a, "batch", layer="counts", **SMALL).fit(seed=0, max_epochs=1, progress=False, kinds=["fe"])
+    on_layer = counterfactual_scores(m, a, "batch_1", "batch_2", "cell_type", min_cells=5)
+    in_x = counterfactual_scores(m, sim, "batch_1", "batch_2", "cell_type", min_cells=5, layer="X")
+    assert len(on_layer) > 0
+    pd.testing.assert_frame_equal(on_layer, in_x)
+
+
 def test_new_cells_counts_in_x_for_a_model_fitted_on_a_layer(sim):
     """``layer="X"`` reads ``adata.X`` whatever layer the model was fitted on (``None``: the model's layer)."""
     a = sim.copy()
