@@ -30,7 +30,7 @@
           what, paste(class(counts), collapse = "/"),
           if (methods::is(counts, "DelayedArray")) "; read it into memory first, e.g. as(x, \"dgCMatrix\")" else "")
   }
-  if (nrow(counts) < 2L || ncol(counts) < 2L) .stop("%s is %d x %d: it needs genes in rows and cells in columns", what, nrow(counts), ncol(counts))
+  if (nrow(counts) < 2L || ncol(counts) < 2L) .stop("%s is %d x %d: it needs at least 2 genes (rows) and 2 cells (columns)", what, nrow(counts), ncol(counts))
   if (anyNA(vals)) .stop("%s has missing values (NA or NaN); aMEDL needs raw counts", what)
   if (any(is.infinite(vals))) .stop("%s has infinite values (Inf); aMEDL needs raw counts (finite, non-negative integers)", what)
   if (length(vals) && min(vals) < 0) .stop("%s has negative values; aMEDL needs raw counts (not scaled or centred data)", what)

@@ -11,7 +11,7 @@
 #'   (a whole number >= 1), that every setting in `...` has a name and is a
 #'   number, string or logical without `NA`, and that `n_latent`,
 #'   `n_top_genes` and `max_epochs` are not given as settings (they are
-#'   arguments of [RunAMEDL()]).
+#'   the arguments `n_latent`, `n_top_genes` and `epochs` of [RunAMEDL()]).
 #' * Here, when the engine can be started (a call that names a
 #'   setting in `...` starts it, as [amedl_available()] does): that every name
 #'   in `...` is a field of `AMEDLConfig`; an unknown name is an error with
@@ -51,8 +51,12 @@ amedl_options <- function(lr = NULL, batch_size = NULL, hidden = NULL, patience 
   if (length(extra) && (is.null(names(extra)) || any(!nzchar(names(extra))))) {
     .stop("every setting in amedl_options(...) needs a name, e.g. amedl_options(re_patience = 10)")
   }
-  clash <- intersect(names(extra), c("n_latent", "n_top_genes", "max_epochs"))
-  if (length(clash)) .stop("set %s with the argument of RunAMEDL() of that name, not as a setting", paste(clash, collapse = ", "))
+  argument_of <- c(n_latent = "n_latent", n_top_genes = "n_top_genes", max_epochs = "epochs")
+  clash <- intersect(names(extra), names(argument_of))
+  if (length(clash)) {
+    .stop("set %s with RunAMEDL()'s argument%s %s, not as a setting", paste(clash, collapse = ", "),
+          if (length(clash) > 1L) "s" else "", paste0("`", argument_of[clash], "`", collapse = ", "))
+  }
   .check_setting_names(names(extra))
   th <- extra$threads
   if (!is.null(th) && (!is.numeric(th) || length(th) != 1L || !is.finite(th) || th != round(th) || th < 1)) {

@@ -254,7 +254,7 @@ def load_model(model_dir: str):
 
 @_speaks_r
 def counterfactual(model, X, cells, genes, batch, target: str, batch_levels=None) -> dict:
-    """RE reconstruction of every cell decoded as if from batch ``target``.
+    """Every cell decoded as if from batch ``target``, by :func:`counterfactual_kind`'s network.
 
     Returns
     -------
@@ -274,7 +274,7 @@ def counterfactual_kind(model) -> str:
 
 @_speaks_r
 def differential(model, X, cells, genes, batch, batch_a: str, batch_b=None, groups=None, batch_levels=None,
-                 n_samples=100, delta=0.5, credible=0.95, seed=0) -> dict:
+                 n_samples=100, delta=0.5, credible=0.95, seed=0, max_cells=20_000) -> dict:
     """:meth:`amedl.AMEDL.differential` on R's genes × cells counts; ``groups`` is one
     label per cell (or ``None``). Returns the table as a dict of columns."""
     adata = make_adata(X, cells, genes, batch, batch_key=model.batch_key, batch_levels=batch_levels)
@@ -288,7 +288,7 @@ def differential(model, X, cells, genes, batch, batch_a: str, batch_b=None, grou
     table = model.differential(
         adata, str(batch_a), None if batch_b is None else str(batch_b), groupby,
         kind=counterfactual_kind(model), n_samples=_as_int(n_samples), delta=float(delta),
-        credible=float(credible), seed=_as_int(seed),
+        credible=float(credible), seed=_as_int(seed), max_cells=_as_int(max_cells),
     )
     return {c: table[c].tolist() for c in table.columns}
 

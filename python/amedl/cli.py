@@ -299,15 +299,9 @@ def cmd_embed(args) -> int:
     read_options = _r_options(args)
     genes = meta["preprocessing"]["genes"]
     if info and info.get("var_names") is not None:
-        missing = sorted(set(genes) - set(info["var_names"]))
-        if missing:
-            from .data.preprocess import seurat_renamed_hint
-            from .errors import preview
+        from .data.preprocess import check_model_genes
 
-            raise AMEDLInputError(f"{len(missing)} of the model's {len(genes)} genes are not genes of {args.input} "
-                                  f"({preview(missing, 5)}); the input needs every gene the model was trained on, "
-                                  "named the same way (gene symbols vs Ensembl IDs?)"
-                                  + seurat_renamed_hint(missing, info["var_names"], in_file=True))
+        check_model_genes(genes, info["var_names"], where=f"the genes of {args.input}", in_file=True)
     from .config import make_config
 
     make_config(**{k: v for k, v in {"device": args.device, "threads": args.threads}.items() if v is not None})
@@ -407,7 +401,7 @@ def cmd_benchmark(args) -> int:
         adata, args.batch_key, args.label_key, out_dir, methods=args.methods, folds=args.folds, seed=args.seed,
         progress=not args.quiet, scib=not args.no_scib, max_epochs=args.epochs, layer=args.layer,
         preset=args.preset, max_cells=args.max_cells, title=f"amedl benchmark: {Path(args.input).name}",
-        command=_benchmark_command_line(args), model_kwargs={k: v for k, v in settings.items() if k != "device"} or None,
+        command=_benchmark_command_line(args), model_kwargs=settings or None,
     )
     print(Path(out_dir, "summary.md").read_text())
     return 0
@@ -465,8 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--model-dir", help="save the fitted model to this folder (new, empty, or an amedl model "
                                        "folder with --overwrite)")
     f.add_argument("--overwrite", action="store_true", help="replace the amedl model already in --model-dir")
-    f.add_argument("--epochs", type=_whole(1), help="epoch budget (default: from the number of cells; "
-                                                    "early stopping usually ends sooner)")
+    f.add_argument("--epochs", "--max-epochs", dest="epochs", type=_whole(1),
+                   help="epoch budget (default: from the number of cells; early stopping usually ends sooner)")
     f.add_argument("--seed", type=_whole(0), default=0)
     f.add_argument("--preset", default="default", choices=["default", "paper"])
     f.add_argument("--n-latent", type=_whole(1))

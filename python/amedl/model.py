@@ -266,7 +266,7 @@ class AMEDL:
             seconds = time.perf_counter() - t0
             modules.eval()
             self.history[kind] = history
-            if kind == "fe":
+            if NETWORKS[kind].latent_intercepts:
                 self.intercepts = self._fit_intercepts(modules, seed)
             self.train_info[kind] = {
                 "seed": seed,
@@ -305,7 +305,7 @@ class AMEDL:
         """What network ``kind``'s training plan is built with, for the cells ``train_idx``
         (the FE network's neighbourhood loss also needs their reference PCA)."""
         context = PlanContext.from_codes(self._codes[train_idx], len(self.prep.genes), len(self.prep.batches))
-        if kind == "fe" and self.config.fe_neighbour_weight > 0:
+        if NETWORKS[kind].needs_reference(self.config):
             context = dataclasses.replace(context, reference=self._reference_pca(train_idx, seed))
         return context
 
@@ -573,7 +573,7 @@ class AMEDL:
         inputs = self._inputs(adata, layer, need_batches=NETWORKS[kind].latent_needs_batch, predicted=predicts_unseen(net),
                               needs=f"the {KIND_NAMES[kind]} latent", instead=", or use kind='fe', which needs no batch")
         z = self._run(inputs, net.latent, batch_size)
-        if kind == "fe" and intercepts and self.intercepts is not None:
+        if intercepts and NETWORKS[kind].latent_intercepts and self.intercepts is not None:
             codes = inputs[1]
             if (codes < 0).any():
                 what = (f"adata.obs has no {self.batch_key!r} column" if (codes < 0).all() and adata is not None
@@ -644,19 +644,27 @@ class AMEDL:
     ) -> pd.DataFrame:
         """Differential expression between batches: per gene (and per cell group with
         ``groupby``, a column of ``adata.obs``), the log2 fold change of the cells'
-        counterfactual expression as batch ``batch_a`` against ``batch_b`` (or against
-        the average over the training batches, ``attrs["averaged_batches"]``; batches
-        added by :meth:`adapt` do not change it), from Monte Carlo draws of the
-        random-effects posterior.
+        counterfactual expression as batch ``batch_a`` against ``batch_b``, from Monte
+        Carlo draws of the random-effects posterior. Without ``batch_b``, against the
+        average over the training batches (``attrs["averaged_batches"]``), ``batch_a``
+        included when it is one of them: its effect relative to the average batch.
+        Batches added by :meth:`adapt` do not change that average.
 
         Returns a tidy table sorted by ``lfc`` within each group: ``lfc`` (posterior
         mean of the log2 fold change of mean expression per 10⁴ counts, pseudocount
         0.1), ``lfc_sd``, ``ci_low``/``ci_high`` (the ``credible`` interval, 95% by
         default), ``p_effect`` (the posterior probability that ``|lfc| > delta``,
         0.5 by default), ``credible`` (the interval excludes 0), ``mean_a``/``mean_b``
-        and ``n_cells``. Options: ``kind`` ("fe"), ``n_samples`` (100), ``delta``,
-        ``credible``, ``max_cells`` (a seeded subsample, 20,000), ``seed``, ``layer``,
-        ``batch_size``. See :mod:`amedl.differential`.
+        and ``n_cells`` (the group's cells that were decoded). Options: ``kind`` ("fe"),
+        ``n_samples`` (100; the interval's ends are Monte Carlo estimates, so give
+        1,000 for results to report), ``delta``, ``credible``, ``max_cells`` (at most
+        this many cells of each group are decoded, a seeded subsample; 20,000),
+        ``seed``, ``layer``, ``batch_size``.
+
+        The interval is the random effects' posterior uncertainty given the fitted
+        network: it leaves out cell-to-cell sampling, so it does not widen for a small
+        group, and ``credible`` has no multiple-testing correction. See
+        :mod:`amedl.differential`.
         """
         from .differential import differential
 
@@ -667,10 +675,12 @@ class AMEDL:
 
         Columns ``scale`` and ``shift`` are the posterior means of γ and β in
         ``out·(1+γ) + β``, ``scale_sd`` and ``shift_sd`` their posterior
-        standard deviations. With a count likelihood (``likelihood="nb"``)
-        ``out`` is a gene's log-rate, so ``shift`` is the batch's natural-log
-        fold change of that gene; otherwise it is in the model's scaled units.
-        Sort by ``shift`` to see which genes a batch raises or lowers.
+        standard deviations. These are parameters, not effect sizes: a batch
+        also acts through the random effects of every hidden layer, and with
+        the count likelihood (``likelihood="nb"``) the output layer gives
+        log-proportions through a softmax over genes, so adding one constant to
+        all of a batch's shifts changes nothing. For how a batch changes each
+        gene's expression, with credible intervals, use :meth:`differential`.
         """
         head = getattr(self._module(kind), "expression_head", None)
         if head is None:

@@ -24,6 +24,7 @@ from .data.backed import CHUNK, BackedLoader
 from .metrics import silhouette_report
 from .model import AMEDL
 from .tl import record
+from .train import NETWORKS
 
 
 def write_latents(model, path: str | os.PathLike, kinds: Sequence[str] = ("fe", "re"), *,
@@ -48,7 +49,7 @@ def write_latents(model, path: str | os.PathLike, kinds: Sequence[str] = ("fe", 
             with torch.no_grad():
                 for mb in loader:
                     z = net.latent(mb).float().cpu().numpy()
-                    if kind == "fe" and model.intercepts is not None:
+                    if NETWORKS[kind].latent_intercepts and model.intercepts is not None:  # the codes are the model's own
                         z = model.intercepts.apply(z, mb.batch.cpu().numpy())
                     ds[lo : lo + len(z)] = z
                     lo += len(z)

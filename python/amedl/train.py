@@ -744,6 +744,7 @@ class Network:
     patience: Callable[[AMEDLConfig], int | None]
     burn_in: bool = False  # no checkpoint before the adversary has learned
     latent_needs_batch: bool = False
+    latent_intercepts: bool = False  # its latent gets the batches' random intercepts (fe_intercept_clusters)
     # weight of the random effects' KL in adaptation, from (config, n_cells, n_genes)
     adapt_kl_weight: Callable[[AMEDLConfig, int, int], float] | None = None
 
@@ -751,10 +752,14 @@ class Network:
         """Whether its minibatches must carry raw counts (a count likelihood)."""
         return self.kind == "fe" and c.fe_decoder == "mixed" and c.likelihood == "nb"
 
+    def needs_reference(self, c: AMEDLConfig) -> bool:
+        """Whether its plan needs the training cells' reference PCA (the neighbourhood loss)."""
+        return self.kind == "fe" and c.fe_neighbour_weight > 0
+
 
 NETWORKS: dict[str, Network] = {
     "fe": Network("fe", "fixed effects", 0, _build_fe, AdversarialPlan, lambda c: c.patience, burn_in=True,
-                  adapt_kl_weight=lambda c, n, g: c.fe_re_kl_weight / (n * g * c.fe_recon_weight)),
+                  latent_intercepts=True, adapt_kl_weight=lambda c, n, g: c.fe_re_kl_weight / (n * g * c.fe_recon_weight)),
     "re": Network("re", "random effects", 1, _build_re, RandomEffectsPlan, lambda c: c.re_patience, latent_needs_batch=True,
                   adapt_kl_weight=lambda c, n, g: c.re_kl_weight / c.re_recon_weight),
     "ae": Network("ae", "plain autoencoder", 2, _build_ae, AutoencoderPlan, lambda c: c.patience),

@@ -5,6 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import amedl
+
 
 def test_table_per_gene_sorted_with_intervals(small_model, sim):
     before = sim.X.copy()
@@ -50,6 +52,18 @@ def test_groupby_gives_one_block_per_group(small_model, sim):
         assert block["lfc"].is_monotonic_decreasing
 
 
+def test_max_cells_subsamples_each_group_and_keeps_small_ones_whole(small_model, sim):
+    """A large group is cut to max_cells, a smaller one is decoded whole (a subsample over all cells
+    could leave a group with no cells, reported as lfc 0 with an interval [0, 0])."""
+    sizes = sim.obs["cell_type"].value_counts()
+    cap = int(sizes.min()) + 5
+    assert sizes.max() > cap
+    t = small_model.differential(sim, "batch_1", groupby="cell_type", n_samples=3, max_cells=cap)
+    n = t.groupby("group")["n_cells"].first()
+    assert (n == np.minimum(sizes.reindex(n.index.astype(str)).to_numpy(), cap)).all()
+    assert n.min() == sizes.min()
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -60,12 +74,14 @@ def test_groupby_gives_one_block_per_group(small_model, sim):
         (dict(batch_a="batch_1", n_samples=2.5), "n_samples must be a whole number >= 2"),
         (dict(batch_a="batch_1", credible=1.5), "between 0 and 1"),
         (dict(batch_a="batch_1", delta=-1), "delta.*at least 0"),
-        (dict(batch_a="batch_1", max_cells=0), "max_cells must be a whole number >= 1 \\(or None: every cell\\), got 0"),
+        (dict(batch_a="batch_1", max_cells=0), "max_cells must be a whole number >= 1 \\(or None: every cell of each group\\)"),
+        (dict(batch_a="batch_1", seed=-1), "seed must be a whole number >= 0, got -1"),
+        (dict(batch_a="batch_1", seed=1.5), "seed must be a whole number >= 0"),
         (dict(), "batch_a"),
     ],
 )
 def test_bad_requests_are_clear_errors(small_model, sim, kwargs, match):
-    with pytest.raises((ValueError, KeyError), match=match):
+    with pytest.raises(amedl.AMEDLError, match=match):
         small_model.differential(sim, **kwargs)
 
 

@@ -149,9 +149,18 @@ test_that("AMEDLBatchEffects checks n_samples, delta, credible and seed, and put
   expect_error(AMEDLBatchEffects(fit, "stim101", n_samples = 5, seed = NA), "`seed` must be a whole number >= 0, not NA")
   expect_error(AMEDLBatchEffects(SingleCellExperiment::counts(sce), "stim101", model = AMEDLModel(fit),
                                  batch_of_cells = sce$sample_id, n_samples = 5, delta = -1), "`delta` must be")
+  expect_error(AMEDLBatchEffects(fit, "stim101", n_samples = 5, max_cells = 0), "`max_cells` must be a whole number >= 1 \\(or NULL\\)")
+  expect_error(AMEDLBatchEffects(fit, "stim101", "stim101", n_samples = 5), "`batch_a` and `batch_b` are the same batch \\('stim101'\\)")
   be <- AMEDLBatchEffects(fit, "stim101", group.by = "cluster_id", n_samples = 3)
   expect_identical(names(be), c("group", "gene", "lfc", "lfc_sd", "ci_low", "ci_high", "p_effect", "credible",
                                 "mean_a", "mean_b", "n_cells"))
+  # max_cells cuts each group to at most that many cells and keeps smaller groups whole
+  sizes <- table(sce$cluster_id)
+  cap <- as.integer(sort(sizes)[2])
+  capped <- AMEDLBatchEffects(fit, "stim101", group.by = "cluster_id", n_samples = 3, max_cells = cap)
+  n <- tapply(capped$n_cells, capped$group, `[`, 1)
+  expect_equal(as.vector(n), as.vector(pmin(sizes[names(n)], cap)))
+  expect_true(any(sizes > cap))
 })
 
 test_that("new reduction and counterfactual keys may not be keys the object already has", {

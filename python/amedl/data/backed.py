@@ -32,8 +32,8 @@ import scipy.sparse as sp
 import torch
 
 from .loader import CSRLoader, Minibatch, RowBlocks, block_order
-from .preprocess import SCALINGS, Preprocessor, _normalised_log, requested_genes
-from .validate import AMEDLInputError, check_batches, check_counts
+from .preprocess import SCALINGS, Preprocessor, _normalised_log, check_model_genes, requested_genes
+from .validate import AMEDLInputError, check_batch_column, check_batches, check_counts, check_names
 
 logger = logging.getLogger("amedl")
 
@@ -268,10 +268,8 @@ def fit_backed(
     if scaling not in SCALINGS:
         raise AMEDLInputError(f"scaling must be one of {SCALINGS}, got {scaling!r}.")
     check_whole_file(adata)
-    if not adata.obs_names.is_unique or not adata.var_names.is_unique:
-        raise AMEDLInputError("cell and gene names must be unique (obs_names_make_unique / var_names_make_unique).")
-    if batch_key not in adata.obs.columns:
-        raise AMEDLInputError(f"batch column {batch_key!r} is not in adata.obs; pass batch_key= the column that names each cell's batch.")
+    check_names(adata)
+    check_batch_column(adata, batch_key)
     batch = check_batches(adata.obs[batch_key], batch_key)
     codes = np.asarray(batch.codes, dtype=np.int64)
     counts = BackedCounts(adata.filename, layer)
@@ -287,7 +285,8 @@ def fit_backed(
         library[lo:hi] = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
         if (library[lo:hi] == 0).any():
             empty = adata.obs_names[lo:hi][library[lo:hi] == 0]
-            raise AMEDLInputError(f"cell(s) with no counts at all (e.g. {list(empty[:3])}); remove them first.")
+            raise AMEDLInputError(f"cell(s) with no counts at all (e.g. {list(empty[:3])}); remove them first, "
+                                  "e.g. sc.pp.filter_cells(adata, min_counts=1).")
         L = _normalised_log(ad.AnnData(X=X, var=var), None, target_sum)
         E = L.copy()
         np.expm1(E.data, out=E.data)  # float32, as scanpy's Seurat flavour un-logs
@@ -357,9 +356,6 @@ def model_inputs(model, adata: ad.AnnData, layer: str | None):
     if isinstance(model._X, BackedMatrix) and Path(model._X.counts.path).resolve() == Path(adata.filename).resolve() \
             and layer == model.layer:
         return model._X, model._library
-    missing = [g for g in model.prep.genes if g not in set(adata.var_names)]
-    if missing:
-        raise AMEDLInputError(f"{len(missing)} of the model's {len(model.prep.genes)} genes are missing from "
-                              f"adata.var_names (e.g. {missing[:10]}).")
+    check_model_genes(model.prep.genes, adata.var_names)
     counts = BackedCounts(adata.filename, layer)
     return BackedMatrix(counts, adata.var_names, model.prep.genes, model.prep.target_sum), library_sizes(counts)

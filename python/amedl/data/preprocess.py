@@ -68,6 +68,19 @@ def seurat_renamed_hint(missing: Sequence[str], present, *, in_file: bool = Fals
             "adata.var_names = [names.get(v, v) for v in adata.var_names])")
 
 
+def check_model_genes(genes: Sequence[str], present, *, where: str = "adata.var_names", in_file: bool = False) -> None:
+    """A clear error when any of a model's ``genes`` is not among the input's genes ``present``
+    (``where`` names them), with the fix when Seurat renamed them."""
+    known = set(present)
+    missing = [g for g in genes if g not in known]
+    if missing:
+        raise AMEDLInputError(
+            f"{len(missing)} of the model's {len(genes)} genes are missing from {where} (e.g. {missing[:10]}). "
+            "The input needs every gene the model was trained on, named the same way (check gene symbols vs "
+            "Ensembl IDs); genes may be in any order." + seurat_renamed_hint(missing, known, in_file=in_file)
+        )
+
+
 @dataclass
 class Preprocessor:
     """Fitted preprocessing: normalise to ``target_sum``, log1p, select ``genes``, scale.
@@ -163,14 +176,7 @@ class Preprocessor:
         Genes are matched by name; a clear error lists any that are missing.
         """
         validate_adata(adata, None, layer, training=False)
-        known = set(adata.var_names)
-        missing = [g for g in self.genes if g not in known]
-        if missing:
-            raise AMEDLInputError(
-                f"{len(missing)} of the model's {len(self.genes)} genes are missing from adata.var_names "
-                f"(e.g. {missing[:10]}). The input needs every gene the model was trained on, named the same way "
-                "(check gene symbols vs Ensembl IDs); genes may be in any order." + seurat_renamed_hint(missing, known)
-            )
+        check_model_genes(self.genes, adata.var_names)
         self.check_library_genes(adata.n_vars)
         return _normalised_log(adata, layer, self.target_sum, self.genes)
 

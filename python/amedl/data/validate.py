@@ -230,6 +230,30 @@ def check_batches(batch: pd.Series, batch_key: str, min_cells: int = 2) -> pd.Ca
     return cat
 
 
+def check_names(adata: ad.AnnData) -> None:
+    """Unique cell names, and unique gene names that are text (genes are matched by name)."""
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()]
+        raise AMEDLInputError(f"cell names are not unique (e.g. {preview(dup)}); call adata.obs_names_make_unique() first.")
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()]
+        raise AMEDLInputError(f"gene names are not unique (e.g. {preview(dup)}); call adata.var_names_make_unique() first.")
+    untitled = [g for g in adata.var_names if not isinstance(g, str) or not g.strip()]
+    if untitled:
+        raise AMEDLInputError(
+            f"{len(untitled)} gene name(s) are not text, or are empty (e.g. {preview(map(repr, untitled), 3)}); genes "
+            "are matched by name: name every gene, e.g. adata.var_names = adata.var_names.astype(str)")
+
+
+def check_batch_column(adata: ad.AnnData, batch_key: str) -> None:
+    """That ``adata.obs`` has the batch column ``batch_key``."""
+    if batch_key not in adata.obs.columns:
+        raise AMEDLInputError(
+            f"batch column {batch_key!r} is not in adata.obs (columns: {preview(adata.obs.columns, 10) or 'none'}); "
+            "pass batch_key= the column that names each cell's batch."
+        )
+
+
 def validate_adata(
     adata: ad.AnnData,
     batch_key: str | None,
@@ -248,22 +272,9 @@ def validate_adata(
     if not isinstance(adata, ad.AnnData):
         raise AMEDLInputError(f"expected an AnnData object, got {type(adata).__name__}.")
     _check_memory(adata)
-    if not adata.obs_names.is_unique:
-        dup = adata.obs_names[adata.obs_names.duplicated()]
-        raise AMEDLInputError(f"cell names are not unique (e.g. {preview(dup)}); call adata.obs_names_make_unique() first.")
-    if not adata.var_names.is_unique:
-        dup = adata.var_names[adata.var_names.duplicated()]
-        raise AMEDLInputError(f"gene names are not unique (e.g. {preview(dup)}); call adata.var_names_make_unique() first.")
-    untitled = [g for g in adata.var_names if not isinstance(g, str) or not g.strip()]
-    if untitled:
-        raise AMEDLInputError(
-            f"{len(untitled)} gene name(s) are not text, or are empty (e.g. {preview(map(repr, untitled), 3)}); genes "
-            "are matched by name: name every gene, e.g. adata.var_names = adata.var_names.astype(str)")
-    if batch_key is not None and batch_key not in adata.obs.columns:
-        raise AMEDLInputError(
-            f"batch column {batch_key!r} is not in adata.obs (columns: {preview(adata.obs.columns, 10) or 'none'}); "
-            "pass batch_key= the column that names each cell's batch."
-        )
+    check_names(adata)
+    if batch_key is not None:
+        check_batch_column(adata, batch_key)
     X, where = _counts_matrix(adata, layer)
     check_counts(X, where, adata, layer)
     empty = _row_sums(X) == 0
