@@ -144,7 +144,7 @@
   stop(paste0("amedl: ", trimws(msg)), call. = FALSE)
 }
 
-# Fit on a genes x cells matrix; returns list(fe, re, model, genes, batches, params).
+# Fit on a genes x cells matrix; returns list(fe, re, model, params).
 # `batch_key` is where the object holds the batches (recorded for AMEDLCounterfactual()
 # and AMEDLBatchEffects()); with a model_dir holding a saved model, the object is mapped.
 .amedl_fit <- function(counts, batch, batch_key = "batch", features = NULL, n_latent = NULL, n_top_genes = 2000,

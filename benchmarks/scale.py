@@ -117,7 +117,7 @@ def train(path: str, backed: bool, steps: int, threads: int, kinds=("fe", "re"),
         plan = net.plan(modules, c, ctx)
         loader = make_loader(m._X, m._codes, prep, rows=train_idx, batch_size=c.batch_size, shuffle=True,
                              rng=np.random.default_rng(0), library=m._library if net.needs_counts(c) else None,
-                             blocks=(c.block_size, c.buffer_blocks) if c.block_size else None)
+                             blocks=(c.block_size, c.buffer_blocks))
         it = iter(loader)
         plan.train_epoch(itertools.islice(it, 5))  # warm-up (allocations, first reads)
         t = time.perf_counter()

@@ -13,8 +13,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("baselines", "benchmark", "config", "counterfactual", "data", "datasets", "differential", "distributed",
-               "errors", "io", "metrics", "modelfile", "pl", "tl")
+_SUBMODULES = ("baselines", "benchmark", "config", "counterfactual", "data", "datasets", "demo", "differential",
+               "distributed", "errors", "io", "metrics", "modelfile", "pl", "tl")
 _NAMES = {
     "AMEDL": "model",
     "AMEDLConfig": "config",

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import AMEDLError
+from .config import ADAPT_STEPS
+from .errors import AMEDLConfigError, AMEDLError
 
 
 def _check_engine_packages() -> None:
@@ -88,9 +89,13 @@ def _as_list(x: Any) -> list[str]:
 
 
 def _as_int(x: Any, default: int | None = None) -> int | None:
+    """R's numbers (doubles) as Python ints; R checks them first, so a fraction here is a bug, not rounded away."""
     if x is None:
         return default
-    return int(round(float(x)))
+    value = float(x)
+    if not value.is_integer():
+        raise AMEDLConfigError(f"expected a whole number, got {value}")
+    return int(value)
 
 
 def make_adata(
@@ -197,7 +202,7 @@ def is_model_dir(model_dir: str | None) -> bool:
 
 
 @_speaks_r
-def map_query(model_dir: str, X, cells, genes, batch, batch_levels=None, adapt: bool = True, steps=300, seed=0,
+def map_query(model_dir: str, X, cells, genes, batch, batch_levels=None, adapt: bool = True, steps=None, seed=0,
               progress: bool = False) -> dict:
     """Map R data (a query) onto the model saved in ``model_dir``: with ``adapt``, learn
     random effects for the query's batches that the model has not seen
@@ -214,7 +219,7 @@ def map_query(model_dir: str, X, cells, genes, batch, batch_levels=None, adapt: 
     adata = make_adata(X, cells, genes, batch, batch_key=model.batch_key, batch_levels=batch_levels)
     new = model.new_batches(adata)
     if new and adapt:
-        model.adapt(adata, steps=_as_int(steps, 300), seed=_as_int(seed, 0), progress=bool(progress))
+        model.adapt(adata, steps=_as_int(steps, ADAPT_STEPS), seed=_as_int(seed, 0), progress=bool(progress))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the R side says how unseen batches were treated
         rec = tl.add_latents(adata, model)
@@ -291,16 +296,6 @@ def differential(model, X, cells, genes, batch, batch_a: str, batch_b=None, grou
         credible=float(credible), seed=_as_int(seed), max_cells=_as_int(max_cells),
     )
     return {c: table[c].tolist() for c in table.columns}
-
-
-@_speaks_r
-def latents(model, X, cells, genes, batch=None, batch_levels=None) -> dict:
-    """FE (and, with batches, RE) latents of cells under an already fitted model."""
-    adata = make_adata(X, cells, genes, batch, batch_key=model.batch_key, batch_levels=batch_levels)
-    out = {"fe": model.latent(adata, kind="fe")}
-    if batch is not None:
-        out["re"] = model.latent(adata, kind="re")
-    return out
 
 
 def model_info(model) -> dict:

@@ -23,6 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
+from .config import ADAPT_STEPS
 from .errors import AMEDLError, AMEDLInputError, AMEDLPathError
 from .io._formats import FORMATS_TEXT, SUFFIXES
 
@@ -31,8 +32,6 @@ from .io._formats import FORMATS_TEXT, SUFFIXES
 _TERMINATED = threading.Event()
 
 _MAX_MESSAGE = 900
-#: ``amedl embed --adapt``'s steps unless --adapt-steps (as :meth:`amedl.AMEDL.adapt`).
-ADAPT_STEPS = 300
 #: Libraries whose INFO/WARNING logging is hidden unless --verbose.
 _NOISY_LOGGERS = ("scib_metrics", "jax", "jax._src", "absl", "numba", "anndata", "scanpy", "scvi", "lightning",
                   "lightning.pytorch", "pytorch_lightning", "harmonypy", "h5py", "matplotlib", "PIL", "rpy2")

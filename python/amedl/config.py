@@ -33,7 +33,8 @@ class AMEDLConfig:
     from disk (``AMEDL(adata_backed, ...)``): blocks of ``block_size``
     contiguous cells in a shuffled order, cells shuffled within each run of
     ``buffer_blocks`` blocks. ``block_size=None`` shuffles single cells in
-    memory and reads blocks of 1,024 cells from disk.
+    memory and reads blocks of 1,024 cells from disk (``buffer_blocks`` of them
+    shuffled together).
 
     The FE adversaries (``docs/tuning.md``, sixth and eleventh rounds): by
     default (``adversary_input="latent"``) one adversary reads the latent;
@@ -481,6 +482,10 @@ PAPER = dict(
 # that leaves pseudo-batches unseparated, docs/tuning.md); early
 # stopping patience 30 epochs for FE/AE and 15 for RE (docs/performance.md).
 DEFAULT: dict = dict()
+
+#: Optimiser steps of :meth:`amedl.AMEDL.adapt` (query mapping) unless given: the method's,
+#: ``amedl embed --adapt``'s and R's default.
+ADAPT_STEPS = 300
 
 PRESETS = {"default": DEFAULT, "paper": PAPER}
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import __version__, distributed, modelfile
-from .config import RULES, AMEDLConfig, make_config
+from .config import ADAPT_STEPS, RULES, AMEDLConfig, make_config
 from .data import AMEDLInputError, CSRLoader, DeviceCSR, Preprocessor, make_loader
 from .data.validate import lookalike_labels
 from .errors import AMEDLConfigError, AMEDLModelError, preview
@@ -229,7 +229,7 @@ class AMEDL:
             modules = self._build(kind).to(self.device)
             X = self._matrix_for_device(self._X)
             library = self._library if network.needs_counts(c) else None
-            blocks = (c.block_size, c.buffer_blocks) if c.block_size else None
+            blocks = (c.block_size, c.buffer_blocks)
             train_loader = make_loader(
                 X, self._codes, self.prep, rows=train_idx, batch_size=batch_size, shuffle=True,
                 rng=np.random.default_rng([seed, network.seed_offset]), device=self.device,
@@ -330,7 +330,7 @@ class AMEDL:
         adata: ad.AnnData,
         *,
         layer: str | None = None,
-        steps: int = 300,
+        steps: int = ADAPT_STEPS,
         lr: float = 1e-2,
         batch_size: int | None = None,
         seed: int = 0,

@@ -44,12 +44,6 @@ def batch_proportions(codes: np.ndarray, n_batches: int) -> np.ndarray:
     return np.bincount(codes, minlength=n_batches) / max(len(codes), 1)
 
 
-def batch_entropy(codes: np.ndarray, n_batches: int) -> tuple[float, float]:
-    """Cross-entropy and accuracy of the best batch predictor that ignores the cell (chance level)."""
-    ctx = PlanContext.from_codes(codes, 0, n_batches)
-    return ctx.chance_ce, ctx.chance_acc
-
-
 @dataclass
 class LoopSettings:
     max_epochs: int

@@ -65,6 +65,9 @@ def test_one_fold_means_all_cells():
     np.testing.assert_array_equal(te, [0, 1, 2])
     with pytest.raises(ValueError, match="folds must be a whole number >= 1"):
         B.stratified_folds(["a", "b"], ["x", "y"], n_folds=0)
+    for odd in (True, 2.0):  # (were accepted as 1 and 2 folds)
+        with pytest.raises(ValueError, match="folds must be a whole number >= 1"):
+            B.stratified_folds(["a", "b"], ["x", "y"], n_folds=odd)
     with pytest.raises(ValueError, match="more than the number of cells"):
         B.stratified_folds(["a", "b"], ["x", "y"], n_folds=3)
 

@@ -50,9 +50,10 @@ def test_the_command_line_loads_no_numerical_library_to_check_its_arguments():
 
 def test_the_modules_the_docs_name_are_attributes_of_amedl():
     code = ("import amedl; print(amedl.counterfactual.counterfactual_scores.__name__, "
-            "amedl.differential.differential.__name__, amedl.distributed.init_from_env.__name__)")
+            "amedl.differential.differential.__name__, amedl.distributed.init_from_env.__name__, "
+            "amedl.demo.run_demo.__name__)")  # demo.py records amedl.demo.run_demo(...) as a run's command
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["counterfactual_scores", "differential", "init_from_env"], out.stderr
+    assert out.stdout.split() == ["counterfactual_scores", "differential", "init_from_env", "run_demo"], out.stderr
 
 
 def test_debug_shows_the_traceback_that_is_otherwise_hidden(tmp_path, capsys):

@@ -216,6 +216,17 @@ def test_backed_neighbourhood_reference_is_the_in_memory_one(csr_file):
     assert memory._reference_pca(train, 0)[1].shape == (200, memory.config.fe_neighbour_pcs)
 
 
+def test_buffer_blocks_applies_from_disk_without_a_block_size(csr_file):
+    """block_size None: single rows shuffled in memory, 1,024-cell blocks from disk with the
+    configured buffer (buffer_blocks was ignored there: (1024, 16) whatever it was)."""
+    from amedl.data.backed import DISK_BLOCK_SIZE, make_loader
+
+    for backed in (False, True):
+        m = amedl.AMEDL(ad.read_h5ad(csr_file, backed="r" if backed else None), "batch", **SMALL, buffer_blocks=3)
+        loader = make_loader(m._X, m._codes, m.prep, shuffle=True, blocks=(m.config.block_size, m.config.buffer_blocks))
+        assert loader.blocks == ((DISK_BLOCK_SIZE, 3) if backed else None)
+
+
 def test_block_order_reads_contiguous_blocks():
     from amedl.data import block_order
 

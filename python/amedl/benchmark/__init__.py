@@ -2,7 +2,7 @@
 
 =========  ==========================================================================
 PCA        PCA of the model input (fitted on the training cells)
-AE         the plain autoencoder (FE architecture, no adversary)
+AE         a plain autoencoder (the paper's tied autoencoder: no batch input, no adversary)
 aMEDL-FE   the batch-invariant fixed-effects latent
 aMEDL-RE   the batch-specific random-effects latent
 Harmony    harmonypy on the PCA above (optional; transductive)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._utils import whole_number
 from ..errors import AMEDLConfigError, AMEDLInputError
 
 __all__ = ["stratified_folds"]
@@ -39,9 +40,7 @@ def stratified_folds(batch, labels, n_folds: int = 5, seed: int = 0) -> list[tup
     n = batch.shape[0]
     if labels.shape[0] != n:
         raise AMEDLInputError("batch and labels must have one entry per cell")
-    if int(n_folds) != n_folds or n_folds < 1:
-        raise AMEDLConfigError(f"folds must be a whole number >= 1, got {n_folds!r}")
-    n_folds = int(n_folds)
+    n_folds = whole_number("folds", n_folds, 1)
     if n_folds == 1:
         idx = np.arange(n)
         return [(idx, idx)]

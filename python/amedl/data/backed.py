@@ -39,6 +39,9 @@ logger = logging.getLogger("amedl")
 
 #: Cells per chunk of the statistics pass and of latents written to disk.
 CHUNK = 16_384
+#: Training reads from disk in blocks of this many contiguous cells when ``block_size`` is None,
+#: with ``buffer_blocks`` blocks (this many unless given) shuffled together.
+DISK_BLOCK_SIZE, DISK_BUFFER_BLOCKS = 1024, 16
 
 
 class BackedCounts:
@@ -109,11 +112,13 @@ class BackedLoader(CSRLoader):
     """:class:`~amedl.data.CSRLoader` over a :class:`BackedMatrix`: the same minibatches
     (rows sorted within each) for the same row order, read from disk one buffer of
     contiguous blocks at a time. With ``shuffle`` the order is
-    :func:`~amedl.data.loader.block_order` (``blocks=(block_size, buffer_blocks)``);
+    :func:`~amedl.data.loader.block_order` (``blocks=(block_size, buffer_blocks)``; a ``block_size``
+    of None reads :data:`DISK_BLOCK_SIZE` cells a block);
     without, the rows in order."""
 
-    def __init__(self, X: BackedMatrix, codes, prep, *, blocks: tuple[int, int] | None = None, **options):
-        super().__init__(X, codes, prep, blocks=blocks or (1024, 16), **options)
+    def __init__(self, X: BackedMatrix, codes, prep, *, blocks: tuple[int | None, int] | None = None, **options):
+        block_size, buffer_blocks = blocks or (None, DISK_BUFFER_BLOCKS)
+        super().__init__(X, codes, prep, blocks=(block_size or DISK_BLOCK_SIZE, buffer_blocks), **options)
 
     def __iter__(self) -> Iterator[Minibatch]:
         n = len(self.rows)

@@ -112,7 +112,7 @@ class CSRLoader:
         device: torch.device | str = "cpu",
         drop_last: bool = False,
         library: np.ndarray | None = None,
-        blocks: tuple[int, int] | None = None,
+        blocks: tuple[int | None, int] | None = None,
     ):
         if not isinstance(X, (DeviceCSR, RowBlocks)) and not sp.isspmatrix_csr(X):
             X = sp.csr_matrix(X)
@@ -125,7 +125,7 @@ class CSRLoader:
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.device = torch.device(device)
         self.drop_last = drop_last
-        self.blocks = blocks
+        self.blocks = blocks if blocks and blocks[0] else None  # (None, n): single rows shuffled in memory
         self._center = torch.as_tensor(prep.center, device=self.device)
         self._inv_scale = torch.as_tensor(1.0 / prep.scale, device=self.device)
         self._library = None

@@ -63,7 +63,8 @@ def peek(path: str | os.PathLike) -> dict | None:
     """A quick look at an input file before reading it whole.
 
     For ``.h5ad`` (through h5py, without reading the matrices): ``{"n_obs",
-    "n_vars", "obs_columns", "layers", "has_raw"}``. For R files ``None``
+    "n_vars", "obs_columns", "layers", "has_raw", "var_names"}`` (``var_names``
+    ``None`` where the index cannot be read this way). For R files ``None``
     (only R can look inside them). Raises the errors of :func:`read` for a
     missing, unreadable or non-HDF5 file.
     """

@@ -136,7 +136,8 @@ class MixedEffectsAutoencoder(nn.Module):
             n_latent, list(reversed(hidden)), n_genes, n_batches, prior_scale, likelihood, target_sum, init_scale
         )
         self.layer_sizes = self.encoder.layer_sizes
-        # the input scaling, to feed decoded expression back to the encoder (cycle consistency)
+        # the input scaling: the scaled-expression loss compares decoded expression in the input's units
+        # (and cycle consistency, when on, feeds it back to the encoder)
         self.register_buffer("input_center", torch.zeros(n_genes) if input_center is None else torch.as_tensor(input_center).float())
         self.register_buffer("input_scale", torch.ones(n_genes) if input_scale is None else torch.as_tensor(input_scale).float())
 
@@ -192,7 +193,6 @@ class FixedEffectsNetwork(nn.Module):
 
     def __init__(
         self, autoencoder: nn.Module, n_batches: int, adversary_hidden: Sequence[int], adversary_input: str = "all",
-        membership: BatchMembership | None = None,
     ):
         super().__init__()
         if adversary_input not in ("all", "latent", "both"):
@@ -205,7 +205,7 @@ class FixedEffectsNetwork(nn.Module):
         self.latent_adversary = (
             Adversary(autoencoder.layer_sizes[-1], n_batches, adversary_hidden) if adversary_input == "both" else None
         )
-        self.membership = membership if autoencoder.batch_aware else None
+        self.membership: BatchMembership | None = None  # set after construction (amedl.train), with a batch-aware decoder
         self.predict_unseen = True
 
     @property
@@ -314,11 +314,10 @@ class REAutoencoder(nn.Module):
         prior_scale: float = 0.25,
         classifier_hidden: int = 32,
         init_scale: float = 1e-3,
-        membership: BatchMembership | None = None,
     ):
         super().__init__()
         self.n_batches = n_batches
-        self.membership = membership
+        self.membership: BatchMembership | None = None  # set after construction (amedl.train)
         self.predict_unseen = True
         enc_dims = [n_genes, *hidden]
         self.encoder = nn.ModuleList(REBlock(a, b, n_batches, prior_scale, init_scale) for a, b in zip(enc_dims[:-1], enc_dims[1:]))
