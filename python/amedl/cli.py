@@ -380,6 +380,7 @@ def cmd_benchmark(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise AMEDLPathError(f"--out-dir {args.out_dir} is a file, not a folder")
     _probe_writable(out_dir, f"--out-dir {args.out_dir}")
+    args.interrupted = lambda: _benchmark_interrupted(out_dir)
     settings = _settings(args)
     info = _check_input(args.input, {"--batch-key": args.batch_key, "--label-key": args.label_key}, args.layer)
     read_options = _r_options(args)
@@ -572,10 +573,20 @@ def _message(exc: BaseException) -> tuple[str, int]:
             "please report it"), 1
 
 
+def _benchmark_interrupted(out_dir: Path) -> str:
+    """What a stopped ``amedl benchmark`` left: the previous outputs untouched, and its finished folds."""
+    from .benchmark import PARTIAL
+
+    partial = out_dir / PARTIAL
+    return (f"interrupted; the outputs in {out_dir} are those of the previous run, if any"
+            + (f"; the folds finished so far are in {partial}" if partial.exists() else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``amedl`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    args = None
     try:
         args = build_parser().parse_args(argv)
         debug = getattr(args, "debug", False)
@@ -603,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except BaseException as exc:  # every error ends in one line; --debug adds the traceback
         if isinstance(exc, KeyboardInterrupt) or _TERMINATED.is_set():  # R may turn Ctrl-C into its own error
-            msg, status = "interrupted; nothing was written", 130
+            msg, status = getattr(args, "interrupted", lambda: "interrupted; nothing was written")(), 130
         else:
             msg, status = _message(exc)
         if debug:

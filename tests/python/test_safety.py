@@ -16,6 +16,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 
 import amedl
@@ -241,6 +242,38 @@ def test_sigterm_during_fit_leaves_nothing_behind(tmp_path, tiny):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "amedl: interrupted; nothing was written" in err and "Traceback" not in err
     assert tree(tmp_path) == before
+
+
+def test_an_interrupted_benchmark_leaves_the_previous_outputs(tmp_path, tiny, monkeypatch):
+    """Was: stopped while drawing the UMAPs, a new results.csv sat beside the previous run's
+    summary, figure and report, and the command line said "nothing was written"."""
+    import amedl.pl
+    from amedl.benchmark import run_benchmark
+    from amedl.cli import _benchmark_interrupted
+
+    out = tmp_path / "bench"
+    run_benchmark(tiny, "batch", "cell_type", out, methods=["pca"], folds=2, scib=False, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["report.html", "results.csv", "summary.md", "umap.png"]
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(amedl.pl, "umap_grid", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(tiny, "batch", "cell_type", out, methods=["pca"], folds=2, seed=1, scib=False, progress=False)
+    partial = out / "results.partial.csv"  # every fold had finished
+    assert pd.read_csv(partial)["fold"].tolist() == [1, 2]
+    partial.unlink()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporaries either
+    assert _benchmark_interrupted(out) == f"interrupted; the outputs in {out} are those of the previous run, if any"
+    partial.write_text("method,fold\n")
+    assert _benchmark_interrupted(out).endswith(f"the folds finished so far are in {partial}")
+    monkeypatch.undo()
+    # a run without the figure removes the previous one, which would not match its results
+    run_benchmark(tiny, "batch", "cell_type", out, methods=["pca"], folds=2, seed=1, scib=False, progress=False,
+                  umap=False)
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "results.csv", "summary.md"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("rpy2") is None or not Path("/proc/self/maps").exists(),

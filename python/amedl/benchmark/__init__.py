@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics as _metrics
-from .._utils import atomic_open
+from .._utils import Staging, atomic_open
 from ..errors import AMEDLError, AMEDLInputError, preview
 from .folds import stratified_folds
 from .methods import DEFAULT_METHODS, METHODS, FoldContext, Method, resolve_methods
@@ -44,6 +44,11 @@ from .report import (pattern_check, per_seed_table, sections, summarize, summary
 __all__ = ["METHODS", "DEFAULT_METHODS", "Method", "FoldContext", "resolve_methods", "stratified_folds",
            "run_benchmark", "summarize", "pattern_check", "training_table", "per_seed_table", "sections",
            "summary_markdown", "write_report"]
+
+
+#: What a run writes into its folder, and the table of finished folds that a stopped run leaves.
+OUTPUTS = ("results.csv", "summary.md", "umap.png", "report.html")
+PARTIAL = "results.partial.csv"
 
 
 def _say(progress: bool, msg: str) -> None:
@@ -140,7 +145,10 @@ def run_benchmark(
         ``adata.obs`` columns with the batch and the cell type.
     out_dir
         Folder for ``results.csv``, ``summary.md``, ``umap.png``, ``report.html``
-        (created if needed; files are replaced atomically).
+        (created if needed). They are moved in together at the end, replacing a
+        previous run's (whose figure or report this run does not make is removed);
+        a stopped run leaves the previous outputs as they were, and its finished
+        folds in ``results.partial.csv``.
     methods
         Names from :data:`METHODS` (or ``pca, ae, fe, re, harmony, scvi``);
         default all. Methods whose optional package is missing are skipped
@@ -231,15 +239,9 @@ def run_benchmark(
             _say(progress, f"{where} {meth.name:9s} batch ASW {scores['batch_asw']:+.3f}  "
                            f"label ASW {scores['label_asw']:+.3f}"
                            + (f"  scIB total {scores['scib_total']:.3f}" if "scib_total" in scores else ""))
-        if i + 1 < len(runs):  # a long run that is stopped keeps its finished folds
-            with atomic_open(out_dir / "results.partial.csv") as fh:
-                pd.DataFrame(rows).to_csv(fh, index=False)
+        with atomic_open(out_dir / PARTIAL) as fh:  # a long run that is stopped keeps its finished folds
+            pd.DataFrame(rows).to_csv(fh, index=False)
     results = pd.DataFrame(rows)
-    with atomic_open(out_dir / "results.csv") as fh:
-        results.to_csv(fh, index=False)
-    with contextlib.suppress(FileNotFoundError):
-        (out_dir / "results.partial.csv").unlink()
-
     meta = {"title": title or "amedl benchmark", "command": command, "n_cells": adata.n_obs, "n_genes": adata.n_vars,
             "batch_key": batch_key, "label_key": label_key, "n_batches": len(set(batch)),
             "n_labels": len(set(labels)), "folds": len(splits), "seed": seeds[0] if len(seeds) == 1 else seeds,
@@ -248,29 +250,39 @@ def run_benchmark(
             "max_epochs": max_epochs, "preset": mkw.get("preset"),
             "umap_caption": "UMAPs of all cells embedded by the first fold's models (fitted on its training cells)"
             if len(splits) > 1 else "UMAPs of all cells (models fitted on all cells)"}
-    umap_path = None
-    if umap_latents:
-        import matplotlib.pyplot as plt
+    # the outputs are written beside their places and moved in together at the end: an
+    # interrupted run leaves the previous run's files as they were (and its finished folds)
+    with Staging() as staging:
+        results.to_csv(staging.add(out_dir / "results.csv"), index=False)
+        umap_path = None
+        if umap_latents:
+            import matplotlib.pyplot as plt
 
-        from ..pl import umap_grid
+            from ..pl import umap_grid
 
-        _say(progress, "UMAP panels")
-        first = results[(results["seed"] == seeds[0]) & (results["fold"] == 1)].set_index("method")
-        titles = {m: {"batch": f"batch ASW {first.loc[m, 'batch_asw']:+.2f}",
-                      "label": f"label ASW {first.loc[m, 'label_asw']:+.2f}"} for m in umap_latents}
-        cells = all_idx if want_all else splits[0][1]
-        umap_path = out_dir / "umap.png"
-        fig, _ = umap_grid(umap_latents, {"batch": batch[cells], "label": labels[cells]}, umap_path,
-                           titles=titles, seed=seeds[0])
-        plt.close(fig)
-    meta["wall_s"], meta["cpu_s"] = time.perf_counter() - t_start, time.process_time() - cpu_start
-    import torch
+            _say(progress, "UMAP panels")
+            first = results[(results["seed"] == seeds[0]) & (results["fold"] == 1)].set_index("method")
+            titles = {m: {"batch": f"batch ASW {first.loc[m, 'batch_asw']:+.2f}",
+                          "label": f"label ASW {first.loc[m, 'label_asw']:+.2f}"} for m in umap_latents}
+            cells = all_idx if want_all else splits[0][1]
+            umap_path = staging.add(out_dir / "umap.png")
+            fig, _ = umap_grid(umap_latents, {"batch": batch[cells], "label": labels[cells]}, umap_path,
+                               titles=titles, seed=seeds[0])
+            plt.close(fig)
+        meta["wall_s"], meta["cpu_s"] = time.perf_counter() - t_start, time.process_time() - cpu_start
+        import torch
 
-    meta["threads"] = torch.get_num_threads()
-    with atomic_open(out_dir / "summary.md") as fh:
-        fh.write(summary_markdown(results, meta))
-    if report:
-        write_report(out_dir / "report.html", results, meta, umap_path)
-    _say(progress, f"done in {meta['wall_s']:.0f} s: {out_dir}/results.csv, summary.md"
-                   + (", umap.png" if umap_path else "") + (", report.html" if report else ""))
+        meta["threads"] = torch.get_num_threads()
+        with open(staging.add(out_dir / "summary.md"), "w", encoding="utf-8") as fh:
+            fh.write(summary_markdown(results, meta))
+        if report:
+            write_report(staging.add(out_dir / "report.html"), results, meta, umap_path)
+        staging.commit()
+    written = ["results.csv", "summary.md"] + (["umap.png"] if umap_path else []) + (["report.html"] if report else [])
+    stale = [name for name in OUTPUTS if name not in written and (out_dir / name).exists()]
+    for name in stale + [PARTIAL]:  # a previous run's figure or report would not match these results
+        with contextlib.suppress(FileNotFoundError):
+            (out_dir / name).unlink()
+    _say(progress, f"done in {meta['wall_s']:.0f} s: {out_dir}/{', '.join(written)}"
+                   + (f" (removed the previous run's {', '.join(stale)})" if stale else ""))
     return results
