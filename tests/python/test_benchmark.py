@@ -92,6 +92,17 @@ def test_summary_mean_and_confidence_interval_by_hand():
     assert np.isnan(s.loc[("Y", "batch_asw"), "ci95"])  # one fold: no interval
 
 
+def test_a_metric_that_failed_on_some_folds_says_so():
+    """Was: the mean over the folds where it did not fail, shown like any other."""
+    from amedl.benchmark.report import PAPER_COLUMNS, _wide
+
+    res = pd.DataFrame({"method": ["X"] * 3, "fold": [1, 2, 3], "batch_asw": [0.1, np.nan, 0.3],
+                        "label_asw": [0.2, 0.2, 0.2]})
+    table = _wide(B.summarize(res), PAPER_COLUMNS)
+    assert table.loc["X", "batch ASW"] == "0.200 ± 1.271 (2 of 3 folds)"
+    assert table.loc["X", "label ASW"] == "0.200 ± 0.000"
+
+
 def test_pattern_check_compares_fe_total_with_harmony_and_scvi():
     res = pd.DataFrame({"method": ["PCA", "aMEDL-FE", "Harmony", "scVI"] * 2, "fold": [1] * 4 + [2] * 4,
                         "batch_asw": [0.1, -0.1, -0.1, 0.0] * 2, "label_asw": [0.2, 0.3, 0.3, 0.2] * 2,
@@ -99,15 +110,43 @@ def test_pattern_check_compares_fe_total_with_harmony_and_scvi():
                         "scib_total_kmeans_mean": [0.5, 0.78, 0.76, 0.71] * 2})
     lines = B.pattern_check(res)
     # one k-means run: Harmony 0.760 ties FE 0.760 (margin 0); the averaged total: FE ahead of both by 0.02
-    assert "FE scIB total 0.760 vs Harmony 0.760 and scVI 0.710: at least both (margin +0.000)" in lines
-    assert "FE scIB total (20 k-means) 0.780 vs Harmony 0.760 and scVI 0.710: at least both (margin +0.020)" in lines
+    # and the fold-by-fold difference from the closest of them, with its 95% CI (t, 1 df: 12.706 × 0.01)
+    assert ("FE scIB total 0.760 vs Harmony 0.760 and scVI 0.710: at least both (margin +0.000; FE − Harmony paired "
+            "over folds +0.000 ± 0.127 (95% CI): a tie within the folds' spread)") in lines
+    assert ("FE scIB total (20 k-means) 0.780 vs Harmony 0.760 and scVI 0.710: at least both (margin +0.020; "
+            "FE − Harmony paired over folds +0.020 ± 0.000 (95% CI))") in lines
     worse = res.assign(scib_total=res["scib_total"].where(res["method"] != "scVI", 0.9))
-    assert any(line.startswith("FE scIB total 0.760") and "NOT at least both (margin -0.140)" in line
+    assert any(line.startswith("FE scIB total 0.760") and "NOT at least both (margin -0.140; FE − scVI paired" in line
                for line in B.pattern_check(worse))
     # one reference of PCA and AE: "below it", not "below both"
     assert "FE batch ASW -0.100 vs PCA +0.100: below it (margin +0.200)" in lines
     # no baseline ran: no sentence rather than a comparison with nothing
     assert not any("scIB total" in line for line in B.pattern_check(res[res["method"].isin(["PCA", "aMEDL-FE"])]))
+
+
+def test_a_scoring_subsample_is_reported(small_adata, tmp_path):
+    """Was: scores of a max_cells subsample with n_test the whole fold, and nothing in the report."""
+    res = B.run_benchmark(small_adata, "batch", "cell_type", tmp_path / "cut", methods=["pca"], folds=2, scib=False,
+                          progress=False, umap=False, report=False, max_cells=50)
+    assert (res["n_scored"] == 50).all() and (res["n_test"] == 120).all()
+    assert "seeded subsample of at most 50 of its held-out cells" in (tmp_path / "cut" / "summary.md").read_text()
+    whole = B.run_benchmark(small_adata, "batch", "cell_type", tmp_path / "whole", methods=["pca"], folds=2,
+                            scib=False, progress=False, umap=False, report=False)
+    assert (whole["n_scored"] == whole["n_test"]).all()
+    assert "subsample" not in (tmp_path / "whole" / "summary.md").read_text()
+
+
+def test_folds_too_small_to_score_are_refused_before_fitting(small_adata, tmp_path):
+    """Was: an 'internal error ... please report it' from the silhouette, after fitting."""
+    with pytest.raises(amedl.AMEDLInputError, match=r"fold 1 \(seed 0\) has 2 held-out cells to score for .*"
+                                                    r"Use fewer folds \(--folds\) or a larger max_cells"):
+        B.run_benchmark(small_adata, "batch", "cell_type", tmp_path, methods=["pca"], folds=2, max_cells=2,
+                        progress=False)
+    rare = small_adata[np.r_[np.flatnonzero(small_adata.obs["batch"] != "batch_3"),
+                             np.flatnonzero(small_adata.obs["batch"] == "batch_3")[:6]]].copy()
+    B.run_benchmark(rare, "batch", "cell_type", tmp_path / "rare", methods=["pca"], folds=2, scib=False,
+                    progress=False, umap=False, report=False)
+    assert "few cells of batch 'batch_3' (6 cells): fewer than 5 per held-out fold" in (tmp_path / "rare" / "summary.md").read_text()
 
 
 def test_missing_keys_and_labels_raise(small_adata, tmp_path):

@@ -51,6 +51,34 @@ OUTPUTS = ("results.csv", "summary.md", "umap.png", "report.html")
 PARTIAL = "results.partial.csv"
 
 
+#: Fewer cells than this of a batch or label per held-out fold (on average) make its scores noisy: a note says so.
+FEW_PER_FOLD = 5
+
+
+def _check_fold_sizes(splits_of: dict, batch: np.ndarray, labels: np.ndarray, max_cells: int | None) -> list[str]:
+    """An error, before anything is fitted, where a fold has too few cells to score (the silhouette
+    needs more cells than groups); notes for batches or labels with few cells per fold."""
+    for s, splits in splits_of.items():
+        for f, (_, te) in enumerate(splits):
+            n = len(te) if max_cells is None else min(len(te), max_cells)
+            groups = max(len(set(batch[te])), len(set(labels[te])))
+            if n <= groups:
+                raise AMEDLInputError(
+                    f"fold {f + 1} (seed {s}) has {n} held-out cells to score for {len(set(batch[te]))} batches and "
+                    f"{len(set(labels[te]))} labels: scores need more cells than groups. Use fewer folds (--folds) "
+                    "or a larger max_cells (--max-cells)")
+    n_folds = len(next(iter(splits_of.values())))
+    notes = []
+    for what, values in (("batch", batch), ("label", labels)):
+        names, counts = np.unique(values, return_counts=True)
+        few = [f"{name!r} ({count} cells)" for name, count in zip(names, counts) if count / n_folds < FEW_PER_FOLD]
+        if few and n_folds > 1:
+            notes.append(f"few cells of {what} {', '.join(few[:5])}{' ...' if len(few) > 5 else ''}: fewer than "
+                         f"{FEW_PER_FOLD} per held-out fold, so the scores of the folds that hold them move with a "
+                         "few cells")
+    return notes
+
+
 def _say(progress: bool, msg: str) -> None:
     if progress:
         print(f"[amedl benchmark] {msg}", file=sys.stderr, flush=True)
@@ -207,6 +235,9 @@ def run_benchmark(
     labels = adata.obs[label_key].astype(str).to_numpy()
     splits_of = {s: stratified_folds(batch, labels, folds, s) for s in seeds}
     splits = splits_of[seeds[0]]
+    for note in _check_fold_sizes(splits_of, batch, labels, max_cells):
+        notes.append(note)
+        _say(progress, note)
     _say(progress, f"{adata.n_obs} cells x {adata.n_vars} genes, {len(set(batch))} batches, {len(set(labels))} "
                    f"labels; {len(splits)} fold(s)" + (f" x {len(seeds)} seeds" if len(seeds) > 1 else "")
                    + f"; methods: {', '.join(m.name for m in chosen)}" + ("; scIB metrics on" if use_scib else ""))
@@ -223,6 +254,7 @@ def run_benchmark(
         ctx.get_model()  # every method uses the fold's preprocessing: fit it before timing the embeddings
         hist = _history_summary(ctx.model)
         unintegrated = ctx.pca(te).astype(np.float32) if use_scib else None  # for PCR comparison, as scIB does
+        n_scored = len(_metrics.subsample_indices(len(te), max_cells, seed=run_seed, strata=batch[te]))
         for meth in chosen:
             t0, fitted_before = time.perf_counter(), ctx.fit_seconds.get(meth.name, 0.0)
             lat = meth.embed(ctx, [te, all_idx] if want_all and is_first else [te])
@@ -234,7 +266,7 @@ def run_benchmark(
             scores = _metrics.evaluate_latent(lat[0], batch[te], labels[te], scib=use_scib,
                                               unintegrated=unintegrated, max_cells=max_cells, seed=run_seed)
             rows.append({"method": meth.name, "seed": run_seed, "fold": f + 1, "n_train": len(tr),
-                         "n_test": len(te), "fit_s": meth.fit_seconds(ctx), "embed_s": embed_s,
+                         "n_test": len(te), "n_scored": n_scored, "fit_s": meth.fit_seconds(ctx), "embed_s": embed_s,
                          "score_s": time.perf_counter() - t0, **scores, **hist})
             _say(progress, f"{where} {meth.name:9s} batch ASW {scores['batch_asw']:+.3f}  "
                            f"label ASW {scores['label_asw']:+.3f}"
@@ -248,8 +280,11 @@ def run_benchmark(
             "methods": [m.name for m in chosen],
             "descriptions": {m.name: m.description for m in chosen}, "notes": notes, "scib": use_scib,
             "max_epochs": max_epochs, "preset": mkw.get("preset"),
-            "umap_caption": "UMAPs of all cells embedded by the first fold's models (fitted on its training cells)"
-            if len(splits) > 1 else "UMAPs of all cells (models fitted on all cells)"}
+            "max_cells": max_cells,
+            "umap_caption": ("UMAPs of all cells embedded by the first fold's models (fitted on its training cells); "
+                             "the ASWs in the panels' titles are those of the first fold's held-out cells, the "
+                             "tables' are means over folds") if len(splits) > 1 else
+                            "UMAPs of all cells (models fitted on all cells); the ASWs in the titles are the table's"}
     # the outputs are written beside their places and moved in together at the end: an
     # interrupted run leaves the previous run's files as they were (and its finished folds)
     with Staging() as staging:

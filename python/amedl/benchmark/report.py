@@ -49,18 +49,19 @@ def _t95(v: np.ndarray) -> float:
 def summarize(results: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean, 95% confidence half-width (Student t over folds) and fold count per method x metric.
 
-    A long table with columns ``method, metric, mean, ci95, n`` (``ci95`` is
-    NaN with one fold); methods keep their order of appearance. With several
-    seeds every seed x fold is one value.
+    A long table with columns ``method, metric, mean, ci95, n, n_rows`` (``n``:
+    the folds with a value, of ``n_rows``; ``ci95`` is NaN with one fold);
+    methods keep their order of appearance. With several seeds every seed x
+    fold is one value.
     """
-    skip = {"method", "seed", "fold", "n_train", "n_test"}
+    skip = {"method", "seed", "fold", "n_train", "n_test", "n_scored"}
     metrics = [c for c in (metrics or results.columns) if c not in skip and c in results.columns]
     out = []
     for meth, sub in results.groupby("method", sort=False):
         for col in metrics:
             v = pd.to_numeric(sub[col], errors="coerce").dropna().to_numpy(dtype=float)
             out.append({"method": meth, "metric": col, "mean": float(v.mean()) if v.size else np.nan,
-                        "ci95": _t95(v), "n": v.size})
+                        "ci95": _t95(v), "n": v.size, "n_rows": len(sub)})
     return pd.DataFrame(out)
 
 
@@ -105,10 +106,16 @@ def _wide(summary: pd.DataFrame, columns: dict) -> pd.DataFrame:
     for meth, sub in summary.groupby("method", sort=False):
         sub = sub.set_index("metric")
         rows[meth] = {label: _fmt(sub.loc[col, "mean"], sub.loc[col, "ci95"], 1 if col.endswith(("_ch", "_s")) else 3)
-                      for col, label in columns.items() if col in sub.index}
+                      + _missing_folds(sub.loc[col]) for col, label in columns.items() if col in sub.index}
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "method"
     return df
+
+
+def _missing_folds(row: pd.Series) -> str:
+    """`` (3 of 5 folds)`` where a metric failed on some folds (its mean is over the others)."""
+    n, rows = int(row["n"]), int(row.get("n_rows", row["n"]))
+    return f" ({n} of {rows} folds)" if 0 < n < rows else ""
 
 
 def pattern_check(results: pd.DataFrame) -> list[str]:
@@ -147,11 +154,24 @@ def _total_comparisons(results: pd.DataFrame) -> list[str]:
         if "aMEDL-FE" not in mean.index or not np.isfinite(mean["aMEDL-FE"]) or not refs:
             continue
         fe = mean["aMEDL-FE"]
-        margin = min(fe - mean[r] for r in refs)
+        closest = min(refs, key=lambda r: fe - mean[r])
+        margin = fe - mean[closest]
+        diff, ci = _paired_difference(results, col, "aMEDL-FE", closest)
+        paired = ""
+        if np.isfinite(ci):
+            paired = (f"; FE − {closest} paired over folds {diff:+.3f} ± {ci:.3f} (95% CI)"
+                      + (": a tie within the folds' spread" if abs(diff) <= ci else ""))
         out.append(f"FE {how} {fe:.3f} vs " + " and ".join(f"{r} {mean[r]:.3f}" for r in refs) + ": "
                    + ("at least " if margin >= 0 else "NOT at least ") + ("both" if len(refs) > 1 else "it")
-                   + f" (margin {margin:+.3f})")
+                   + f" (margin {margin:+.3f}{paired})")
     return out
+
+
+def _paired_difference(results: pd.DataFrame, col: str, a: str, b: str) -> tuple[float, float]:
+    """Mean and 95% half-width (Student t) of method ``a``'s ``col`` minus ``b``'s, fold by fold."""
+    wide = results.pivot_table(index=_fold_keys(results), columns="method", values=col, aggfunc="first")
+    d = (wide[a] - wide[b]).dropna().to_numpy(dtype=float)
+    return (float(d.mean()) if d.size else float("nan")), _t95(d)
 
 
 def training_table(results: pd.DataFrame) -> pd.DataFrame:
@@ -181,9 +201,18 @@ def _setup_sentence(results: pd.DataFrame, meta: dict) -> str:
             f"({meta.get('n_batches')} levels), label `{meta.get('label_key')}` ({meta.get('n_labels')} levels); "
             + (f"{folds}-fold cross-validation stratified on batch × label, scores on held-out cells, "
                "mean ± 95% CI over folds" if folds > 1 else "fitted and scored on all cells")
+            + _scored_text(results, meta)
             + f"; {seed_txt}; preset `{meta.get('preset')}`"
             + (f"; max_epochs {meta['max_epochs']}" if meta.get("max_epochs") else "")
             + (f"; wall time {meta['wall_s']:.0f} s{cpu}" if meta.get("wall_s") else "") + ".")
+
+
+def _scored_text(results: pd.DataFrame, meta: dict) -> str:
+    """Where the scores come from a subsample of the held-out cells (``max_cells``), how large."""
+    if "n_scored" not in results.columns or not (results["n_scored"] < results["n_test"]).any():
+        return ""
+    return (f" (each fold scored on a seeded subsample of at most {meta.get('max_cells') or results['n_scored'].max()} "
+            "of its held-out cells, stratified by batch: column n_scored of results.csv)")
 
 
 def sections(results: pd.DataFrame, meta: dict) -> list[dict]:
@@ -193,7 +222,11 @@ def sections(results: pd.DataFrame, meta: dict) -> list[dict]:
     out = [{"title": "The aMEDL paper's metrics", "table": _wide(summ, PAPER_COLUMNS), "note":
             "ASW: raw silhouette width on the latent (−1..1). A batch-invariant latent (aMEDL-FE) wants a low batch "
             "ASW and a high label ASW; aMEDL-RE is meant to keep batches apart (high batch ASW). 1/DB: inverse "
-            "Davies–Bouldin; CH: Calinski–Harabasz (higher = groups more separated)."}]
+            "Davies–Bouldin; CH: Calinski–Harabasz (higher = groups more separated). same-batch nbrs: the mean "
+            "fraction of a cell's 15 nearest neighbours in the latent that come from its own batch; (mixed): that "
+            "fraction were the batches perfectly mixed (a batch-invariant latent scores near it, one that keeps "
+            "batches apart near 1); label purity: the mean fraction of the 15 neighbours that share the cell's "
+            "label."}]
     if meta.get("scib") and "scib_total" in results.columns:
         out.append({"title": "scIB metrics (scib-metrics)", "table": _wide(summ, SCIB_COLUMNS), "note":
                     "All in 0..1, higher is better, not min-max scaled; total = 0.4 × batch correction + 0.6 × bio "
