@@ -129,7 +129,10 @@ def test_a_scoring_subsample_is_reported(small_adata, tmp_path):
     res = B.run_benchmark(small_adata, "batch", "cell_type", tmp_path / "cut", methods=["pca"], folds=2, scib=False,
                           progress=False, umap=False, report=False, max_cells=50)
     assert (res["n_scored"] == 50).all() and (res["n_test"] == 120).all()
-    assert "seeded subsample of at most 50 of its held-out cells" in (tmp_path / "cut" / "summary.md").read_text()
+    summary = (tmp_path / "cut" / "summary.md").read_text()
+    assert "seeded subsample of at most 50 of its held-out cells" in summary
+    # what produced it: amedl's version (and commit, from a checkout) and the scoring libraries'
+    assert re.search(r"Software: amedl [0-9.]+( \(commit [0-9a-f]+( \+ changes)?\))?, torch ", summary)
     whole = B.run_benchmark(small_adata, "batch", "cell_type", tmp_path / "whole", methods=["pca"], folds=2,
                             scib=False, progress=False, umap=False, report=False)
     assert (whole["n_scored"] == whole["n_test"]).all()
@@ -155,8 +158,13 @@ def test_missing_keys_and_labels_raise(small_adata, tmp_path):
     bad = small_adata.copy()
     bad.obs["cell_type"] = bad.obs["cell_type"].astype(object)
     bad.obs.iloc[0, bad.obs.columns.get_loc("cell_type")] = None
-    with pytest.raises(ValueError, match="missing value"):
+    with pytest.raises(ValueError, match="has 1 missing or empty value"):
         B.run_benchmark(bad, "batch", "cell_type", tmp_path, folds=1, progress=False)
+    bad.obs.iloc[0, bad.obs.columns.get_loc("cell_type")] = " "  # (was: a label of its own)
+    with pytest.raises(ValueError, match="has 1 missing or empty value"):
+        B.run_benchmark(bad, "batch", "cell_type", tmp_path, folds=1, progress=False)
+    with pytest.raises(amedl.AMEDLInputError, match="the batch and label columns are both 'batch'"):
+        B.run_benchmark(small_adata, "batch", "batch", tmp_path, folds=1, progress=False)
 
 
 # ----------------------------------------------------------------- end to end

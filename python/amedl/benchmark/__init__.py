@@ -89,12 +89,16 @@ def _check_input(adata, batch_key: str, label_key: str, layer, progress: bool):
     from ..data.validate import _counts_matrix
 
     notes = []
+    if batch_key == label_key:
+        raise AMEDLInputError(f"the batch and label columns are both {batch_key!r}: the benchmark scores how a latent "
+                              "mixes batches while keeping the labels (cell types) apart; name two columns")
     for what, key in (("batch", batch_key), ("label", label_key)):
         if key not in adata.obs.columns:
             raise AMEDLInputError(f"{what} column {key!r} is not in adata.obs (columns: {preview(adata.obs.columns, 10)})")
-        missing = int(adata.obs[key].isna().sum())
+        missing = int((adata.obs[key].isna() | (adata.obs[key].astype(str).str.strip() == "")).sum())
         if missing:
-            raise AMEDLInputError(f"{what} column {key!r} has {missing} missing value(s); drop those cells or fill them in first")
+            raise AMEDLInputError(f"{what} column {key!r} has {missing} missing or empty value(s); drop those cells or "
+                                  "fill them in first")
         values = adata.obs[key].astype(str).unique()
         if len(values) < 2:
             raise AMEDLInputError(f"{what} column {key!r} has a single value ({values[0]!r}); the benchmark needs "

@@ -249,14 +249,14 @@ def sections(results: pd.DataFrame, meta: dict) -> list[dict]:
     out.append({"title": "Timing", "table": _wide(summ, TIMING_COLUMNS), "note":
                 "Seconds per fold. fit: the aMEDL preprocessing plus what the method trains (one aMEDL model per "
                 "fold is shared by PCA, AE, FE, RE and Harmony's input PCA); embed: computing the latent; score: "
-                "the metrics."})
+                "the metrics (the first method scored also pays their one-off compilation, tens of seconds)."})
     tr = training_table(results)
     if len(tr):
         out.append({"title": "Training record of the aMEDL networks", "table": tr, "note":
                     "At the epoch whose weights were kept (early stopping on the validation loss); validation cells "
                     "are from the training folds. Batch accuracy: the FE adversary should be near chance "
                     f"({_fmt(*_fold_mean(results, 'chance_acc'), 3)}), the RE batch classifier high."})
-    for title, items in (("The paper's pattern", pattern_check(results)), ("Notes", meta.get("notes") or []),
+    for title, items in (("Notes", meta.get("notes") or []), ("The paper's pattern", pattern_check(results)),
                          ("Methods", [f"**{k}**: {v}" for k, v in (meta.get("descriptions") or {}).items()])):
         if items:
             out.append({"title": title, "items": list(items)})
@@ -283,6 +283,7 @@ def summary_markdown(results: pd.DataFrame, meta: dict) -> str:
         if sec.get("table") is not None and len(sec["table"].columns):
             lines += [_md_table(sec["table"]), ""]
         lines += [f"- {item}" for item in sec.get("items", [])] + ([""] if sec.get("items") else [])
+    lines += [f"Software: {_versions()}.", ""]
     return "\n".join(lines)
 
 
@@ -320,10 +321,27 @@ def write_report(path, results: pd.DataFrame, meta: dict, umap_path=None) -> Non
 
 
 def _versions() -> str:
+    """The versions of amedl (with its git commit, when run from a checkout) and of the libraries it scores with."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
     for pkg in ("amedl", "torch", "scanpy", "scikit-learn", "scib-metrics", "harmonypy", "scvi-tools"):
         with contextlib.suppress(PackageNotFoundError):
-            out.append(f"{pkg} {version(pkg)}")
+            out.append(f"{pkg} {version(pkg)}" + (_source_commit() if pkg == "amedl" else ""))
     return ", ".join(out)
+
+
+def _source_commit() -> str:
+    """`` (commit abc1234)`` (``+ changes`` when the checkout differs from it) for amedl run from a git
+    checkout, else ''."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        git = lambda *a: subprocess.run(["git", "-C", str(here), *a], capture_output=True, text=True,  # noqa: E731
+                                        timeout=10, check=True).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f" (commit {commit}{' + changes' if changed else ''})"
