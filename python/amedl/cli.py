@@ -229,9 +229,8 @@ def _fit(args, columns: dict, settings: dict, out: Path) -> int:
     rec = tl.add_latents(adata, model)
     if args.model_dir:  # where the model is, for the R package's AMEDLModel() / AMEDLCounterfactual()
         rec["model_dir"] = str(Path(os.path.expanduser(args.model_dir)).resolve())
-    for kind, info in model.train_info.items():
-        _say(f"{kind.upper()}: {info['epochs_run']} epochs (best {info['best_epoch']}, "
-             f"{'early stop' if info['stopped_early'] else 'budget'}) in {info['seconds']:.1f}s")
+    for line in model.training_summary():
+        _say(line)
     if args.label_key:  # a report only: a label column the silhouettes cannot use must not cost the fit
         from .metrics import silhouette_report
 

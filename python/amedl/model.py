@@ -697,6 +697,12 @@ class AMEDL:
                 index=pd.Index(self.prep.genes, name="gene"),
             )
 
+    def training_summary(self) -> list[str]:
+        """One line per trained network: epochs run, the kept epoch, why training ended, and its time."""
+        return [f"{kind.upper()}: {info['epochs_run']} epochs (best {info['best_epoch']}, "
+                f"{'early stop' if info['stopped_early'] else 'budget'}) in {info['seconds']:.1f}s"
+                for kind, info in self.train_info.items()]
+
     def transform(self, adata: ad.AnnData | None = None, *, layer: str | None = None) -> np.ndarray:
         """The scaled model-input matrix (dense float32) of ``adata`` (default: the training cells).
 

@@ -68,8 +68,8 @@ def fit_backed_command(args, settings: dict, out: Path, say) -> int:
     model.fit(seed=args.seed, max_epochs=args.epochs, progress=not args.quiet)
     if distributed.rank() != 0:
         return 0
-    for kind, info in model.train_info.items():
-        say(f"{kind.upper()}: {info['epochs_run']} epochs (best {info['best_epoch']}) in {info['seconds']:.1f}s")
+    for line in model.training_summary():
+        say(line)
     extra = {"model_dir": str(Path(os.path.expanduser(args.model_dir)).resolve())} if args.model_dir else {}
     with Staging() as stage:
         if args.model_dir:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -716,3 +717,12 @@ def test_encoder_weight_decay_reaches_the_encoder_weight_matrices_only(sim):
     assert encoder_norm(0.5) < 0.9 * encoder_norm(0.0)
     with pytest.raises(amedl.errors.AMEDLConfigError, match="fe_encoder_weight_decay"):
         amedl.AMEDL(sim, "batch", fe_encoder_weight_decay=-0.1)
+
+
+def test_training_summary_says_how_each_network_ended(small_model):
+    """One line per network, as `amedl fit` prints it (from memory and from disk alike)."""
+    lines = small_model.training_summary()
+    assert [line.split(":")[0] for line in lines] == [k.upper() for k in small_model.train_info]
+    for line, info in zip(lines, small_model.train_info.values()):
+        assert re.fullmatch(rf"[A-Z]+: {info['epochs_run']} epochs \(best {info['best_epoch']}, (early stop|budget)\) "
+                            r"in [0-9.]+s", line)
