@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import shlex
@@ -243,6 +244,7 @@ def _fit(args, columns: dict, settings: dict, out: Path) -> int:
             model.save(args.model_dir, overwrite=args.overwrite, staging=stage)
         io.write(adata, stage.add(out))
         _stop_if_terminated()
+        distributed.check_launcher_here()
     if args.model_dir:
         _say(f"model saved to {args.model_dir}")
     _say(f"wrote {args.out} (obsm X_amedl_fe, X_amedl_re; uns amedl) in {time.perf_counter() - t0:.1f}s total")
@@ -561,6 +563,10 @@ def _message(exc: BaseException) -> tuple[str, int]:
         return str(exc), 2
     if isinstance(exc, AMEDLError):
         return str(exc), 1
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = exc.filename2 or exc.filename  # (a copy names its source first)
+        return (f"no space left on the device{f' writing {where}' if where else ''}; nothing was written. Free space, "
+                "or write the output (and --model-dir) to another disk"), 1
     if isinstance(exc, OSError):  # files: not found, permission, disk full, ...
         text = str(exc) if not exc.strerror else f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
         return text, 1

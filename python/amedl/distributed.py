@@ -83,11 +83,46 @@ def init_from_env(backend: str | None = None) -> str | None:
 
     if dist.is_initialized():
         return dist.get_backend()
+    global _LAUNCHER
+    _LAUNCHER = os.getppid()
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend)
     return backend
+
+
+#: The process that started this rank (its parent when the group was joined), or None.
+_LAUNCHER: int | None = None
+
+
+def orphaned() -> bool:
+    """Whether this rank's launcher has gone (e.g. killed with SIGKILL, which it cannot pass on):
+    the rank was re-parented. Such a rank must not go on to write outputs."""
+    return _LAUNCHER is not None and os.getppid() != _LAUNCHER
+
+
+def check_launcher() -> None:
+    """Stop every rank together when any rank's launcher has gone (a collective: every rank
+    calls it, once per epoch); an AMEDLError, so that nothing is written."""
+    if not active():
+        return
+    import torch
+
+    if all_reduce_sum(torch.tensor([float(orphaned())], dtype=torch.float64)).item() > 0:
+        _launcher_gone()
+
+
+def check_launcher_here() -> None:
+    """:func:`check_launcher` for this rank alone (rank 0, before it writes the outputs)."""
+    if orphaned():
+        _launcher_gone()
+
+
+def _launcher_gone():
+    from .errors import AMEDLError
+
+    raise AMEDLError("the process that launched the ranks has gone (killed?); the ranks stop without writing")
 
 
 def shutdown() -> None:

@@ -279,6 +279,9 @@ class AMEDL:
                 "n_validation": int(len(val_idx)),
                 "chance_accuracy": context.chance_acc,
                 "chance_cross_entropy": context.chance_ce,
+                # what changes the latents for the same seed besides the settings (README, "Scaling")
+                "processes": distributed.world_size(),
+                "from_disk": not sp.issparse(self._X),
             }
             if distributed.active():
                 self.train_info[kind]["epochs_per_rank"] = distributed.gather(int(len(history)))

@@ -21,6 +21,7 @@ import torch
 from . import distributed
 from ._utils import Staging
 from .data.backed import CHUNK, BackedLoader
+from .errors import AMEDLInputError, AMEDLPathError
 from .metrics import silhouette_report
 from .model import AMEDL
 from .tl import record
@@ -59,12 +60,41 @@ def write_latents(model, path: str | os.PathLike, kinds: Sequence[str] = ("fe", 
         ad.io.write_elem(uns, key_added, {**record(model), **(extra_record or {})})
 
 
+def _identity(path) -> tuple[int, int, int, int]:
+    """What tells that a file is still the one that was read: device, inode, size, modification time."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _check_unchanged(path, identity: tuple) -> None:
+    if _identity(path) != identity:
+        raise AMEDLInputError(
+            f"{path} changed while the model trained from it (replaced or written to): the output would pair its "
+            "cells with latents of the cells trained on, so nothing was written. Rerun on a file that stays as it is."
+        )
+
+
+def check_room_for_copy(path, out: Path, n_obs: int, n_latent: int) -> None:
+    """An error, before training, when the output's disk cannot hold the copy of the input plus
+    its latents (``amedl fit --backed`` writes both)."""
+    need = os.path.getsize(path) + 2 * n_obs * n_latent * 4
+    free = shutil.disk_usage(out.parent if out.parent.exists() else Path(".")).free
+    if free < need * 1.05:
+        raise AMEDLPathError(
+            f"the disk of --out {out} has {free / 1e9:.2f} GB free; the output is a copy of the input plus the latents, "
+            f"about {need / 1e9:.2f} GB. Free space, or write the output to another disk"
+        )
+
+
 def fit_backed_command(args, settings: dict, out: Path, say) -> int:
     """``amedl fit INPUT --backed``: train from the file, write a copy of it with the latents."""
     t0 = time.perf_counter()
+    identity = _identity(args.input)
     adata = ad.read_h5ad(args.input, backed="r")
     say(f"opened {args.input} on disk: {adata.n_obs} cells × {adata.n_vars} genes")
     model = AMEDL(adata, args.batch_key, layer=args.layer, preset=args.preset, **settings)
+    if distributed.rank() == 0:
+        check_room_for_copy(args.input, out, adata.n_obs, model.config.n_latent)
     model.fit(seed=args.seed, max_epochs=args.epochs, progress=not args.quiet)
     if distributed.rank() != 0:
         return 0
@@ -75,7 +105,9 @@ def fit_backed_command(args, settings: dict, out: Path, say) -> int:
         if args.model_dir:
             model.save(args.model_dir, overwrite=args.overwrite, staging=stage)
         tmp = stage.add(out)
+        _check_unchanged(args.input, identity)
         shutil.copyfile(args.input, tmp)
+        _check_unchanged(args.input, identity)  # (not written to while it was copied)
         write_latents(model, tmp, extra_record=extra)
         if args.label_key:  # the latents are small: read them back for the report
             with h5py.File(tmp, "r") as f:
@@ -83,6 +115,7 @@ def fit_backed_command(args, settings: dict, out: Path, say) -> int:
             for line in silhouette_report(latents, adata.obs[args.batch_key].astype(str),
                                           adata.obs[args.label_key].astype(str), args.label_key):
                 say(line)
+        distributed.check_launcher_here()
     if args.model_dir:
         say(f"model saved to {args.model_dir}")
     say(f"wrote {args.out} (the input plus obsm X_amedl_fe, X_amedl_re; uns amedl) in {time.perf_counter() - t0:.1f}s total")

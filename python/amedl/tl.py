@@ -39,6 +39,9 @@ def record(model: AMEDL) -> dict:
         "genes": [str(g) for g in model.genes],
         "batches": [str(b) for b in model.batches],
         "epochs": {kind: int(v["epochs_run"]) for kind, v in info.items()},
+        # how the cells were read, which changes the latents for the same seed (README, "Scaling")
+        "processes": max(int(v.get("processes", 1)) for v in info.values()),
+        "from_disk": any(bool(v.get("from_disk", False)) for v in info.values()),
         # settings that differ from the preset's (None, i.e. "no limit", cannot be stored in .h5ad)
         # (device and threads are how it ran, not what was fitted)
         "settings": {k: v for k, v in config.items() if v != preset.get(k) and v is not None

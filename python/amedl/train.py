@@ -84,6 +84,7 @@ def fit_loop(
     for epoch in bar:
         tr = train_epoch()
         ev = evaluate()
+        distributed.check_launcher()
         rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in tr.items()}, **{f"val_{k}": v for k, v in ev.items()}})
         if epoch <= settings.burn_in and epoch < settings.max_epochs:
             pass

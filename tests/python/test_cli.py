@@ -295,3 +295,13 @@ def test_r_objects_without_counts_say_where_amedl_looked(tiny, tmp_path, kind, x
     with pytest.raises(amedl.AMEDLInputError, match="has no raw counts: amedl looked in " + looked) as err:
         amedl.AMEDL(back, "batch", n_top_genes=50)
     assert "which is normalised" in str(err.value)
+
+
+def test_a_full_disk_names_the_file_being_written():
+    """Was: 'No space left on device: <the input>' (a copy's error names its source first)."""
+    import errno
+
+    from amedl.cli import _message
+
+    msg, status = _message(OSError(errno.ENOSPC, "No space left on device", "in.h5ad", None, "out.h5ad"))
+    assert status == 1 and msg.startswith("no space left on the device writing out.h5ad; nothing was written")

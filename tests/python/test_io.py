@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+import amedl
 from amedl import io
 
 
@@ -401,3 +402,18 @@ def test_command_line_picks_the_object_and_the_assay(sce_adata, tmp_path, capsys
         assert main([*fit, *args, "--out", str(tmp_path / "x.h5ad")]) == 1, args
         assert says in capsys.readouterr().err, args
     assert not (tmp_path / "x.h5ad").exists()
+
+
+def test_a_file_another_process_writes_is_named_as_such(tmp_path):
+    """Was: 'is it truncated, or another format renamed?' for a file held open for writing."""
+    path = tmp_path / "busy.h5ad"
+    amedl.datasets.simulate(n_cells=40, n_genes=20, n_batches=2, n_cell_types=2, seed=0).write_h5ad(path)
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time; f = h5py.File(sys.argv[1], 'r+'); "
+                               "print('open', flush=True); time.sleep(60)", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(amedl.AMEDLInputError, match="is open for writing in another process"):
+            amedl.io.read(path)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -46,6 +46,7 @@ def test_the_record_says_what_was_fitted(record_tl, tiny):
     assert rec["settings"] == {"n_top_genes": 60, "hidden": [32, 16], "adversary_hidden": [32, 16]}
     assert rec["amedl_version"] == amedl.__version__
     assert rec["settings_none"] == [] and len(rec["fingerprint"]) == 16
+    assert rec["processes"] == 1 and rec["from_disk"] is False
 
 
 def test_the_record_names_settings_turned_off_and_the_model(tiny, tmp_path):

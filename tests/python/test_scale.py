@@ -94,6 +94,7 @@ def test_two_gloo_processes_match_one(sim_file, tmp_path, extra):
     ddp = amedl.AMEDL.load(tmp_path / "model", threads=1)
     one = amedl.AMEDL(adata, "batch", **settings).fit(seed=0, max_epochs=30, progress=False)
     assert ddp.genes == one.genes
+    assert (amedl.tl.record(ddp)["processes"], amedl.tl.record(one)["processes"]) == (2, 1)  # (in uns['amedl'])
     for kind in ("fe", "re"):
         z_ddp, z_one = ddp.latent(adata, kind=kind), one.latent(adata, kind=kind)
         assert np.isfinite(z_ddp).all() and z_ddp.std(0).min() > 1e-3
@@ -189,6 +190,7 @@ def test_backed_training_matches_memory_on_the_same_blocks(csr_file):
     np.testing.assert_array_equal(backed.prep.scale, memory.prep.scale)
     for m in (memory, backed):
         m.fit(seed=0, max_epochs=3, progress=False)
+    assert (amedl.tl.record(backed)["from_disk"], amedl.tl.record(memory)["from_disk"]) == (True, False)
     for kind in ("fe", "re"):
         z_mem, z_disk = memory.latent(kind=kind), backed.latent(backed_adata, kind=kind)
         np.testing.assert_allclose(z_disk, z_mem, rtol=0, atol=1e-5)
@@ -239,6 +241,38 @@ def test_block_order_reads_contiguous_blocks():
     assert not np.array_equal(order, rows)
 
 
+def test_a_backed_fit_refuses_an_input_that_changed_and_a_full_disk(csr_file, tmp_path):
+    """Was: a file replaced during a --backed fit was copied to the output with the old file's
+    latents (every cell misaligned, exit 0); a disk without room for the copy was found after training."""
+    from amedl.ondisk import _check_unchanged, _identity, check_room_for_copy
+
+    copy = tmp_path / "in.h5ad"
+    copy.write_bytes(Path(csr_file).read_bytes())
+    before = _identity(copy)
+    _check_unchanged(copy, before)  # the same file
+    replacement = tmp_path / "other.h5ad"
+    replacement.write_bytes(copy.read_bytes())
+    os.replace(replacement, copy)  # same bytes, another file
+    with pytest.raises(amedl.AMEDLInputError, match="changed while the model trained from it.*nothing was written"):
+        _check_unchanged(copy, before)
+    check_room_for_copy(copy, tmp_path / "out.h5ad", 800, 10)
+    with pytest.raises(amedl.errors.AMEDLPathError, match=r"GB free; the output is a copy of the input plus the latents"):
+        check_room_for_copy(copy, tmp_path / "out.h5ad", 10**15, 10)
+
+
+def test_a_rank_whose_launcher_is_gone_does_not_write(monkeypatch):
+    """Was: after kill -9 of `amedl fit --nproc 2`, the orphaned ranks finished and wrote the outputs."""
+    from amedl import distributed
+
+    monkeypatch.setattr(distributed, "_LAUNCHER", os.getppid())
+    assert not distributed.orphaned()
+    distributed.check_launcher_here()
+    monkeypatch.setattr(distributed, "_LAUNCHER", os.getppid() + 1)  # re-parented
+    assert distributed.orphaned()
+    with pytest.raises(amedl.AMEDLError, match="the process that launched the ranks has gone"):
+        distributed.check_launcher_here()
+
+
 def test_backed_command_line(csr_file, tmp_path, capsys):
     from amedl.cli import main
     from amedl.metrics import silhouette_batch
@@ -261,3 +295,15 @@ def test_backed_command_line(csr_file, tmp_path, capsys):
     rds = tmp_path / "cells.rds"
     rds.write_text("not an h5ad")
     assert main(["fit", str(rds), "--batch-key", "batch", "--out", str(out), "--backed"]) == 1
+
+
+def test_a_csc_layer_on_disk_names_the_layer_and_the_in_memory_route(tmp_path):
+    """Was: 'adata.X = csr_matrix(adata.X)', the wrong matrix, for counts in a CSC layer."""
+    import scipy.sparse as sp
+
+    a = amedl.datasets.simulate(n_cells=120, n_genes=60, n_batches=2, n_cell_types=2, seed=0)
+    a.layers["counts"] = sp.csc_matrix(a.X)
+    a.write_h5ad(tmp_path / "csc.h5ad")
+    with pytest.raises(amedl.AMEDLInputError, match=r"stored as CSC.*drop --backed.*adata\.layers\['counts'\] = "
+                                                    r"scipy\.sparse\.csr_matrix"):
+        amedl.AMEDL(ad.read_h5ad(tmp_path / "csc.h5ad", backed="r"), "batch", layer="counts", **SMALL)

@@ -62,9 +62,11 @@ class BackedCounts:
         else:
             self._dense, self._sparse = None, ad.io.sparse_dataset(node)
             if self._sparse.format != "csr":
+                matrix = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
                 raise AMEDLInputError(
-                    f"{self.where} is stored as {self._sparse.format.upper()}: rows cannot be read in blocks. "
-                    "Rewrite the file with a CSR matrix (adata.X = scipy.sparse.csr_matrix(adata.X))."
+                    f"{self.where} is stored as {self._sparse.format.upper()}: its rows cannot be read from disk in "
+                    f"blocks. Train in memory (drop --backed, or read the file without backed='r'), or rewrite the "
+                    f"file with that matrix as CSR ({matrix} = scipy.sparse.csr_matrix({matrix}), then write_h5ad)."
                 )
             self.shape = tuple(self._sparse.shape)
 

@@ -56,6 +56,9 @@ def _readable(path: Path) -> None:
 
 
 def _not_h5ad(path: Path, why: str) -> AMEDLInputError:
+    if "unable to lock file" in why:  # HDF5's file locking: another process has it open for writing
+        return AMEDLInputError(f"{path} is open for writing in another process (HDF5 cannot lock it); wait until that "
+                               "process has closed it, or read a copy")
     return AMEDLInputError(f"{path} is not a readable .h5ad file ({why}); is it truncated, or another format renamed?")
 
 
