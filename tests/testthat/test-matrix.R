@@ -49,5 +49,5 @@ test_that("engine settings pass through `settings`, with clear errors for bad on
   expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(1e-3)), FAST)),
                "`settings` must be amedl_options\\(\\.\\.\\.\\) or a named list")
   expect_error(do.call(RunAMEDL, c(list(s$counts, batch = s$batch, settings = list(n_latent = 4)), FAST)),
-               "set n_latent with the argument of RunAMEDL\\(\\)")
+               "set n_latent with RunAMEDL\\(\\)'s argument `n_latent`")
 })
