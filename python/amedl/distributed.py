@@ -344,6 +344,11 @@ def report_to_launcher(message: str) -> bool:
     folder = os.environ.get(_MESSAGES_VAR)
     if not folder or not launched():
         return False
+    if orphaned():  # no launcher reads it any more: its folder is left to whoever is last
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        return False
     try:
         with open(os.path.join(folder, f"rank{int(os.environ['RANK'])}.txt"), "w") as f:
             f.write(message)
