@@ -144,7 +144,7 @@ def test_model_and_output_are_written_both_or_neither(project, tmp_path, capsys,
     monkeypatch.setattr(io, "write", disk_full)
     capsys.readouterr()
     assert main([*args, "--overwrite", "--seed", "2"]) == 1
-    assert "No space left on device" in capsys.readouterr().err
+    assert f"no space left on the device writing {tmp_path / 'out.h5ad'}; nothing was written" in capsys.readouterr().err
     assert tree(tmp_path) == before  # the old model and the old output, nothing new, no temporaries
     monkeypatch.undo()
 
