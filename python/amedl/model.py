@@ -296,11 +296,15 @@ class AMEDL:
         c = self.config
         if c.fe_intercept_clusters is None:
             return None
-        z = self._run((self._X, self._codes, self._library), net.latent, 4096)
-        rows = np.arange(len(z))
-        if len(rows) > INTERCEPT_CELLS:
+        n = self._X.shape[0]
+        rows = np.arange(n)
+        if n > INTERCEPT_CELLS:  # only the sampled cells are encoded
             rows = np.sort(np.random.default_rng([seed, 23]).choice(rows, size=INTERCEPT_CELLS, replace=False))
-        return LatentIntercepts.fit(z[rows], self._codes[rows], len(self.prep.batches), n_clusters=c.fe_intercept_clusters,
+            X = self._X[rows] if sp.issparse(self._X) else self._X.read_rows(rows)
+            z = self._run((X, self._codes[rows], self._library[rows]), net.latent, 4096)
+        else:
+            z = self._run((self._X, self._codes, self._library), net.latent, 4096)
+        return LatentIntercepts.fit(z, self._codes[rows], len(self.prep.batches), n_clusters=c.fe_intercept_clusters,
                                     shrinkage=c.fe_intercept_shrinkage, rounds=c.fe_intercept_rounds, seed=seed,
                                     offsets=c.fe_intercept_offsets)
 

@@ -46,7 +46,8 @@ def write_latents(model, path: str | os.PathLike, kinds: Sequence[str] = ("fe", 
                                      chunks=(min(chunk, X.shape[0]), model.config.n_latent))
             ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
             lo = 0
-            loader = BackedLoader(X, model._codes, model.prep, batch_size=chunk, device=model.device)
+            # minibatches of AMEDL.latent's size: a chunk-sized one would add to the fit's peak memory
+            loader = BackedLoader(X, model._codes, model.prep, batch_size=min(chunk, 4096), device=model.device)
             with torch.no_grad():
                 for mb in loader:
                     z = net.latent(mb).float().cpu().numpy()

@@ -234,3 +234,20 @@ def test_a_new_batch_is_measured_from_its_neighbours_too():
     assert np.array_equal(again.reference, fitted.reference) and np.array_equal(again.reference_codes, codes)
     assert np.array_equal(again.add_batches(z_new, np.zeros(300, dtype=int), 1).offsets,
                           fitted.add_batches(z_new, np.zeros(300, dtype=int), 1).offsets)
+
+
+def test_intercepts_from_a_sample_encode_only_the_sampled_cells(sim, monkeypatch):
+    """Above the cap the intercepts are estimated on a seeded sample; only those cells are encoded
+    (every cell was), with the same result as encoding every cell and taking the sample's rows."""
+    import amedl.model
+
+    monkeypatch.setattr(amedl.model, "INTERCEPT_CELLS", 250)
+    m = amedl.AMEDL(sim, "batch", fe_intercept_clusters=6, **SMALL).fit(seed=0, max_epochs=2, progress=False,
+                                                                         kinds=["fe"])
+    z = m._run((m._X, m._codes, m._library), m.modules["fe"].latent, 4096)
+    rows = np.sort(np.random.default_rng([0, 23]).choice(sim.n_obs, size=250, replace=False))
+    c = m.config
+    ref = LatentIntercepts.fit(z[rows], m._codes[rows], len(m.batches), n_clusters=c.fe_intercept_clusters,
+                               shrinkage=c.fe_intercept_shrinkage, rounds=c.fe_intercept_rounds, seed=0,
+                               offsets=c.fe_intercept_offsets)
+    np.testing.assert_allclose(m.intercepts.apply(z, m._codes), ref.apply(z, m._codes), rtol=0, atol=1e-5)
