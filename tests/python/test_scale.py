@@ -307,3 +307,17 @@ def test_a_csc_layer_on_disk_names_the_layer_and_the_in_memory_route(tmp_path):
     with pytest.raises(amedl.AMEDLInputError, match=r"stored as CSC.*drop --backed.*adata\.layers\['counts'\] = "
                                                     r"scipy\.sparse\.csr_matrix"):
         amedl.AMEDL(ad.read_h5ad(tmp_path / "csc.h5ad", backed="r"), "batch", layer="counts", **SMALL)
+
+
+def test_a_value_that_is_not_a_count_on_disk_names_its_cell(tmp_path):
+    """Was: 'csr.h5ad:X (cells 0..16383) contains NaN ... Pass the raw counts (--layer counts)' for a file
+    without layers: a 16,384-cell range and a hint that did not apply."""
+    a = amedl.datasets.simulate(n_cells=300, n_genes=60, n_batches=2, n_cell_types=2, seed=0)
+    a.X = a.X.tocsr()
+    a.X.data[a.X.indptr[123]] = np.nan  # the first stored value of cell 123
+    a.write_h5ad(tmp_path / "nan.h5ad")
+    with pytest.raises(amedl.AMEDLInputError) as err:
+        amedl.AMEDL(ad.read_h5ad(tmp_path / "nan.h5ad", backed="r"), "batch", **SMALL)
+    msg = str(err.value)
+    assert "contains NaN or infinite value(s)" in msg and f"the first is in cell {a.obs_names[123]!r}, row 123" in msg
+    assert "--layer" not in msg

@@ -98,7 +98,7 @@ def _where_counts_are(adata: ad.AnnData | None, layer: str | None, *, looked: bo
     """Where raw counts are (a hint for the message), or where amedl looked for them
     (``looked=False``: an empty string instead of that list)."""
     if adata is None:
-        return "Pass the raw counts (e.g. layer='counts'; command line: --layer counts)."
+        return "Pass the raw counts (e.g. layer='counts'; command line: --layer counts)." if looked else ""
     io_info = adata.uns.get("amedl_io")
     if layer is None and isinstance(io_info, dict) and io_info.get("kind") in ("seurat", "sce") \
             and not io_info.get("counts_found", True):
