@@ -37,6 +37,8 @@ KIND_NAMES = {k: n.description for k, n in NETWORKS.items()}
 #: Training cells (at most) whose PCA is the within-batch neighbourhood reference of ``fe_neighbour_weight``.
 REFERENCE_CELLS = 20_000
 _CONFIG_FILE, _WEIGHTS_FILE = modelfile.CONFIG_FILE, modelfile.WEIGHTS_FILE
+#: Cells per minibatch when the networks only encode or decode (no gradients).
+INFERENCE_BATCH = 4096
 #: The entry of ``weights.pt`` that holds the FE latent's batch intercepts.
 _INTERCEPTS = "fe_intercepts"
 
@@ -297,13 +299,11 @@ class AMEDL:
         if c.fe_intercept_clusters is None:
             return None
         n = self._X.shape[0]
-        rows = np.arange(n)
+        rows, X = np.arange(n), self._X
         if n > INTERCEPT_CELLS:  # only the sampled cells are encoded
             rows = np.sort(np.random.default_rng([seed, 23]).choice(rows, size=INTERCEPT_CELLS, replace=False))
             X = self._X[rows] if sp.issparse(self._X) else self._X.read_rows(rows)
-            z = self._run((X, self._codes[rows], self._library[rows]), net.latent, 4096)
-        else:
-            z = self._run((self._X, self._codes, self._library), net.latent, 4096)
+        z = self._run((X, self._codes[rows], self._library[rows]), net.latent, INFERENCE_BATCH)
         return LatentIntercepts.fit(z, self._codes[rows], len(self.prep.batches), n_clusters=c.fe_intercept_clusters,
                                     shrinkage=c.fe_intercept_shrinkage, rounds=c.fe_intercept_rounds, seed=seed,
                                     offsets=c.fe_intercept_offsets)
@@ -406,7 +406,7 @@ class AMEDL:
             info[kind] = {"first_loss": losses[0], "last_loss": float(np.mean(losses[-10:]))}
         intercepts = self.intercepts
         if intercepts is not None and "fe" in self.modules:
-            z = self._run((X, codes, library), self.modules["fe"].latent, 4096)
+            z = self._run((X, codes, library), self.modules["fe"].latent, INFERENCE_BATCH)
             intercepts = intercepts.add_batches(z, codes - n_old, len(new))
         self.modules.update(adapted)
         self.intercepts = intercepts
@@ -559,7 +559,7 @@ class AMEDL:
         return self.prep.batches.index(str(batch))
 
     def latent(self, adata: ad.AnnData | None = None, kind: str = "fe", *, layer: str | None = None,
-               batch_size: int = 4096, intercepts: bool = True) -> np.ndarray:
+               batch_size: int = INFERENCE_BATCH, intercepts: bool = True) -> np.ndarray:
         """Latent representation of cells, ``(n_cells, n_latent)`` float32.
 
         ``adata=None`` embeds the training cells. For new cells the genes are
@@ -599,7 +599,7 @@ class AMEDL:
         kind: str = "fe",
         *,
         layer: str | None = None,
-        batch_size: int = 4096,
+        batch_size: int = INFERENCE_BATCH,
     ) -> np.ndarray:
         """Reconstructed expression, ``(n_cells, n_genes)`` as log1p of counts per
         ``target_sum`` (10⁴; genes: :attr:`genes`), never negative.

@@ -23,7 +23,7 @@ from ._utils import Staging
 from .data.backed import CHUNK, BackedLoader
 from .errors import AMEDLInputError, AMEDLPathError
 from .metrics import silhouette_report
-from .model import AMEDL
+from .model import INFERENCE_BATCH, AMEDL
 from .tl import record
 from .train import NETWORKS
 
@@ -47,7 +47,8 @@ def write_latents(model, path: str | os.PathLike, kinds: Sequence[str] = ("fe", 
             ds.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
             lo = 0
             # minibatches of AMEDL.latent's size: a chunk-sized one would add to the fit's peak memory
-            loader = BackedLoader(X, model._codes, model.prep, batch_size=min(chunk, 4096), device=model.device)
+            loader = BackedLoader(X, model._codes, model.prep, batch_size=min(chunk, INFERENCE_BATCH),
+                                  device=model.device)
             with torch.no_grad():
                 for mb in loader:
                     z = net.latent(mb).float().cpu().numpy()

@@ -33,7 +33,7 @@ import torch
 
 from .loader import CSRLoader, Minibatch, RowBlocks, block_order
 from .preprocess import SCALINGS, Preprocessor, _normalised_log, check_model_genes, requested_genes
-from .validate import AMEDLInputError, check_batch_column, check_batches, check_counts, check_names
+from .validate import AMEDLInputError, check_batch_column, check_batches, check_counts, check_names, first_non_count_row
 
 logger = logging.getLogger("amedl")
 
@@ -256,15 +256,6 @@ def _hvg_without_batches(moments: _Moments, genes: list[str], n_top_genes: int) 
     return _seurat_batch(pooled.mean[0], pooled.m2[0] / max(n - 1, 1), n_top_genes)["highly_variable"].to_numpy(bool)
 
 
-def _first_non_count_row(X: sp.csr_matrix) -> int | None:
-    """The first row of ``X`` with a value that is not a count (NaN, infinite, negative, fractional)."""
-    d = X.data
-    if not np.issubdtype(d.dtype, np.floating) and not np.issubdtype(d.dtype, np.integer):
-        return None
-    bad = np.flatnonzero(~np.isfinite(d) | (d < 0) | (d != np.round(d)))
-    return int(np.searchsorted(X.indptr, bad[0], side="right")) - 1 if bad.size else None
-
-
 def fit_backed(
     adata: ad.AnnData,
     batch_key: str,
@@ -300,7 +291,7 @@ def fit_backed(
         try:
             check_counts(X, counts.where)
         except AMEDLInputError as err:  # name the first cell with a value that is not a count
-            row = _first_non_count_row(X)
+            row = first_non_count_row(X)
             if row is None:
                 raise
             raise AMEDLInputError(f"{err} (the first is in cell {adata.obs_names[lo + row]!r}, row {lo + row})") from None

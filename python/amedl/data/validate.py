@@ -86,6 +86,16 @@ def _problem(X) -> tuple[str, int, float | None, float] | None:
     return None
 
 
+def first_non_count_row(X: sp.csr_matrix) -> int | None:
+    """The first row of CSR ``X`` with a value :func:`_problem` objects to (NaN, infinite, negative,
+    fractional), or ``None``."""
+    d = X.data
+    if not np.issubdtype(d.dtype, np.floating) and not np.issubdtype(d.dtype, np.integer):
+        return None
+    bad = np.flatnonzero(~np.isfinite(d) | (d < 0) | (d != np.round(d)))
+    return int(np.searchsorted(X.indptr, bad[0], side="right")) - 1 if bad.size else None
+
+
 def _is_counts(X) -> bool:
     try:
         return (np.issubdtype(X.dtype, np.number) and not np.issubdtype(X.dtype, np.complexfloating)
